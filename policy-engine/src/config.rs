@@ -1,0 +1,205 @@
+//! The engine daemon's configuration: one TOML file, every setting optional.
+//!
+//! An empty file (or no file) runs the engine on SQLite in the current directory,
+//! listening on 127.0.0.1:7443 with mutual TLS from a PKI it generates under
+//! `sekisho-tls/` on first start. Relative paths are relative to the current directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::pki::DEFAULT_ADMIN_NAME;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// `sqlite://FILE` (created on first start) or `postgres://…`.
+    pub store: String,
+    /// The municipality this engine serves (every stored row carries it).
+    pub tenant: String,
+    /// How often to look for policy versions published through another replica.
+    pub poll_interval_secs: u64,
+    pub tls: TlsConfig,
+    pub cache: CacheConfig,
+    pub bootstrap: BootstrapConfig,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            store: "sqlite://sekisho-engine.db".into(),
+            tenant: "default".into(),
+            poll_interval_secs: 5,
+            tls: TlsConfig::default(),
+            cache: CacheConfig::default(),
+            bootstrap: BootstrapConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Serve without TLS. Only for a loopback test bed: must be set explicitly.
+    pub plaintext: bool,
+    /// Server certificate and key (PEM). When both are absent, a development PKI is
+    /// generated in `generate_dir` and used.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// CA that client certificates must chain to. Required with `cert`/`key`.
+    pub client_ca: Option<PathBuf>,
+    /// Where the generated development PKI lives.
+    pub generate_dir: PathBuf,
+    /// Names the generated server certificate is valid for.
+    pub server_names: Vec<String>,
+    /// Client certificate common names allowed to use the admin API (publish,
+    /// entities). Other valid client certificates (gateways) may only ask for decisions.
+    pub admin_names: Vec<String>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            plaintext: false,
+            cert: None,
+            key: None,
+            client_ca: None,
+            generate_dir: PathBuf::from("sekisho-tls"),
+            server_names: vec!["localhost".into(), "127.0.0.1".into()],
+            admin_names: vec![DEFAULT_ADMIN_NAME.into()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Plan tables kept per policy version (one per attribute class).
+    pub plan_tables: usize,
+    /// Policy slices kept per policy version.
+    pub slices: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        let d = crate::engine::CacheLimits::default();
+        CacheConfig {
+            plan_tables: d.plan_tables,
+            slices: d.slices,
+        }
+    }
+}
+
+/// What to load into an empty store on first start, so a fresh engine is useful.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BootstrapConfig {
+    /// A policy directory published as version 1 when the store has no version.
+    pub policies: Option<PathBuf>,
+    /// An entities JSON file loaded when the store has no entities.
+    pub entities: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl EngineConfig {
+    /// Loads and checks a config file; `None` gives the defaults.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::parse(&shown, &text)
+    }
+
+    pub fn parse(shown: &str, text: &str) -> Result<Self, ConfigError> {
+        let config: EngineConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: shown.to_string(),
+            message: e.to_string(),
+        })?;
+        config.check().map_err(|message| ConfigError::Invalid {
+            path: shown.to_string(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let t = &self.tls;
+        match (&t.cert, &t.key, &t.client_ca) {
+            (None, None, None) | (Some(_), Some(_), Some(_)) => {}
+            _ => return Err("tls.cert, tls.key and tls.client_ca go together: set all three, or none to use a generated PKI".into()),
+        }
+        if self.tenant.trim().is_empty() {
+            return Err("tenant must not be empty".into());
+        }
+        if self.poll_interval_secs == 0 {
+            return Err("poll_interval_secs must be at least 1".into());
+        }
+        if !(self.store.starts_with("sqlite:")
+            || self.store.starts_with("postgres://")
+            || self.store.starts_with("postgresql://"))
+        {
+            return Err(format!(
+                "store '{}' is neither sqlite://FILE nor postgres://…",
+                self.store
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_the_defaults() {
+        assert_eq!(
+            EngineConfig::parse("e.toml", "").unwrap(),
+            EngineConfig::default()
+        );
+    }
+
+    #[test]
+    fn errors_name_the_file_and_setting() {
+        let e = EngineConfig::parse("e.toml", "listen = \"nowhere\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("e.toml: ") && e.contains("listen"), "{e}");
+        let e = EngineConfig::parse("e.toml", "[tls]\ncert = \"a.pem\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tls.cert, tls.key and tls.client_ca go together"),
+            "{e}"
+        );
+        let e = EngineConfig::parse("e.toml", "stroe = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `stroe`"), "{e}");
+        let e = EngineConfig::parse("e.toml", "store = \"mysql://x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mysql://x"), "{e}");
+    }
+}

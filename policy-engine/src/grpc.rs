@@ -1,0 +1,552 @@
+//! The engine's gRPC services: `sekisho.v1.PolicyDecision` and `sekisho.v1.PolicyAdmin`.
+//!
+//! Handlers translate wire types into engine calls and engine errors into statuses;
+//! they decide nothing themselves.
+
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures::Stream;
+use sekisho_proto::v1 as pb;
+use tokio::sync::{watch, Mutex};
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::diagnostics::{Diagnostic, Severity};
+use crate::engine::{current_hour, DecisionRequest, Engine, EngineError};
+use crate::entities::{
+    DeviceRecord, Directory, EntityBatch, EntityDeletion, GroupRecord, UserRecord,
+};
+use crate::factor::{Capabilities, FactorSet};
+use crate::model::{Action, DeviceKind, Tier, Via};
+use crate::policies::{CompiledPolicies, PolicyFile, PolicySources};
+use crate::store::{Store, VersionInfo};
+
+/// Shared state of both services.
+pub struct EngineState {
+    pub engine: Arc<Engine>,
+    pub store: Store,
+    /// The version being served; `WatchPolicy` streams its changes.
+    pub version: watch::Sender<Option<VersionInfo>>,
+    /// Client certificate common names allowed to administer. `None` when the
+    /// listener has no TLS (a loopback test bed), where there is nobody to check.
+    pub admin_names: Option<Vec<String>>,
+    /// Serialises publishes and entity changes so store and memory move together.
+    admin_lock: Mutex<()>,
+}
+
+impl EngineState {
+    pub fn new(
+        engine: Arc<Engine>,
+        store: Store,
+        version: Option<VersionInfo>,
+        admin_names: Option<Vec<String>>,
+    ) -> Arc<Self> {
+        Arc::new(EngineState {
+            engine,
+            store,
+            version: watch::channel(version).0,
+            admin_names,
+            admin_lock: Mutex::new(()),
+        })
+    }
+
+    /// Loads a newer version published through another replica, if there is one.
+    pub async fn refresh(&self) -> Result<bool, String> {
+        let current = self.version.borrow().as_ref().map_or(0, |v| v.version);
+        let latest = self
+            .store
+            .latest_version()
+            .await
+            .map_err(|e| e.to_string())?;
+        match latest {
+            Some(v) if v.version > current => {
+                let _guard = self.admin_lock.lock().await;
+                let (info, sources) = self
+                    .store
+                    .get_version(Some(v.version))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("version {} vanished", v.version))?;
+                let compiled =
+                    CompiledPolicies::compile(sources, info.version).map_err(|e| e.to_string())?;
+                self.engine.replace_policies(compiled);
+                tracing::info!(
+                    version = info.version,
+                    "serving policy version published elsewhere"
+                );
+                self.version.send_replace(Some(info));
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+fn request_id(given: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    if given.is_empty() {
+        format!(
+            "eng-{:x}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        )
+    } else {
+        given.chars().take(128).collect()
+    }
+}
+
+fn invalid(what: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(what.to_string())
+}
+
+fn engine_status(e: EngineError) -> Status {
+    match e {
+        EngineError::UnknownUser(_) | EngineError::UnknownDevice(_) => {
+            Status::not_found(e.to_string())
+        }
+        EngineError::BadHour(_) | EngineError::Entities(_) => {
+            Status::invalid_argument(e.to_string())
+        }
+        EngineError::Cedar { .. } => Status::internal(e.to_string()),
+    }
+}
+
+fn decision_request(
+    user: String,
+    device: String,
+    action: &str,
+    ctx: Option<pb::DecisionContext>,
+) -> Result<DecisionRequest, Status> {
+    let ctx = ctx.unwrap_or_default();
+    if user.is_empty() {
+        return Err(invalid("user is empty"));
+    }
+    if device.is_empty() {
+        return Err(invalid("device is empty"));
+    }
+    let via = if ctx.via.is_empty() {
+        Via::Console
+    } else {
+        Via::from_str(&ctx.via).map_err(invalid)?
+    };
+    let hour = match ctx.hour {
+        None => current_hour(),
+        Some(h) if h <= 23 => h as u8,
+        Some(h) => return Err(invalid(format!("hour {h} is out of range (expected 0-23)"))),
+    };
+    Ok(DecisionRequest {
+        user,
+        device,
+        action: Action::from_str(action).map_err(invalid)?,
+        via,
+        upstream: FactorSet::parse_names(&ctx.upstream)
+            .map_err(|e| invalid(format!("upstream: {e}")))?,
+        hour,
+    })
+}
+
+fn factor_set(s: FactorSet) -> pb::FactorSet {
+    pb::FactorSet {
+        factors: s.names().into_iter().map(String::from).collect(),
+    }
+}
+
+fn version_info(v: &VersionInfo) -> pb::PolicyVersionInfo {
+    pb::PolicyVersionInfo {
+        version: v.version,
+        digest: v.digest.clone(),
+        created_at: v.created_at.clone(),
+        comment: v.comment.clone(),
+        policy_count: v.policy_count,
+    }
+}
+
+fn diagnostic(d: &Diagnostic) -> pb::Diagnostic {
+    pb::Diagnostic {
+        severity: d.severity.name().into(),
+        code: d.code.into(),
+        location: d
+            .location
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        message: d.message.clone(),
+        policy_ids: d.policy_ids.clone(),
+    }
+}
+
+fn store_status(e: crate::store::StoreError) -> Status {
+    tracing::error!(error = %e, "store failure");
+    Status::unavailable(format!("policy store: {e}"))
+}
+
+/// `sekisho.v1.PolicyDecision`.
+#[derive(Clone)]
+pub struct DecisionService(pub Arc<EngineState>);
+
+type VersionStream =
+    Pin<Box<dyn Stream<Item = Result<pb::PolicyVersionInfo, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl pb::policy_decision_server::PolicyDecision for DecisionService {
+    async fn plan(
+        &self,
+        request: Request<pb::PlanRequest>,
+    ) -> Result<Response<pb::PlanResponse>, Status> {
+        let r = request.into_inner();
+        let id = request_id(&r.request_id);
+        let span = tracing::info_span!("plan", request_id = %id, user = %r.user, device = %r.device, action = %r.action);
+        let _e = span.enter();
+        let req = decision_request(r.user, r.device, &r.action, r.context)?;
+        let plan = self
+            .0
+            .engine
+            .plan(&req, r.emergency_otp_active)
+            .map_err(engine_status)?;
+        tracing::debug!(options = plan.options.len(), version = %plan.policy_version, "planned");
+        Ok(Response::new(pb::PlanResponse {
+            options: plan.options.into_iter().map(factor_set).collect(),
+            unavailable: plan
+                .unavailable
+                .into_iter()
+                .map(|u| pb::UnavailableSet {
+                    factors: u.factors.names().into_iter().map(String::from).collect(),
+                    missing: u.missing.names().into_iter().map(String::from).collect(),
+                    why: u.why.name().into(),
+                })
+                .collect(),
+            policy_version: plan.policy_version,
+        }))
+    }
+
+    async fn authorize(
+        &self,
+        request: Request<pb::AuthorizeRequest>,
+    ) -> Result<Response<pb::AuthorizeResponse>, Status> {
+        let r = request.into_inner();
+        let id = request_id(&r.request_id);
+        let span = tracing::info_span!("authorize", request_id = %id, user = %r.user, device = %r.device, action = %r.action);
+        let _e = span.enter();
+        let factors =
+            FactorSet::parse_names(&r.factors).map_err(|e| invalid(format!("factors: {e}")))?;
+        let req = decision_request(r.user, r.device, &r.action, r.context)?;
+        let out = self
+            .0
+            .engine
+            .authorize(&req, factors)
+            .map_err(engine_status)?;
+        tracing::debug!(allowed = out.allowed, version = %out.policy_version, "authorized");
+        Ok(Response::new(pb::AuthorizeResponse {
+            decision: if out.allowed {
+                pb::Decision::Allow
+            } else {
+                pb::Decision::Deny
+            } as i32,
+            policy_ids: out.policy_ids,
+            policy_version: out.policy_version,
+            errors: out.errors,
+        }))
+    }
+
+    type WatchPolicyStream = VersionStream;
+
+    async fn watch_policy(
+        &self,
+        _: Request<pb::WatchPolicyRequest>,
+    ) -> Result<Response<VersionStream>, Status> {
+        let rx = self.0.version.subscribe();
+        let stream = tokio_stream::StreamExt::filter_map(
+            tokio_stream::wrappers::WatchStream::new(rx),
+            |v| v.as_ref().map(|v| Ok(version_info(v))),
+        );
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// `sekisho.v1.PolicyAdmin`: only for clients whose certificate names an administrator.
+#[derive(Clone)]
+pub struct AdminService(pub Arc<EngineState>);
+
+impl AdminService {
+    fn authorize_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(allowed) = &self.0.admin_names else {
+            return Ok(());
+        };
+        let name = request.peer_certs().and_then(|certs| {
+            certs
+                .first()
+                .and_then(|c| crate::pki::common_name(c.as_ref()))
+        });
+        match name {
+            Some(n) if allowed.iter().any(|a| a == &n) => Ok(()),
+            Some(n) => {
+                tracing::warn!(client = %n, "admin call refused");
+                Err(Status::permission_denied(format!(
+                    "client certificate '{n}' is not an administrator (tls.admin_names)"
+                )))
+            }
+            None => Err(Status::permission_denied(
+                "admin calls need a client certificate naming an administrator",
+            )),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::policy_admin_server::PolicyAdmin for AdminService {
+    async fn publish(
+        &self,
+        request: Request<pb::PublishRequest>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        self.authorize_admin(&request)?;
+        let r = request.into_inner();
+        let span = tracing::info_span!("publish", files = r.files.len(), dry_run = r.dry_run);
+        async move {
+            let sources = PolicySources::new(
+                r.schema,
+                r.files
+                    .into_iter()
+                    .map(|f| PolicyFile {
+                        name: f.name,
+                        text: f.text,
+                    })
+                    .collect(),
+            );
+            let _guard = self.0.admin_lock.lock().await;
+            let compiled = CompiledPolicies::compile(sources, 0)
+                .map_err(|e| Status::invalid_argument(format!("policy set is invalid:\n{e}")))?;
+            let policy_count = compiled.policies.len() as u32;
+            let directory = self.0.engine.with_directory(Directory::clone);
+            // Lint against the entities the new version will meet.
+            let candidate = Engine::new(compiled, directory);
+            let mut diags = candidate.policies().warnings.clone();
+            diags.extend(crate::lint::lint(&candidate));
+            let errors: Vec<&Diagnostic> = diags
+                .iter()
+                .filter(|d| d.severity == Severity::Error)
+                .collect();
+            if !errors.is_empty() && !r.force {
+                let text = errors
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                return Err(Status::failed_precondition(format!(
+                    "lint found {} error(s); fix them or publish with force:\n{text}",
+                    errors.len()
+                )));
+            }
+            let diagnostics = diags.iter().map(diagnostic).collect();
+            if r.dry_run {
+                return Ok(Response::new(pb::PublishResponse {
+                    version: None,
+                    diagnostics,
+                }));
+            }
+            let sources = candidate.policies().sources.clone();
+            let info = self
+                .0
+                .store
+                .publish(&sources, &r.comment, policy_count)
+                .await
+                .map_err(store_status)?;
+            let compiled = CompiledPolicies::compile(sources, info.version).map_err(|e| {
+                Status::internal(format!("published version no longer compiles: {e}"))
+            })?;
+            self.0.engine.replace_policies(compiled);
+            tracing::info!(version = info.version, digest = %info.digest, "published");
+            self.0.version.send_replace(Some(info.clone()));
+            Ok(Response::new(pb::PublishResponse {
+                version: Some(version_info(&info)),
+                diagnostics,
+            }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn list_versions(
+        &self,
+        request: Request<pb::ListVersionsRequest>,
+    ) -> Result<Response<pb::ListVersionsResponse>, Status> {
+        self.authorize_admin(&request)?;
+        let versions = self.0.store.list_versions().await.map_err(store_status)?;
+        Ok(Response::new(pb::ListVersionsResponse {
+            versions: versions.iter().map(version_info).collect(),
+        }))
+    }
+
+    async fn get_version(
+        &self,
+        request: Request<pb::GetVersionRequest>,
+    ) -> Result<Response<pb::PolicyVersion>, Status> {
+        self.authorize_admin(&request)?;
+        let v = request.into_inner().version;
+        let wanted = (v != 0).then_some(v);
+        let (info, sources) = self
+            .0
+            .store
+            .get_version(wanted)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| {
+                Status::not_found(if v == 0 {
+                    "no policy version published yet".into()
+                } else {
+                    format!("no policy version {v}")
+                })
+            })?;
+        Ok(Response::new(pb::PolicyVersion {
+            info: Some(version_info(&info)),
+            schema: sources.schema,
+            files: sources
+                .files
+                .into_iter()
+                .map(|f| pb::PolicyFile {
+                    name: f.name,
+                    text: f.text,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn upsert_entities(
+        &self,
+        request: Request<pb::UpsertEntitiesRequest>,
+    ) -> Result<Response<pb::UpsertEntitiesResponse>, Status> {
+        self.authorize_admin(&request)?;
+        let batch = entity_batch(request.into_inner())?;
+        let counts = pb::UpsertEntitiesResponse {
+            users: batch.users.len() as u32,
+            groups: batch.groups.len() as u32,
+            devices: batch.devices.len() as u32,
+        };
+        self.change_entities(batch, EntityDeletion::default())
+            .await?;
+        Ok(Response::new(counts))
+    }
+
+    async fn delete_entities(
+        &self,
+        request: Request<pb::DeleteEntitiesRequest>,
+    ) -> Result<Response<pb::DeleteEntitiesResponse>, Status> {
+        self.authorize_admin(&request)?;
+        let mut del = EntityDeletion::default();
+        for (i, e) in request.into_inner().entities.into_iter().enumerate() {
+            match pb::EntityKind::try_from(e.kind) {
+                Ok(pb::EntityKind::User) => del.users.push(e.id),
+                Ok(pb::EntityKind::Group) => del.groups.push(e.id),
+                Ok(pb::EntityKind::Device) => del.devices.push(e.id),
+                _ => {
+                    return Err(invalid(format!(
+                        "entities[{i}]: kind must be user, group or device"
+                    )))
+                }
+            }
+        }
+        let n = (del.users.len() + del.groups.len() + del.devices.len()) as u32;
+        self.change_entities(EntityBatch::default(), del).await?;
+        Ok(Response::new(pb::DeleteEntitiesResponse { deleted: n }))
+    }
+}
+
+impl AdminService {
+    /// Checks the change against a copy of the directory, writes it to the store in one
+    /// transaction, then applies it in memory: a refused change touches neither.
+    async fn change_entities(&self, batch: EntityBatch, del: EntityDeletion) -> Result<(), Status> {
+        let _guard = self.0.admin_lock.lock().await;
+        let mut copy = self.0.engine.with_directory(Directory::clone);
+        copy.apply(batch.clone(), del.clone())
+            .map_err(|e| invalid(e.to_string()))?;
+        self.0
+            .store
+            .apply_entities(&batch, &del)
+            .await
+            .map_err(store_status)?;
+        self.0
+            .engine
+            .apply_entities(batch, del)
+            .map_err(engine_status)?;
+        tracing::info!("entities changed");
+        Ok(())
+    }
+}
+
+fn entity_batch(r: pb::UpsertEntitiesRequest) -> Result<EntityBatch, Status> {
+    let mut b = EntityBatch::default();
+    for (i, u) in r.users.into_iter().enumerate() {
+        let enrolled = FactorSet::parse_names(&u.enrolled)
+            .map_err(|e| invalid(format!("users[{i}] ('{}'): enrolled: {e}", u.id)))?;
+        b.users.push(UserRecord {
+            id: u.id,
+            department: u.department,
+            role: u.role,
+            enrolled,
+            groups: u.groups,
+        });
+    }
+    for g in r.groups {
+        b.groups.push(GroupRecord {
+            id: g.id,
+            parents: g.parents,
+        });
+    }
+    for (i, d) in r.devices.into_iter().enumerate() {
+        let at = |e: &dyn std::fmt::Display| invalid(format!("devices[{i}] ('{}'): {e}", d.id));
+        let tier = Tier::from_str(&d.tier).map_err(|e| at(&e))?;
+        let kind = DeviceKind::from_str(&d.kind).map_err(|e| at(&e))?;
+        let capabilities = Capabilities::parse_names(&d.capabilities).map_err(|e| at(&e))?;
+        b.devices.push(DeviceRecord {
+            id: d.id,
+            tier,
+            kind,
+            capabilities,
+            location: d.location,
+        });
+    }
+    Ok(b)
+}
+
+/// Wire form of a batch (for clients such as the CLI).
+pub fn batch_to_proto(b: &EntityBatch) -> pb::UpsertEntitiesRequest {
+    pb::UpsertEntitiesRequest {
+        users: b
+            .users
+            .iter()
+            .map(|u| pb::User {
+                id: u.id.clone(),
+                department: u.department.clone(),
+                role: u.role.clone(),
+                enrolled: u.enrolled.names().into_iter().map(String::from).collect(),
+                groups: u.groups.clone(),
+            })
+            .collect(),
+        groups: b
+            .groups
+            .iter()
+            .map(|g| pb::Group {
+                id: g.id.clone(),
+                parents: g.parents.clone(),
+            })
+            .collect(),
+        devices: b
+            .devices
+            .iter()
+            .map(|d| pb::Device {
+                id: d.id.clone(),
+                tier: d.tier.name().into(),
+                kind: d.kind.name().into(),
+                capabilities: d
+                    .capabilities
+                    .names()
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+                location: d.location.clone(),
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,145 @@
+//! The embedded schema migrations and their tiny runner.
+//!
+//! One DDL text serves SQLite and PostgreSQL: only types both understand (`TEXT`,
+//! `BIGINT`), composite primary keys that start with `tenant`, and `CHECK`s written in
+//! the common subset. Applied migrations are recorded in `sekisho_migrations`.
+//!
+//! The whole run is one transaction. On PostgreSQL it first takes a transaction-level
+//! advisory lock, so several processes opening the same database at once (replicas
+//! starting together, parallel test binaries) migrate one after the other instead of
+//! racing on `CREATE TABLE`. On SQLite the transaction starts with `BEGIN IMMEDIATE`,
+//! which takes the single writer lock up front (waiting up to the busy timeout).
+
+use sqlx::{Any, AnyPool};
+
+use super::{Backend, StoreError};
+
+/// One schema step. Versions are applied in order and never edited once released:
+/// a change is a new migration.
+pub(super) struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub statements: &'static [&'static str],
+}
+
+/// Advisory lock key for migrations ("sekisho" + "mig" as ASCII, fits in an i64).
+const MIGRATION_LOCK_KEY: i64 = 0x0073_656b_6973_686f;
+
+pub(super) const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "policy versions and entities",
+    statements: &[
+        // A published version: immutable once written.
+        "CREATE TABLE policy_versions (
+            tenant TEXT NOT NULL,
+            version BIGINT NOT NULL CHECK (version >= 1),
+            digest TEXT NOT NULL,
+            schema_text TEXT NOT NULL,
+            comment TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            policy_count BIGINT NOT NULL CHECK (policy_count >= 0),
+            PRIMARY KEY (tenant, version)
+        )",
+        "CREATE TABLE policy_files (
+            tenant TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            name TEXT NOT NULL,
+            text TEXT NOT NULL,
+            PRIMARY KEY (tenant, version, name),
+            FOREIGN KEY (tenant, version) REFERENCES policy_versions (tenant, version)
+        )",
+        // `enrolled` and `groups` are JSON arrays of strings.
+        "CREATE TABLE users (
+            tenant TEXT NOT NULL,
+            id TEXT NOT NULL CHECK (length(id) BETWEEN 1 AND 256),
+            department TEXT NOT NULL,
+            role TEXT NOT NULL,
+            enrolled TEXT NOT NULL,
+            \"groups\" TEXT NOT NULL,
+            PRIMARY KEY (tenant, id)
+        )",
+        // `parents` is a JSON array of group ids.
+        "CREATE TABLE entity_groups (
+            tenant TEXT NOT NULL,
+            id TEXT NOT NULL CHECK (length(id) BETWEEN 1 AND 256),
+            parents TEXT NOT NULL,
+            PRIMARY KEY (tenant, id)
+        )",
+        // `capabilities` is a JSON array of capability names.
+        "CREATE TABLE devices (
+            tenant TEXT NOT NULL,
+            id TEXT NOT NULL CHECK (length(id) BETWEEN 1 AND 256),
+            tier TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            capabilities TEXT NOT NULL,
+            location TEXT NOT NULL,
+            PRIMARY KEY (tenant, id)
+        )",
+    ],
+}];
+
+/// Brings the database up to the newest embedded migration.
+pub(super) async fn run(pool: &AnyPool, backend: Backend) -> Result<(), StoreError> {
+    let failed = |version: i64, name: &'static str| {
+        move |source: sqlx::Error| StoreError::Migration {
+            version,
+            name,
+            source,
+        }
+    };
+    let mut tx = pool
+        .begin_with(backend.begin_write())
+        .await
+        .map_err(failed(0, "begin"))?;
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(MIGRATION_LOCK_KEY)
+            .execute(&mut *tx)
+            .await
+            .map_err(failed(0, "lock"))?;
+    }
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS sekisho_migrations (
+            version BIGINT NOT NULL PRIMARY KEY,
+            name TEXT NOT NULL,
+            applied_at TEXT NOT NULL
+        )",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(failed(0, "create sekisho_migrations"))?;
+
+    let applied: Option<i64> =
+        sqlx::query_scalar::<Any, Option<i64>>("SELECT MAX(version) FROM sekisho_migrations")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(failed(0, "read sekisho_migrations"))?;
+    let applied = applied.unwrap_or(0);
+    let known = MIGRATIONS.last().map_or(0, |m| m.version);
+    if applied > known {
+        return Err(StoreError::SchemaTooNew {
+            found: applied,
+            known,
+        });
+    }
+
+    for m in MIGRATIONS.iter().filter(|m| m.version > applied) {
+        for stmt in m.statements {
+            sqlx::query(stmt)
+                .execute(&mut *tx)
+                .await
+                .map_err(failed(m.version, m.name))?;
+        }
+        sqlx::query(
+            "INSERT INTO sekisho_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+        )
+        .bind(m.version)
+        .bind(m.name)
+        .bind(super::now_rfc3339())
+        .execute(&mut *tx)
+        .await
+        .map_err(failed(m.version, m.name))?;
+    }
+    tx.commit().await.map_err(failed(known, "commit"))?;
+    Ok(())
+}

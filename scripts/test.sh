@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The whole test suite: sets up what the tests need, then runs every test of the
+# workspace. This is the README's test command and exactly what CI runs (.ci/run).
+#
+# Needs: cargo. Installs and starts what is missing: PostgreSQL (tests use
+# 127.0.0.1:5432, database sekisho_test; override with SEKISHO_TEST_PG_URL).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+ensure_postgres() {
+  if ! command -v pg_ctlcluster >/dev/null 2>&1 && ! command -v psql >/dev/null 2>&1; then
+    log "installing PostgreSQL (apt-get)"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq postgresql >/dev/null
+  fi
+  if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+    log "starting PostgreSQL"
+    local version
+    version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
+    if [ -z "$version" ]; then
+      echo "PostgreSQL is installed but has no cluster under /etc/postgresql" >&2
+      exit 1
+    fi
+    if ! pg_lsclusters -h 2>/dev/null | grep -q .; then
+      as_root pg_createcluster "$version" main --start
+    fi
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    for _ in $(seq 1 30); do
+      pg_isready -h 127.0.0.1 -p 5432 -q && break
+      sleep 1
+    done
+    pg_isready -h 127.0.0.1 -p 5432 -q || { echo "PostgreSQL did not come up on 127.0.0.1:5432" >&2; exit 1; }
+  fi
+  local psql_cmd=(psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -qtA)
+  if ! "${psql_cmd[@]}" -c 'select 1' >/dev/null 2>&1; then
+    # Not trust-authenticated over TCP: go through the local socket as postgres.
+    psql_cmd=(as_root su postgres -c)
+    as_root su postgres -c "psql -qtA -c \"alter user postgres password 'postgres'\"" >/dev/null
+    export PGPASSWORD=postgres
+    psql_cmd=(psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -qtA)
+  fi
+  if [ "$("${psql_cmd[@]}" -c "select 1 from pg_database where datname = 'sekisho_test'")" != 1 ]; then
+    "${psql_cmd[@]}" -c 'create database sekisho_test' >/dev/null
+  fi
+  export SEKISHO_TEST_PG_URL="${SEKISHO_TEST_PG_URL:-postgres://postgres${PGPASSWORD:+:$PGPASSWORD}@127.0.0.1:5432/sekisho_test}"
+}
+
+ensure_postgres
+
+log "running the workspace tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --all-targets --no-fail-fast "$@"
+  # nextest does not run doc tests.
+  cargo test --workspace --doc --quiet
+else
+  cargo test --workspace --all-targets --no-fail-fast "$@"
+  cargo test --workspace --doc --quiet
+fi
