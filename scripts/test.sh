@@ -53,10 +53,10 @@ ensure_postgres
 
 log "running the workspace tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --all-targets --no-fail-fast "$@"
+  cargo nextest run --workspace --no-fail-fast "$@"
   # nextest does not run doc tests.
   cargo test --workspace --doc --quiet
 else
-  cargo test --workspace --all-targets --no-fail-fast "$@"
+  cargo test --workspace --no-fail-fast "$@"
   cargo test --workspace --doc --quiet
 fi

@@ -128,6 +128,16 @@ struct CachedTable {
     minimal: Vec<FactorSet>,
 }
 
+impl CachedTable {
+    fn new(table: FactorTable) -> Self {
+        CachedTable {
+            monotone: table.is_monotone(),
+            minimal: table.minimal_sets(FactorSet::ALL),
+            table,
+        }
+    }
+}
+
 /// A policy version with its derived indexes and caches; replaced whole on publish.
 struct Snapshot {
     policies: Arc<CompiledPolicies>,
@@ -466,9 +476,34 @@ impl Engine {
         req: &DecisionRequest,
         emergency_otp_active: bool,
     ) -> Result<Plan, EngineError> {
+        self.plan_with(req, emergency_otp_active, true)
+    }
+
+    /// [`Engine::plan`] without the plan-table cache (neither read nor filled): what
+    /// the first request of an attribute class costs. For benchmarks and diagnosis.
+    pub fn plan_uncached(
+        &self,
+        req: &DecisionRequest,
+        emergency_otp_active: bool,
+    ) -> Result<Plan, EngineError> {
+        self.plan_with(req, emergency_otp_active, false)
+    }
+
+    fn plan_with(
+        &self,
+        req: &DecisionRequest,
+        emergency_otp_active: bool,
+        use_cache: bool,
+    ) -> Result<Plan, EngineError> {
         let (user, device) = self.lookup(req)?;
         let snap = self.snapshot();
-        let cached = self.table(&snap, req, &user, &device)?;
+        let cached = if use_cache {
+            self.table(&snap, req, &user, &device)?
+        } else {
+            Arc::new(CachedTable::new(
+                self.compute_table(&snap, req, &user, &device)?,
+            ))
+        };
 
         let capturable = FactorSet::capturable_with(device.capabilities);
         let mut available = user
@@ -540,12 +575,9 @@ impl Engine {
         if let Some(t) = lock(&snap.tables).get(&key) {
             return Ok(t.clone());
         }
-        let table = self.compute_table(snap, req, user, device)?;
-        let cached = Arc::new(CachedTable {
-            monotone: table.is_monotone(),
-            minimal: table.minimal_sets(FactorSet::ALL),
-            table,
-        });
+        let cached = Arc::new(CachedTable::new(
+            self.compute_table(snap, req, user, device)?,
+        ));
         let mut tables = lock(&snap.tables);
         if tables.len() >= self.limits.plan_tables {
             tables.clear();
