@@ -35,6 +35,9 @@ pub struct EngineState {
     pub admin_names: Option<Vec<String>>,
     /// Serialises publishes and entity changes so store and memory move together.
     admin_lock: Mutex<()>,
+    /// Set when the server shuts down, so long-lived `WatchPolicy` streams end and a
+    /// graceful shutdown does not wait on them forever.
+    closing: watch::Sender<bool>,
 }
 
 impl EngineState {
@@ -50,7 +53,13 @@ impl EngineState {
             version: watch::channel(version).0,
             admin_names,
             admin_lock: Mutex::new(()),
+            closing: watch::channel(false).0,
         })
+    }
+
+    /// Ends every `WatchPolicy` stream (called when the server shuts down).
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
     }
 
     /// Loads a newer version published through another replica, if there is one.
@@ -258,11 +267,18 @@ impl pb::policy_decision_server::PolicyDecision for DecisionService {
         _: Request<pb::WatchPolicyRequest>,
     ) -> Result<Response<VersionStream>, Status> {
         let rx = self.0.version.subscribe();
+        let mut closing = self.0.closing.subscribe();
         let stream = tokio_stream::StreamExt::filter_map(
             tokio_stream::wrappers::WatchStream::new(rx),
             |v| v.as_ref().map(|v| Ok(version_info(v))),
         );
-        Ok(Response::new(Box::pin(stream)))
+        let until_closed = async move {
+            let _ = closing.wait_for(|c| *c).await;
+        };
+        Ok(Response::new(Box::pin(futures::StreamExt::take_until(
+            stream,
+            until_closed,
+        ))))
     }
 }
 
@@ -343,6 +359,18 @@ impl pb::policy_admin_server::PolicyAdmin for AdminService {
             if r.dry_run {
                 return Ok(Response::new(pb::PublishResponse {
                     version: None,
+                    diagnostics,
+                }));
+            }
+            // Publishing the set that is already served is a no-op, not a new version.
+            let current = self.0.version.borrow().clone();
+            if let Some(cur) = current.filter(|c| c.digest == candidate.policies().digest) {
+                tracing::info!(
+                    version = cur.version,
+                    "identical to the current version; nothing stored"
+                );
+                return Ok(Response::new(pb::PublishResponse {
+                    version: Some(version_info(&cur)),
                     diagnostics,
                 }));
             }

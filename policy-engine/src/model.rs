@@ -7,11 +7,11 @@ use std::str::FromStr;
 
 /// A value outside one of the closed vocabularies, with what was expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown {what} '{value}' (expected one of: {expected})")]
+#[error("unknown {what} '{value}' (expected one of: {})", expected.join(", "))]
 pub struct UnknownName {
     pub what: &'static str,
     pub value: String,
-    pub expected: &'static str,
+    pub expected: &'static [&'static str],
 }
 
 macro_rules! vocabulary {
@@ -35,7 +35,7 @@ macro_rules! vocabulary {
                     _ => Err(UnknownName {
                         what: $what,
                         value: s.to_string(),
-                        expected: concat!($($text, " "),+),
+                        expected: &[$($text),+],
                     }),
                 }
             }
@@ -122,7 +122,10 @@ mod tests {
         }
         let err = "login".parse::<Action>().unwrap_err();
         assert_eq!(err.value, "login");
-        assert!(err.to_string().starts_with("unknown action 'login'"));
+        assert_eq!(
+            err.to_string(),
+            "unknown action 'login' (expected one of: logon, unlock, switch_operator, presence, elevate)"
+        );
         assert_eq!("lgwan".parse::<Tier>(), Ok(Tier::Lgwan));
         assert_eq!(Via::LgwanTelework.name(), "lgwan_telework");
     }

@@ -25,6 +25,9 @@ use crate::store::{Store, StoreError};
 /// The schema every engine knows, used until a version is published.
 pub const DEFAULT_SCHEMA: &str = include_str!("../../policies/sekisho.cedarschema");
 
+/// How long a shutdown waits for calls in flight.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Largest admin request accepted (a whole city's entities in one transaction).
 const MAX_ADMIN_MESSAGE: usize = 256 * 1024 * 1024;
 
@@ -56,6 +59,8 @@ pub enum ServeError {
     },
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("server task failed: {0}")]
+    Task(String),
 }
 
 /// A running engine. Dropping it does not stop the server; call [`RunningEngine::shutdown`].
@@ -70,30 +75,25 @@ pub struct RunningEngine {
 }
 
 impl RunningEngine {
-    /// Stops accepting calls, lets calls in flight finish, and waits.
+    /// Stops accepting calls, ends `WatchPolicy` streams, lets calls in flight finish
+    /// for up to [`SHUTDOWN_GRACE`], then stops regardless.
     pub async fn shutdown(mut self) -> Result<(), ServeError> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        self.state.close_streams();
         self.poller.abort();
-        match self.server.await {
-            Ok(r) => r.map_err(ServeError::from),
-            Err(e) if e.is_cancelled() => Ok(()),
-            Err(e) => Err(ServeError::Tls {
-                path: String::new(),
-                message: format!("server task failed: {e}"),
-            }),
-        }
-    }
-
-    /// Waits until the server ends (it ends on its own only on a transport failure).
-    pub async fn wait(&mut self) -> Result<(), ServeError> {
-        match (&mut self.server).await {
-            Ok(r) => r.map_err(ServeError::from),
-            Err(e) => Err(ServeError::Tls {
-                path: String::new(),
-                message: format!("server task failed: {e}"),
-            }),
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.server).await {
+            Ok(Ok(r)) => r.map_err(ServeError::from),
+            Ok(Err(e)) if e.is_cancelled() => Ok(()),
+            Ok(Err(e)) => Err(ServeError::Task(e.to_string())),
+            Err(_) => {
+                tracing::warn!(
+                    "calls still in flight after the shutdown grace period; stopping anyway"
+                );
+                self.server.abort();
+                Ok(())
+            }
         }
     }
 }

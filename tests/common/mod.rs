@@ -1,0 +1,188 @@
+//! Test kit: a real engine per test (kanidm-style), on SQLite in a temporary directory
+//! or on the PostgreSQL the test script provides, with mutual TLS from a generated PKI.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use sekisho::client::EngineArgs;
+use sekisho_policy_engine::config::EngineConfig;
+use sekisho_policy_engine::server::{self, RunningEngine};
+use sekisho_proto::v1 as pb;
+use tonic::transport::Channel;
+
+pub const POLICIES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
+pub const ENTITIES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/policies/examples/entities.json"
+);
+
+/// The PostgreSQL database the test script prepares.
+pub fn pg_url() -> String {
+    std::env::var("SEKISHO_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/sekisho_test".into())
+}
+
+/// A tenant no other test (or earlier run) uses, so tests share one database safely.
+pub fn unique_tenant(name: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{name}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct TestEngine {
+    pub running: RunningEngine,
+    pub dir: tempfile::TempDir,
+    pub config: EngineConfig,
+}
+
+impl TestEngine {
+    /// Starts an engine with an empty store on the given backend.
+    pub async fn start(backend: Backend, name: &str) -> TestEngine {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = EngineConfig::default();
+        config.listen = ([127, 0, 0, 1], 0).into();
+        config.tls.generate_dir = dir.path().join("tls");
+        config.poll_interval_secs = 1;
+        match backend {
+            Backend::Sqlite => {
+                config.store = format!("sqlite://{}", dir.path().join("engine.db").display())
+            }
+            Backend::Postgres => {
+                config.store = pg_url();
+                config.tenant = unique_tenant(name);
+            }
+        }
+        Self::start_with(config, dir).await
+    }
+
+    pub async fn start_with(config: EngineConfig, dir: tempfile::TempDir) -> TestEngine {
+        let running = server::start(&config).await.unwrap_or_else(|e| {
+            panic!("engine did not start on {}: {e} (PostgreSQL tests need scripts/test.sh or SEKISHO_TEST_PG_URL)", config.store)
+        });
+        TestEngine {
+            running,
+            dir,
+            config,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.running.addr.port())
+    }
+
+    fn pki(&self) -> &sekisho_policy_engine::pki::PkiFiles {
+        self.running
+            .pki
+            .as_ref()
+            .expect("test engines use the generated PKI")
+    }
+
+    pub fn admin(&self) -> EngineArgs {
+        let p = self.pki();
+        EngineArgs::new(self.url(), &p.ca(), &p.admin_cert(), &p.admin_key())
+    }
+
+    pub fn gateway(&self) -> EngineArgs {
+        let p = self.pki();
+        EngineArgs::new(self.url(), &p.ca(), &p.gateway_cert(), &p.gateway_key())
+    }
+
+    pub async fn admin_client(&self) -> pb::policy_admin_client::PolicyAdminClient<Channel> {
+        pb::policy_admin_client::PolicyAdminClient::new(
+            self.admin().connect().await.expect("admin connects"),
+        )
+    }
+
+    pub async fn decision_client(
+        &self,
+    ) -> pb::policy_decision_client::PolicyDecisionClient<Channel> {
+        pb::policy_decision_client::PolicyDecisionClient::new(
+            self.gateway().connect().await.expect("gateway connects"),
+        )
+    }
+
+    /// Loads the example city and publishes the reference policies (v1).
+    pub async fn load_reference(&self) -> pb::PolicyVersionInfo {
+        let mut admin = self.admin_client().await;
+        let batch =
+            sekisho::cmd::read_entities(std::path::Path::new(ENTITIES)).expect("example entities");
+        admin
+            .upsert_entities(sekisho_policy_engine::grpc::batch_to_proto(&batch))
+            .await
+            .expect("upsert");
+        admin
+            .publish(publish_request(&PathBuf::from(POLICIES)))
+            .await
+            .expect("publish")
+            .into_inner()
+            .version
+            .expect("a version")
+    }
+
+    pub async fn stop(self) {
+        self.running.shutdown().await.expect("clean shutdown");
+    }
+}
+
+pub fn publish_request(dir: &std::path::Path) -> pb::PublishRequest {
+    let s = sekisho_policy_engine::PolicySources::load_dir(dir).expect("policy dir");
+    pb::PublishRequest {
+        schema: s.schema,
+        files: s
+            .files
+            .into_iter()
+            .map(|f| pb::PolicyFile {
+                name: f.name,
+                text: f.text,
+            })
+            .collect(),
+        comment: "test".into(),
+        dry_run: false,
+        force: false,
+    }
+}
+
+pub fn plan_request(user: &str, device: &str, action: &str) -> pb::PlanRequest {
+    pb::PlanRequest {
+        user: user.into(),
+        device: device.into(),
+        action: action.into(),
+        context: Some(pb::DecisionContext {
+            via: "console".into(),
+            upstream: vec![],
+            hour: Some(10),
+        }),
+        emergency_otp_active: false,
+        request_id: String::new(),
+    }
+}
+
+pub fn options(r: &pb::PlanResponse) -> Vec<Vec<String>> {
+    r.options.iter().map(|o| o.factors.clone()).collect()
+}
+
+/// A copy of the reference policy directory that a test may change.
+pub fn policy_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for e in std::fs::read_dir(POLICIES).expect("policies dir") {
+        let e = e.expect("entry");
+        if e.path().is_file() {
+            std::fs::copy(e.path(), dir.path().join(e.file_name())).expect("copy");
+        }
+    }
+    dir
+}

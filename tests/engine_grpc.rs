@@ -1,0 +1,412 @@
+//! The engine over gRPC with mutual TLS, as gateways and administrators use it, on
+//! SQLite and on PostgreSQL.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{options, plan_request, publish_request, Backend, TestEngine};
+use sekisho_proto::v1 as pb;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::Code;
+
+async fn decisions_and_publishing(backend: Backend, name: &str) {
+    let engine = TestEngine::start(backend, name).await;
+    let v1 = engine.load_reference().await;
+    assert_eq!(v1.version, 1);
+    assert_eq!(v1.policy_count, 24);
+
+    let mut gw = engine.decision_client().await;
+    let p = gw
+        .plan(plan_request("u023", "lgwan-desk-17", "logon"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(options(&p), [["card", "password"]]);
+    assert_eq!(p.policy_version, "v1");
+
+    let a = gw
+        .authorize(pb::AuthorizeRequest {
+            user: "u023".into(),
+            device: "lgwan-desk-17".into(),
+            action: "logon".into(),
+            factors: vec!["card".into(), "password".into()],
+            context: Some(pb::DecisionContext {
+                hour: Some(10),
+                ..Default::default()
+            }),
+            request_id: "req-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a.decision, pb::Decision::Allow as i32);
+    assert_eq!(a.policy_ids, ["lgwan-desktop-logon"]);
+    assert_eq!(a.policy_version, "v1");
+
+    // Unknown user, bad input: specific statuses naming what was wrong.
+    let e = gw
+        .plan(plan_request("nobody", "lgwan-desk-17", "logon"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::NotFound, "unknown user 'nobody'")
+    );
+    let e = gw
+        .plan(plan_request("u023", "lgwan-desk-17", "login"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("unknown action 'login'"));
+
+    // Watching versions: the current one first, then each new one.
+    let mut watch = gw
+        .watch_policy(pb::WatchPolicyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().version, 1);
+
+    let mut admin = engine.admin_client().await;
+    // An invalid set is refused with file:line:col diagnostics and changes nothing.
+    let dir = common::policy_copy();
+    let lgwan = dir.path().join("lgwan.cedar");
+    let text = std::fs::read_to_string(&lgwan).unwrap();
+    std::fs::write(
+        &lgwan,
+        text.replacen(
+            "context.factors.containsAll",
+            "context.factorz.containsAll",
+            1,
+        ),
+    )
+    .unwrap();
+    let e = admin
+        .publish(publish_request(dir.path()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("lgwan.cedar:") && e.message().contains("factorz"),
+        "{}",
+        e.message()
+    );
+    // A valid set that locks a group out is refused unless forced.
+    std::fs::write(
+        &lgwan,
+        text.replace(
+            "[\"card\", \"password\"]",
+            "[\"card\", \"password\", \"vein\"]",
+        ),
+    )
+    .unwrap();
+    let e = admin
+        .publish(publish_request(dir.path()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    assert!(e.message().contains("locked-out"), "{}", e.message());
+    let versions = admin
+        .list_versions(pb::ListVersionsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .versions;
+    assert_eq!(versions.len(), 1, "a refused publish stores nothing");
+    let p = gw
+        .plan(plan_request("u023", "lgwan-desk-17", "logon"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (options(&p), p.policy_version.as_str()),
+        (vec![vec!["card".to_string(), "password".to_string()]], "v1")
+    );
+
+    // Publishing the same set again is a no-op answered with the current version.
+    let again = admin
+        .publish(publish_request(std::path::Path::new(common::POLICIES)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.version.unwrap().version, 1);
+
+    // A dry run checks without storing.
+    let mut dry = publish_request(&std::path::PathBuf::from(common::POLICIES));
+    dry.dry_run = true;
+    assert!(admin
+        .publish(dry)
+        .await
+        .unwrap()
+        .into_inner()
+        .version
+        .is_none());
+
+    // A real change: publish v2 and watch it arrive.
+    std::fs::write(
+        &lgwan,
+        text.replace(
+            "context.factors.containsAll([\"card\", \"password\"])",
+            "context.factors.containsAll([\"card\", \"pin\"])",
+        ),
+    )
+    .unwrap();
+    let v2 = admin
+        .publish(publish_request(dir.path()))
+        .await
+        .unwrap()
+        .into_inner()
+        .version
+        .unwrap();
+    assert_eq!(v2.version, 2);
+    let seen = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.version, 2);
+    let p = gw
+        .plan(plan_request("u023", "lgwan-desk-17", "logon"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p.policy_version, "v2");
+    assert_eq!(options(&p), [["card", "pin"]]);
+    let old = admin
+        .get_version(pb::GetVersionRequest { version: 1 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        old.files.iter().any(|f| f.text == text),
+        "v1 is kept unchanged"
+    );
+
+    // Entities: a user who enrols nothing more loses options; a deleted user is unknown.
+    let mut u023 = sekisho::cmd::read_entities(std::path::Path::new(common::ENTITIES))
+        .unwrap()
+        .users
+        .into_iter()
+        .find(|u| u.id == "u023")
+        .unwrap();
+    u023.enrolled = sekisho_policy_engine::FactorSet::parse_names(["password"]).unwrap();
+    let req = sekisho_policy_engine::grpc::batch_to_proto(
+        &sekisho_policy_engine::entities::EntityBatch {
+            users: vec![u023],
+            ..Default::default()
+        },
+    );
+    admin.upsert_entities(req).await.unwrap();
+    let p = gw
+        .plan(plan_request("u023", "lgwan-desk-17", "logon"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(p.options.is_empty());
+    assert_eq!(p.unavailable[0].missing, ["card", "pin"]);
+    // A change that breaks a reference is refused and changes nothing.
+    let bad = pb::UpsertEntitiesRequest {
+        users: vec![pb::User {
+            id: "u900".into(),
+            department: "x".into(),
+            role: "staff".into(),
+            enrolled: vec![],
+            groups: vec!["no-such-group".into()],
+        }],
+        ..Default::default()
+    };
+    let e = admin.upsert_entities(bad).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("'no-such-group'"), "{}", e.message());
+    admin
+        .delete_entities(pb::DeleteEntitiesRequest {
+            entities: vec![pb::EntityRef {
+                kind: pb::EntityKind::User as i32,
+                id: "u023".into(),
+            }],
+        })
+        .await
+        .unwrap();
+    let e = gw
+        .plan(plan_request("u023", "lgwan-desk-17", "logon"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+
+    engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_and_publishing_on_sqlite() {
+    decisions_and_publishing(Backend::Sqlite, "sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_and_publishing_on_postgres() {
+    decisions_and_publishing(Backend::Postgres, "grpc").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_is_required_and_admin_is_a_role() {
+    let engine = TestEngine::start(Backend::Sqlite, "tls").await;
+    engine.load_reference().await;
+    let pki = engine.running.pki.clone().unwrap();
+    let ca = Certificate::from_pem(std::fs::read(pki.ca()).unwrap());
+
+    // A client that trusts the engine but shows no certificate is refused.
+    let no_cert = Endpoint::from_shared(engine.url())
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(ca.clone())
+                .domain_name("127.0.0.1"),
+        )
+        .unwrap();
+    let refused = match no_cert.connect().await {
+        Err(_) => true,
+        Ok(ch) => pb::policy_decision_client::PolicyDecisionClient::new(ch)
+            .plan(plan_request("u023", "lgwan-desk-17", "logon"))
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a client without a certificate must be refused");
+
+    // A certificate from another CA is refused too.
+    let other = sekisho_policy_engine::pki::CertificateAuthority::generate("someone else").unwrap();
+    let stranger = other
+        .issue(
+            "sekisho-admin",
+            &[],
+            sekisho_policy_engine::pki::Usage::Client,
+        )
+        .unwrap();
+    let foreign = Endpoint::from_shared(engine.url())
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(ca)
+                .identity(Identity::from_pem(stranger.cert_pem, stranger.key_pem))
+                .domain_name("127.0.0.1"),
+        )
+        .unwrap();
+    let refused = match foreign.connect().await {
+        Err(_) => true,
+        Ok(ch) => pb::policy_admin_client::PolicyAdminClient::new(ch)
+            .list_versions(pb::ListVersionsRequest {})
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a certificate from another CA must be refused");
+
+    // A gateway's certificate may ask for decisions but not administer.
+    let mut as_gateway =
+        pb::policy_admin_client::PolicyAdminClient::new(engine.gateway().connect().await.unwrap());
+    let e = as_gateway
+        .publish(publish_request(std::path::Path::new(common::POLICIES)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(
+        e.message()
+            .contains("'sekisho-gateway' is not an administrator"),
+        "{}",
+        e.message()
+    );
+    engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_engine_serves_what_it_stored() {
+    let engine = TestEngine::start(Backend::Sqlite, "restart").await;
+    engine.load_reference().await;
+    let TestEngine {
+        running,
+        dir,
+        config,
+    } = engine;
+    running.shutdown().await.unwrap();
+    let engine = TestEngine::start_with(config, dir).await;
+    let p = engine
+        .decision_client()
+        .await
+        .plan(plan_request("u020", "lgwan-mobile-01", "logon"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (options(&p), p.policy_version.as_str()),
+        (vec![vec!["face".to_string(), "password".to_string()]], "v1")
+    );
+    engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_postgres_pick_up_each_others_versions() {
+    let a = TestEngine::start(Backend::Postgres, "replica").await;
+    let mut config = a.config.clone();
+    let dir = tempfile::tempdir().unwrap();
+    config.tls.generate_dir = dir.path().join("tls");
+    let b = TestEngine::start_with(config, dir).await;
+    let mut watch_b = b
+        .decision_client()
+        .await
+        .watch_policy(pb::WatchPolicyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    a.load_reference().await;
+    let seen = tokio::time::timeout(Duration::from_secs(20), watch_b.message())
+        .await
+        .expect("replica B sees v1")
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.version, 1);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_only_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = sekisho_policy_engine::config::EngineConfig::default();
+    config.listen = ([127, 0, 0, 1], 0).into();
+    config.store = format!("sqlite://{}", dir.path().join("e.db").display());
+    config.tls.generate_dir = dir.path().join("tls");
+    // By default: TLS, so a plaintext client cannot talk to it.
+    let tls = TestEngine::start_with(config.clone(), dir).await;
+    let plain =
+        Endpoint::from_shared(format!("http://127.0.0.1:{}", tls.running.addr.port())).unwrap();
+    let failed = match plain.connect().await {
+        Err(_) => true,
+        Ok(ch) => pb::policy_decision_client::PolicyDecisionClient::new(ch)
+            .plan(plan_request("u1", "d1", "logon"))
+            .await
+            .map_err(|e| e.code() == Code::NotFound)
+            .is_err(),
+    };
+    assert!(failed);
+    let TestEngine {
+        running,
+        dir,
+        mut config,
+    } = tls;
+    running.shutdown().await.unwrap();
+    config.tls.plaintext = true;
+    let plain_engine = TestEngine::start_with(config, dir).await;
+    assert!(plain_engine.running.pki.is_none());
+    let ch = Endpoint::from_shared(format!(
+        "http://127.0.0.1:{}",
+        plain_engine.running.addr.port()
+    ))
+    .unwrap()
+    .connect()
+    .await
+    .unwrap();
+    let e = pb::policy_decision_client::PolicyDecisionClient::new(ch)
+        .plan(plan_request("u1", "d1", "logon"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    plain_engine.running.shutdown().await.unwrap();
+}
