@@ -369,10 +369,7 @@ async fn replicas_on_postgres_pick_up_each_others_versions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plaintext_only_when_asked() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = sekisho_policy_engine::config::EngineConfig::default();
-    config.listen = ([127, 0, 0, 1], 0).into();
-    config.store = format!("sqlite://{}", dir.path().join("e.db").display());
-    config.tls.generate_dir = dir.path().join("tls");
+    let config = sekisho_policy_engine::config::EngineConfig::self_contained(dir.path());
     // By default: TLS, so a plaintext client cannot talk to it.
     let tls = TestEngine::start_with(config.clone(), dir).await;
     let plain =

@@ -118,6 +118,20 @@ pub enum ConfigError {
 }
 
 impl EngineConfig {
+    /// An engine on an ephemeral loopback port that keeps everything (its SQLite file
+    /// and a generated PKI) in `dir`: the demo's and the tests' setup.
+    pub fn self_contained(dir: &Path) -> Self {
+        EngineConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            store: format!("sqlite://{}", dir.join("engine.db").display()),
+            tls: TlsConfig {
+                generate_dir: dir.join("tls"),
+                ..TlsConfig::default()
+            },
+            ..EngineConfig::default()
+        }
+    }
+
     /// Loads and checks a config file; `None` gives the defaults.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let Some(path) = path else {

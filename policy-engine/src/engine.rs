@@ -120,6 +120,9 @@ fn bucket_index(action: Action, tier: Tier) -> usize {
     action.index() * TIERS + tier.index()
 }
 
+/// A bucket and the principal-specific policies of it that a request meets.
+type SliceKey = (usize, Vec<u32>);
+
 /// A table, plus its minimal sets over every factor (enough for monotone tables).
 #[derive(Debug)]
 struct CachedTable {
@@ -143,7 +146,7 @@ struct Snapshot {
     policies: Arc<CompiledPolicies>,
     label: String,
     buckets: Vec<Bucket>,
-    slices: Mutex<HashMap<(usize, Vec<u32>), Arc<PolicySet>>>,
+    slices: Mutex<HashMap<SliceKey, Arc<PolicySet>>>,
     tables: Mutex<HashMap<Vec<u8>, Arc<CachedTable>>>,
 }
 

@@ -228,31 +228,16 @@ impl Directory {
     /// Applies upserts and deletions atomically: on any error `self` is unchanged.
     pub fn apply(&mut self, batch: EntityBatch, del: EntityDeletion) -> Result<(), EntityError> {
         // Duplicates inside one batch are almost always a mistake in an export.
+        let ids = (batch.users.iter().map(|u| ("user", u.id.as_str())))
+            .chain(batch.groups.iter().map(|g| ("group", g.id.as_str())))
+            .chain(batch.devices.iter().map(|d| ("device", d.id.as_str())));
         let mut seen = HashSet::new();
-        for u in &batch.users {
-            check_id("user", &u.id)?;
-            if !seen.insert(("user", u.id.as_str())) {
+        for (kind, id) in ids {
+            check_id(kind, id)?;
+            if !seen.insert((kind, id)) {
                 return Err(EntityError::Duplicate {
-                    kind: "user",
-                    id: u.id.clone(),
-                });
-            }
-        }
-        for g in &batch.groups {
-            check_id("group", &g.id)?;
-            if !seen.insert(("group", g.id.as_str())) {
-                return Err(EntityError::Duplicate {
-                    kind: "group",
-                    id: g.id.clone(),
-                });
-            }
-        }
-        for d in &batch.devices {
-            check_id("device", &d.id)?;
-            if !seen.insert(("device", d.id.as_str())) {
-                return Err(EntityError::Duplicate {
-                    kind: "device",
-                    id: d.id.clone(),
+                    kind,
+                    id: id.to_string(),
                 });
             }
         }
@@ -360,8 +345,6 @@ impl Directory {
         };
 
         // Everything checked: commit.
-        drop(derive);
-        drop(closures);
         if let Some(g) = new_groups {
             self.groups = g;
         }

@@ -427,17 +427,11 @@ impl pb::policy_admin_server::PolicyAdmin for AdminService {
                     format!("no policy version {v}")
                 })
             })?;
+        let wire = publish_request(sources, "", false, false);
         Ok(Response::new(pb::PolicyVersion {
             info: Some(version_info(&info)),
-            schema: sources.schema,
-            files: sources
-                .files
-                .into_iter()
-                .map(|f| pb::PolicyFile {
-                    name: f.name,
-                    text: f.text,
-                })
-                .collect(),
+            schema: wire.schema,
+            files: wire.files,
         }))
     }
 
@@ -536,6 +530,29 @@ fn entity_batch(r: pb::UpsertEntitiesRequest) -> Result<EntityBatch, Status> {
         });
     }
     Ok(b)
+}
+
+/// A publish request for these sources (for clients such as the CLI).
+pub fn publish_request(
+    sources: PolicySources,
+    comment: &str,
+    dry_run: bool,
+    force: bool,
+) -> pb::PublishRequest {
+    pb::PublishRequest {
+        schema: sources.schema,
+        files: sources
+            .files
+            .into_iter()
+            .map(|f| pb::PolicyFile {
+                name: f.name,
+                text: f.text,
+            })
+            .collect(),
+        comment: comment.to_string(),
+        dry_run,
+        force,
+    }
 }
 
 /// Wire form of a batch (for clients such as the CLI).

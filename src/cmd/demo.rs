@@ -167,10 +167,7 @@ pub async fn run(dir: Option<&Path>) -> Result<Outcome> {
             temp.path().to_path_buf()
         }
     };
-    let mut config = EngineConfig::default();
-    config.listen = ([127, 0, 0, 1], 0).into();
-    config.store = format!("sqlite://{}", dir.join("engine.db").display());
-    config.tls.generate_dir = dir.join("tls");
+    let config = EngineConfig::self_contained(&dir);
 
     println!(
         "sekisho demo — an engine on SQLite with mutual TLS, in {}\n",
@@ -208,22 +205,13 @@ async fn tour(admin: &EngineArgs, gateway: &EngineArgs) -> Result<()> {
         counts.users, counts.groups, counts.devices
     );
 
-    let sources = reference::policies();
     let published = admin_client
-        .publish(pb::PublishRequest {
-            schema: sources.schema.clone(),
-            files: sources
-                .files
-                .iter()
-                .map(|f| pb::PolicyFile {
-                    name: f.name.clone(),
-                    text: f.text.clone(),
-                })
-                .collect(),
-            comment: "reference policies (demo)".into(),
-            dry_run: false,
-            force: false,
-        })
+        .publish(sekisho_policy_engine::grpc::publish_request(
+            reference::policies(),
+            "reference policies (demo)",
+            false,
+            false,
+        ))
         .await
         .context("publishing the reference policies")?
         .into_inner();

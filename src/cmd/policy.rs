@@ -95,20 +95,7 @@ pub async fn publish(
     engine: &EngineArgs,
 ) -> Result<Outcome> {
     let sources = PolicySources::load_dir(dir)?;
-    let request = pb::PublishRequest {
-        schema: sources.schema,
-        files: sources
-            .files
-            .into_iter()
-            .map(|f| pb::PolicyFile {
-                name: f.name,
-                text: f.text,
-            })
-            .collect(),
-        comment: comment.to_string(),
-        dry_run,
-        force,
-    };
+    let request = sekisho_policy_engine::grpc::publish_request(sources, comment, dry_run, force);
     let mut client = pb::policy_admin_client::PolicyAdminClient::new(engine.connect().await?);
     match client.publish(request).await {
         Ok(r) => {
@@ -142,11 +129,7 @@ pub async fn publish(
             eprintln!("not published: the engine still serves the previous version");
             Ok(Outcome::No)
         }
-        Err(s) => Err(anyhow::anyhow!(
-            "publish failed: {}: {}",
-            s.code(),
-            s.message()
-        )),
+        Err(s) => Err(anyhow::anyhow!("publish failed: {}", s.message())),
     }
 }
 

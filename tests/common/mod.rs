@@ -53,18 +53,13 @@ impl TestEngine {
     /// Starts an engine with an empty store on the given backend.
     pub async fn start(backend: Backend, name: &str) -> TestEngine {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut config = EngineConfig::default();
-        config.listen = ([127, 0, 0, 1], 0).into();
-        config.tls.generate_dir = dir.path().join("tls");
-        config.poll_interval_secs = 1;
-        match backend {
-            Backend::Sqlite => {
-                config.store = format!("sqlite://{}", dir.path().join("engine.db").display())
-            }
-            Backend::Postgres => {
-                config.store = pg_url();
-                config.tenant = unique_tenant(name);
-            }
+        let mut config = EngineConfig {
+            poll_interval_secs: 1,
+            ..EngineConfig::self_contained(dir.path())
+        };
+        if let Backend::Postgres = backend {
+            config.store = pg_url();
+            config.tenant = unique_tenant(name);
         }
         Self::start_with(config, dir).await
     }
@@ -140,20 +135,7 @@ impl TestEngine {
 
 pub fn publish_request(dir: &std::path::Path) -> pb::PublishRequest {
     let s = sekisho_policy_engine::PolicySources::load_dir(dir).expect("policy dir");
-    pb::PublishRequest {
-        schema: s.schema,
-        files: s
-            .files
-            .into_iter()
-            .map(|f| pb::PolicyFile {
-                name: f.name,
-                text: f.text,
-            })
-            .collect(),
-        comment: "test".into(),
-        dry_run: false,
-        force: false,
-    }
+    sekisho_policy_engine::grpc::publish_request(s, "test", false, false)
 }
 
 pub fn plan_request(user: &str, device: &str, action: &str) -> pb::PlanRequest {
