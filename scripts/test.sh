@@ -12,7 +12,7 @@ log() { printf '\n==> %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 ensure_postgres() {
-  if ! command -v pg_ctlcluster >/dev/null 2>&1 && ! command -v psql >/dev/null 2>&1; then
+  if ! command -v pg_ctlcluster >/dev/null 2>&1; then
     log "installing PostgreSQL (apt-get)"
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq postgresql >/dev/null
@@ -35,16 +35,15 @@ ensure_postgres() {
     done
     pg_isready -h 127.0.0.1 -p 5432 -q || { echo "PostgreSQL did not come up on 127.0.0.1:5432" >&2; exit 1; }
   fi
-  local psql_cmd=(psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -qtA)
-  if ! "${psql_cmd[@]}" -c 'select 1' >/dev/null 2>&1; then
-    # Not trust-authenticated over TCP: go through the local socket as postgres.
-    psql_cmd=(as_root su postgres -c)
+  if ! psql -h 127.0.0.1 -U postgres -qtA -c 'select 1' >/dev/null 2>&1; then
+    # TCP logins need a password on this server: set one through the local socket.
     as_root su postgres -c "psql -qtA -c \"alter user postgres password 'postgres'\"" >/dev/null
     export PGPASSWORD=postgres
-    psql_cmd=(psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -qtA)
   fi
-  if [ "$("${psql_cmd[@]}" -c "select 1 from pg_database where datname = 'sekisho_test'")" != 1 ]; then
-    "${psql_cmd[@]}" -c 'create database sekisho_test' >/dev/null
+  local exists
+  exists=$(psql -h 127.0.0.1 -U postgres -qtA -c "select 1 from pg_database where datname = 'sekisho_test'")
+  if [ "$exists" != 1 ]; then
+    psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -qtA -c 'create database sekisho_test' >/dev/null
   fi
   export SEKISHO_TEST_PG_URL="${SEKISHO_TEST_PG_URL:-postgres://postgres${PGPASSWORD:+:$PGPASSWORD}@127.0.0.1:5432/sekisho_test}"
 }
