@@ -272,85 +272,70 @@ impl References {
 /// The truth table of a residual policy (a policy partially evaluated with
 /// `context.factors` unknown): its scope is gone and its clauses test only factors.
 /// `None` when the residual holds anything else, and the caller must evaluate.
+///
+/// Works on Cedar's JSON form (EST): the structured tree refuses residuals that still
+/// contain an unknown, which is exactly what a residual is.
 pub fn residual_table(policy: &cedar_policy::Policy) -> Option<FactorTable> {
-    let pst = policy.to_pst().ok()?;
-    let t = pst.body();
-    let scope_free = matches!(t.principal, pst::PrincipalConstraint::Any)
-        && matches!(t.action, pst::ActionConstraint::Any)
-        && matches!(t.resource, pst::ResourceConstraint::Any);
+    let json = policy.to_json().ok()?;
+    let scope_free = ["principal", "action", "resource"]
+        .iter()
+        .all(|k| json[*k]["op"] == "All");
     if !scope_free {
         return None;
     }
-    t.clauses().iter().try_fold(FactorTable::TRUE, |acc, c| {
-        Some(match c {
-            Clause::When(e) => acc.and(condition_table(e)?),
-            Clause::Unless(e) => acc.and(condition_table(e)?.not()),
+    json["conditions"]
+        .as_array()?
+        .iter()
+        .try_fold(FactorTable::TRUE, |acc, c| {
+            let body = json_table(&c["body"])?;
+            match c["kind"].as_str()? {
+                "when" => Some(acc.and(body)),
+                "unless" => Some(acc.and(body.not())),
+                _ => None,
+            }
         })
-    })
 }
 
-fn factor_literal(e: &Expr) -> Option<FactorTable> {
-    match e {
-        // A name that is not a factor is never in a set of factors.
-        Expr::Literal(Literal::String(s)) => Some(
-            Factor::from_str(s)
-                .map(FactorTable::has)
-                .unwrap_or(FactorTable::FALSE),
-        ),
-        _ => None,
-    }
+fn is_unknown_factors(v: &serde_json::Value) -> bool {
+    v["unknown"][0]["Value"] == "factors" && v["unknown"].as_array().is_some_and(|a| a.len() == 1)
 }
 
-fn condition_table(e: &Expr) -> Option<FactorTable> {
-    Some(match e {
-        Expr::Literal(Literal::Bool(b)) => FactorTable::constant(*b),
-        Expr::UnaryOp {
-            op: UnaryOp::Not,
-            expr,
-        } => condition_table(expr)?.not(),
-        Expr::UnaryOp {
-            op: UnaryOp::IsEmpty,
-            expr,
-        } if is_context_factors(expr) => FactorTable::has_exactly(FactorSet::EMPTY),
-        Expr::BinaryOp {
-            op: BinaryOp::And,
-            left,
-            right,
-        } => condition_table(left)?.and(condition_table(right)?),
-        Expr::BinaryOp {
-            op: BinaryOp::Or,
-            left,
-            right,
-        } => condition_table(left)?.or(condition_table(right)?),
-        Expr::IfThenElse {
-            cond,
-            then_expr,
-            else_expr,
-        } => {
-            let c = condition_table(cond)?;
-            c.and(condition_table(then_expr)?)
-                .or(c.not().and(condition_table(else_expr)?))
+fn json_factor(v: &serde_json::Value) -> Option<FactorTable> {
+    // A name that is not a factor is never in a set of factors.
+    let name = v["Value"].as_str()?;
+    Some(
+        Factor::from_str(name)
+            .map(FactorTable::has)
+            .unwrap_or(FactorTable::FALSE),
+    )
+}
+
+/// A residual condition as a truth table, for the operators a monotone factor rule
+/// uses; anything else is `None`.
+fn json_table(e: &serde_json::Value) -> Option<FactorTable> {
+    let obj = e.as_object()?;
+    let (op, arg) = obj.iter().next().filter(|_| obj.len() == 1)?;
+    let side = |k: &str| json_table(&arg[k]);
+    Some(match op.as_str() {
+        "Value" => FactorTable::constant(arg.as_bool()?),
+        "!" => side("arg")?.not(),
+        "&&" => side("left")?.and(side("right")?),
+        "||" => side("left")?.or(side("right")?),
+        "if-then-else" => {
+            let c = side("if")?;
+            c.and(side("then")?).or(c.not().and(side("else")?))
         }
-        Expr::BinaryOp {
-            op: BinaryOp::Contains,
-            left,
-            right,
-        } if is_context_factors(left) => factor_literal(right)?,
-        Expr::BinaryOp {
-            op: op @ (BinaryOp::ContainsAll | BinaryOp::ContainsAny),
-            left,
-            right,
-        } if is_context_factors(left) => {
-            let Expr::Set(items) = &**right else {
-                return None;
-            };
-            let all = *op == BinaryOp::ContainsAll;
-            items
-                .iter()
-                .try_fold(FactorTable::constant(all), |acc, i| {
-                    let t = factor_literal(i)?;
+        "isEmpty" if is_unknown_factors(&arg["arg"]) => FactorTable::has_exactly(FactorSet::EMPTY),
+        "contains" if is_unknown_factors(&arg["left"]) => json_factor(&arg["right"])?,
+        "containsAll" | "containsAny" if is_unknown_factors(&arg["left"]) => {
+            let all = op == "containsAll";
+            arg["right"]["Set"].as_array()?.iter().try_fold(
+                FactorTable::constant(all),
+                |acc, i| {
+                    let t = json_factor(i)?;
                     Some(if all { acc.and(t) } else { acc.or(t) })
-                })?
+                },
+            )?
         }
         _ => return None,
     })

@@ -129,15 +129,53 @@ struct CachedTable {
     table: FactorTable,
     monotone: bool,
     minimal: Vec<FactorSet>,
+    /// Each policy of the slice that can still apply, as a function of the factors;
+    /// `None` when a residual was not a plain factor condition (the table then came
+    /// from evaluating every set). With it, Authorize is a few bit tests.
+    policies: Option<Vec<PolicyTable>>,
+    /// Policies that fail to evaluate whatever the factors (skipped, as Cedar does).
+    errors: Vec<String>,
+}
+
+/// One policy of a slice as a function of the factors.
+#[derive(Debug)]
+struct PolicyTable {
+    id: String,
+    effect: Effect,
+    table: FactorTable,
 }
 
 impl CachedTable {
-    fn new(table: FactorTable) -> Self {
+    fn new(table: FactorTable, policies: Option<Vec<PolicyTable>>, errors: Vec<String>) -> Self {
         CachedTable {
             monotone: table.is_monotone(),
             minimal: table.minimal_sets(FactorSet::ALL),
             table,
+            policies,
+            errors,
         }
+    }
+
+    /// Cedar's answer for a presented set, read off the per-policy tables: deny with
+    /// the satisfied forbids if any, else allow with the satisfied permits if any,
+    /// else deny with none.
+    fn decide(&self, presented: FactorSet) -> Option<(bool, Vec<String>)> {
+        let parts = self.policies.as_ref()?;
+        let satisfied = |effect: Effect| -> Vec<String> {
+            let mut ids: Vec<String> = parts
+                .iter()
+                .filter(|p| p.effect == effect && p.table.get(presented))
+                .map(|p| p.id.clone())
+                .collect();
+            ids.sort();
+            ids
+        };
+        let forbids = satisfied(Effect::Forbid);
+        if !forbids.is_empty() {
+            return Some((false, forbids));
+        }
+        let permits = satisfied(Effect::Permit);
+        Some((!permits.is_empty(), permits))
     }
 }
 
@@ -312,6 +350,7 @@ pub struct Engine {
     directory: RwLock<Directory>,
     authorizer: Authorizer,
     limits: CacheLimits,
+    fallbacks: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -337,6 +376,7 @@ impl Engine {
             directory: RwLock::new(directory),
             authorizer: Authorizer::new(),
             limits,
+            fallbacks: Default::default(),
         }
     }
 
@@ -393,17 +433,30 @@ impl Engine {
         Ok((user, device))
     }
 
+    fn cedar_error(req: &DecisionRequest, message: String) -> EngineError {
+        EngineError::Cedar {
+            user: req.user.clone(),
+            device: req.device.clone(),
+            message,
+        }
+    }
+
+    fn cedar_entities(
+        req: &DecisionRequest,
+        user: &User,
+        device: &DeviceRecord,
+    ) -> Result<cedar_policy::Entities, EngineError> {
+        entities::request_entities(user, device).map_err(|m| Self::cedar_error(req, m))
+    }
+
+    /// The Cedar request; `factors: None` leaves `context.factors` unknown.
     fn cedar_request(
         req: &DecisionRequest,
         user: &User,
         device: &DeviceRecord,
         factors: Option<FactorSet>,
-    ) -> Result<(Request, cedar_policy::Entities), EngineError> {
-        let cedar_err = |message: String| EngineError::Cedar {
-            user: req.user.clone(),
-            device: req.device.clone(),
-            message,
-        };
+    ) -> Result<Request, EngineError> {
+        let cedar_err = |message: String| Self::cedar_error(req, message);
         let set = |s: FactorSet| {
             RestrictedExpression::new_set(
                 s.names()
@@ -436,12 +489,14 @@ impl Engine {
             None,
         )
         .map_err(|e| cedar_err(e.to_string()))?;
-        let es = entities::request_entities(user, device).map_err(cedar_err)?;
-        Ok((request, es))
+        Ok(request)
     }
 
     /// Allow or deny given the factors actually verified. `mynumber_card` implies
     /// `card` (verifying one yields both).
+    ///
+    /// When a plan for the same attribute class is cached (a gateway asks for the plan
+    /// first), the answer is read off its per-policy tables; otherwise Cedar evaluates.
     pub fn authorize(
         &self,
         req: &DecisionRequest,
@@ -449,8 +504,34 @@ impl Engine {
     ) -> Result<AuthorizeOutcome, EngineError> {
         let (user, device) = self.lookup(req)?;
         let snap = self.snapshot();
-        let slice = snap.slice(req.action, device.tier, &user, &self.limits);
-        let (request, es) = Self::cedar_request(req, &user, &device, Some(factors.closed()))?;
+        let key = snap.table_key(req, &user, &device);
+        let cached = lock(&snap.tables).get(&key).cloned();
+        if let Some(c) = cached {
+            if let Some((allowed, policy_ids)) = c.decide(factors.closed()) {
+                return Ok(AuthorizeOutcome {
+                    allowed,
+                    policy_ids,
+                    policy_version: snap.label.clone(),
+                    errors: c.errors.clone(),
+                });
+            }
+        }
+        self.authorize_evaluated(&snap, req, &user, &device, factors)
+    }
+
+    /// Authorize by one Cedar evaluation of the slice.
+    fn authorize_evaluated(
+        &self,
+        snap: &Snapshot,
+        req: &DecisionRequest,
+        user: &User,
+        device: &DeviceRecord,
+        factors: FactorSet,
+    ) -> Result<AuthorizeOutcome, EngineError> {
+        let (user, device) = (user, device);
+        let slice = snap.slice(req.action, device.tier, user, &self.limits);
+        let es = Self::cedar_entities(req, user, device)?;
+        let request = Self::cedar_request(req, user, device, Some(factors.closed()))?;
         let response = self.authorizer.is_authorized(&request, &slice, &es);
         let mut policy_ids: Vec<String> = response
             .diagnostics()
@@ -503,9 +584,7 @@ impl Engine {
         let cached = if use_cache {
             self.table(&snap, req, &user, &device)?
         } else {
-            Arc::new(CachedTable::new(
-                self.compute_table(&snap, req, &user, &device)?,
-            ))
+            Arc::new(self.compute_table(&snap, req, &user, &device)?)
         };
 
         let capturable = FactorSet::capturable_with(device.capabilities);
@@ -578,9 +657,7 @@ impl Engine {
         if let Some(t) = lock(&snap.tables).get(&key) {
             return Ok(t.clone());
         }
-        let cached = Arc::new(CachedTable::new(
-            self.compute_table(snap, req, user, device)?,
-        ));
+        let cached = Arc::new(self.compute_table(snap, req, user, device)?);
         let mut tables = lock(&snap.tables);
         if tables.len() >= self.limits.plan_tables {
             tables.clear();
@@ -598,31 +675,49 @@ impl Engine {
         req: &DecisionRequest,
         user: &User,
         device: &DeviceRecord,
-    ) -> Result<FactorTable, EngineError> {
+    ) -> Result<CachedTable, EngineError> {
         let slice = snap.slice(req.action, device.tier, user, &self.limits);
-        let (request, es) = Self::cedar_request(req, user, device, None)?;
+        let es = Self::cedar_entities(req, user, device)?;
+        let request = Self::cedar_request(req, user, device, None)?;
         let partial = self.authorizer.is_authorized_partial(&request, &slice, &es);
-        let (mut permit, mut forbid) = (FactorTable::FALSE, FactorTable::FALSE);
-        let mut opaque = false;
-        for p in partial.definitely_satisfied() {
-            match p.effect() {
-                Effect::Permit => permit = FactorTable::TRUE,
-                Effect::Forbid => forbid = FactorTable::TRUE,
-            }
-        }
+        let errors: Vec<String> = partial
+            .definitely_errored()
+            .map(|id| format!("policy '{id}' failed to evaluate"))
+            .collect();
+        let mut parts: Vec<PolicyTable> = partial
+            .definitely_satisfied()
+            .map(|p| PolicyTable {
+                id: p.id().to_string(),
+                effect: p.effect(),
+                table: FactorTable::TRUE,
+            })
+            .collect();
+        let mut exact = true;
         for p in partial.nontrivial_residuals() {
             match crate::analysis::residual_table(&p) {
-                Some(t) if p.effect() == Effect::Permit => permit = permit.or(t),
-                Some(t) => forbid = forbid.or(t),
+                Some(table) => parts.push(PolicyTable {
+                    id: p.id().to_string(),
+                    effect: p.effect(),
+                    table,
+                }),
                 None => {
-                    opaque = true;
+                    exact = false;
                     break;
                 }
             }
         }
-        if !opaque {
-            return Ok(permit.and(forbid.not()));
+        if exact {
+            let any = |effect: Effect| {
+                parts
+                    .iter()
+                    .filter(|p| p.effect == effect)
+                    .fold(FactorTable::FALSE, |acc, p| acc.or(p.table))
+            };
+            let table = any(Effect::Permit).and(any(Effect::Forbid).not());
+            return Ok(CachedTable::new(table, Some(parts), errors));
         }
+        self.fallbacks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(user = %req.user, device = %req.device, "plan falls back to evaluating every factor set");
         let mut table = FactorTable::FALSE;
         for m in 0..=255u8 {
@@ -630,7 +725,7 @@ impl Engine {
             if !s.is_closed() {
                 continue;
             }
-            let (request, es) = Self::cedar_request(req, user, device, Some(s))?;
+            let request = Self::cedar_request(req, user, device, Some(s))?;
             if self
                 .authorizer
                 .is_authorized(&request, &slice, &es)
@@ -644,7 +739,13 @@ impl Engine {
                 }
             }
         }
-        Ok(table)
+        Ok(CachedTable::new(table, None, errors))
+    }
+
+    /// How many plan tables had to be computed by evaluating every factor set (a
+    /// residual that was not a plain factor condition). Zero for monotone policies.
+    pub fn plan_fallbacks(&self) -> u64 {
+        self.fallbacks.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The minimal permitted sets over every factor for this request, ignoring what the
@@ -817,28 +918,49 @@ mod tests {
 
     #[test]
     fn plan_agrees_with_authorize_on_every_set() {
-        // The plan's truth table must be exactly what Authorize decides, set by set.
+        // The plan's table and the per-policy tables Authorize answers from must say
+        // exactly what a Cedar evaluation says, set by set, deciding policies included.
         let e = engine(LGWAN);
         for (user, device, action) in [
             ("alice", "desk", Action::Logon),
             ("bob", "desk", Action::Elevate),
             ("bob", "laptop", Action::Logon),
         ] {
-            let r = req(user, device, action);
-            let snap = e.snapshot();
-            let (u, d) = e.lookup(&r).unwrap();
-            let t = e.compute_table(&snap, &r, &u, &d).unwrap();
-            for m in 0..=255u8 {
-                let s = FactorSet::from_bits(m);
-                if s.is_closed() {
+            let mut r = req(user, device, action);
+            for hour in [3, 10] {
+                r.hour = hour;
+                let snap = e.snapshot();
+                let (u, d) = e.lookup(&r).unwrap();
+                let t = e.compute_table(&snap, &r, &u, &d).unwrap();
+                assert!(t.policies.is_some(), "residuals compile: no fallback");
+                for m in 0..=255u8 {
+                    let s = FactorSet::from_bits(m);
+                    if !s.is_closed() {
+                        continue;
+                    }
+                    let evaluated = e.authorize_evaluated(&snap, &r, &u, &d, s).unwrap();
+                    assert_eq!(t.table.get(s), evaluated.allowed, "{user} {device} {s}");
                     assert_eq!(
-                        t.get(s),
-                        e.authorize(&r, s).unwrap().allowed,
+                        t.decide(s),
+                        Some((evaluated.allowed, evaluated.policy_ids.clone())),
                         "{user} {device} {s}"
                     );
                 }
             }
         }
+        assert_eq!(e.plan_fallbacks(), 0);
+    }
+
+    #[test]
+    fn authorize_answers_from_a_cached_plan() {
+        let e = engine(LGWAN);
+        let r = req("alice", "desk", Action::Logon);
+        let cp = FactorSet::parse_names(["card", "password"]).unwrap();
+        let before = e.authorize(&r, cp).unwrap();
+        e.plan(&r, false).unwrap();
+        let after = e.authorize(&r, cp).unwrap();
+        assert_eq!(before, after);
+        assert_eq!(after.policy_ids, ["desk"]);
     }
 
     #[test]

@@ -231,7 +231,8 @@ pub async fn start(config: &EngineConfig) -> Result<RunningEngine, ServeError> {
                 .max_decoding_message_size(MAX_ADMIN_MESSAGE),
         );
     let server = tokio::spawn(router.serve_with_incoming_shutdown(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        // Without NODELAY some answers wait ~40 ms for the client's delayed ACK.
+        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
         async {
             let _ = stopped.await;
         },
