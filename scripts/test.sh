@@ -51,11 +51,10 @@ ensure_postgres() {
 ensure_postgres
 
 log "running the workspace tests"
+# Doc tests first (nextest does not run them), so the runner's summary closes the log.
+cargo test --workspace --doc --quiet
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
-  # nextest does not run doc tests.
-  cargo test --workspace --doc --quiet
 else
   cargo test --workspace --no-fail-fast "$@"
-  cargo test --workspace --doc --quiet
 fi

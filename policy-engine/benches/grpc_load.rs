@@ -7,6 +7,10 @@
 //! Client and server run in this one process (separate tokio runtimes) and share the
 //! machine's cores. `SEKISHO_BENCH_CALLS` (default 20000) sets the one-at-a-time calls,
 //! `SEKISHO_BENCH_SECS` (default 10) the length of each 64-in-flight run.
+//! `SEKISHO_BENCH_ONLY=plan|authorize` measures only one kind of call (for profiling).
+//!
+//! Order: Authorize with no plan cached (Cedar evaluates), then Plan's first pass
+//! (tables computed), then Plan and Authorize with the tables cached (the gateway flow).
 
 mod common;
 
@@ -28,7 +32,7 @@ extern "C" {
 
 const IN_FLIGHT: usize = 64;
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq, Debug)]
 enum Call {
     Plan,
     Authorize,
@@ -114,7 +118,7 @@ fn cpu_time() -> Duration {
 
 fn print_row(name: &str, s: &Summary, extra: &str) {
     println!(
-        "{name:<46} {:>7} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>9.1}  {extra}",
+        "{name:<52} {:>7} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>9.1}  {extra}",
         s.n,
         us(s.p50),
         us(s.p90),
@@ -217,11 +221,13 @@ fn main() {
     let secs = env("SEKISHO_BENCH_SECS", 10.0);
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut config = EngineConfig::default();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.store = format!("sqlite://{}", dir.path().join("engine.db").display());
+    let mut config = EngineConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        store: format!("sqlite://{}", dir.path().join("engine.db").display()),
+        poll_interval_secs: 3600,
+        ..EngineConfig::default()
+    };
     config.tls.generate_dir = dir.path().join("tls");
-    config.poll_interval_secs = 3600;
 
     // The engine gets its own runtime (its default: one worker per core).
     let server_rt = tokio::runtime::Builder::new_multi_thread()
@@ -285,68 +291,111 @@ fn main() {
     let addr = engine.addr;
     let wire = Arc::new(wire(&requests));
 
-    // One call at a time: a single-threaded client.
-    let client_rt = tokio::runtime::Builder::new_current_thread()
+    // One call at a time: a single-threaded client. 64 in flight: a multi-threaded
+    // client (one worker per core, like the engine).
+    let one_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    println!();
-    println!(
-        "{:<46} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9}",
-        "gRPC over mTLS on loopback (µs per call)", "calls", "p50", "p90", "p99", "p99.9", "max"
-    );
-    client_rt.block_on(async {
-        let channel = connect(&pki, addr).await;
-        let mut client = pb::policy_decision_client::PolicyDecisionClient::new(channel);
-        // First pass: plan tables are computed as requests arrive (cold cache).
-        let cold = sequential(&mut client, &wire, Call::Plan, wire.plans.len()).await;
-        print_row("Plan, 1 at a time, first pass (cold cache)", &cold, "");
-        let _ = sequential(&mut client, &wire, Call::Authorize, wire.plans.len()).await;
-        for what in [Call::Plan, Call::Authorize] {
-            let s = sequential(&mut client, &wire, what, calls).await;
-            print_row(&format!("{}, 1 at a time", what.name()), &s, "");
-        }
-    });
-    drop(client_rt);
-
-    // 64 in flight: a multi-threaded client (one worker per core, like the engine).
-    let client_rt = tokio::runtime::Builder::new_multi_thread()
+    let many_rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("client")
         .build()
         .unwrap();
-    client_rt.block_on(async {
-        for channels in [1usize, 4] {
-            let mut chans = Vec::new();
-            for _ in 0..channels {
-                chans.push(connect(&pki, addr).await);
-            }
-            // Warm-up, discarded.
-            let _ = concurrent(&chans, &wire, Call::Plan, 2.0).await;
-            for what in [Call::Plan, Call::Authorize] {
-                let (s, rate, cpu) = concurrent(&chans, &wire, what, secs).await;
-                print_row(
-                    &format!(
-                        "{}, {IN_FLIGHT} in flight, {channels} channel(s)",
-                        what.name()
-                    ),
-                    &s,
-                    &format!(
-                        "{rate:.0} calls/s, {:.1} µs CPU/call (client+server)",
-                        us(cpu)
-                    ),
-                );
-            }
+    let one = one_rt.block_on(connect(&pki, addr));
+    let mut client = pb::policy_decision_client::PolicyDecisionClient::new(one);
+    println!();
+    println!(
+        "{:<52} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9}",
+        "gRPC over mTLS on loopback (µs per call)", "calls", "p50", "p90", "p99", "p99.9", "max"
+    );
+
+    // Phase 1: no plan cached yet, so Authorize evaluates its slice with Cedar (it does
+    // not fill the plan-table cache itself). A first pass warms the slice cache.
+    if kinds().contains(&Call::Authorize) {
+        one_rt.block_on(async {
+            let _ = sequential(&mut client, &wire, Call::Authorize, wire.plans.len()).await;
+            let s = sequential(&mut client, &wire, Call::Authorize, calls).await;
+            print_row("Authorize, 1 at a time, no plan cached", &s, "");
+        });
+        many_rt.block_on(in_flight(
+            &pki,
+            addr,
+            &wire,
+            Call::Authorize,
+            secs,
+            ", no plan cached",
+        ));
+    }
+
+    // Phase 2: Plan, first pass (plan tables computed as requests arrive), then the
+    // gateway flow with tables cached.
+    one_rt.block_on(async {
+        let cold = sequential(&mut client, &wire, Call::Plan, wire.plans.len()).await;
+        print_row("Plan, 1 at a time, first pass (tables cold)", &cold, "");
+        for what in kinds() {
+            let s = sequential(&mut client, &wire, what, calls).await;
+            print_row(
+                &format!("{}, 1 at a time, plan cached", what.name()),
+                &s,
+                "",
+            );
         }
     });
-    drop(client_rt);
+    for what in kinds() {
+        many_rt.block_on(in_flight(&pki, addr, &wire, what, secs, ", plan cached"));
+    }
+    drop(client);
+    drop(one_rt);
+    drop(many_rt);
     let (rss_end, hwm_end) = memory_kib();
     println!(
-        "process VmRSS at the end: {:.1} MiB; VmHWM {:.1} MiB",
+        "process VmRSS at the end: {:.1} MiB; VmHWM {:.1} MiB; plans that fell back: {}",
         mib(rss_end),
-        mib(hwm_end)
+        mib(hwm_end),
+        engine.state.engine.plan_fallbacks()
     );
     server_rt.block_on(engine.shutdown()).expect("shutdown");
+}
+
+/// 64 calls in flight over 1 and then 4 channels, after a 2 s warm-up of each.
+async fn in_flight(
+    pki: &sekisho_policy_engine::pki::PkiFiles,
+    addr: std::net::SocketAddr,
+    wire: &Arc<Wire>,
+    what: Call,
+    secs: f64,
+    note: &str,
+) {
+    for channels in [1usize, 4] {
+        let mut chans = Vec::new();
+        for _ in 0..channels {
+            chans.push(connect(pki, addr).await);
+        }
+        let _ = concurrent(&chans, wire, what, 2.0).await;
+        let (s, rate, cpu) = concurrent(&chans, wire, what, secs).await;
+        print_row(
+            &format!(
+                "{}, {IN_FLIGHT} in flight, {channels} ch{note}",
+                what.name()
+            ),
+            &s,
+            &format!(
+                "{rate:.0} calls/s, {:.1} µs CPU/call (client+server)",
+                us(cpu)
+            ),
+        );
+    }
+}
+
+/// The calls to measure: both, or only one with `SEKISHO_BENCH_ONLY=plan|authorize`
+/// (for profiling one of them).
+fn kinds() -> Vec<Call> {
+    match std::env::var("SEKISHO_BENCH_ONLY").as_deref() {
+        Ok("plan") => vec![Call::Plan],
+        Ok("authorize") => vec![Call::Authorize],
+        _ => vec![Call::Plan, Call::Authorize],
+    }
 }
 
 fn requests_for(

@@ -267,7 +267,7 @@ pub fn generated_files() -> Vec<PolicyFile> {
         push(&mut by_dept[section_dept(s)], p);
     }
     // 90 department permits: VDI, internet and telework access per department.
-    for d in 0..DEPARTMENTS {
+    for (d, text) in by_dept.iter_mut().enumerate() {
         let g = dept_id(d);
         let rules = [
             ("lgwan", "vdi", "logon-unlock", vec!["logon", "unlock"]),
@@ -285,7 +285,7 @@ pub fn generated_files() -> Vec<PolicyFile> {
                 action_scope(&actions),
                 factor_condition(&mut rng)
             );
-            push(&mut by_dept[d], p);
+            push(text, p);
         }
     }
     // 100 section forbids, monotone: no logon there without a hardware factor.
@@ -305,13 +305,13 @@ pub fn generated_files() -> Vec<PolicyFile> {
         push(&mut by_dept[section_dept(s)], p);
     }
     // 20 department forbids on the hour: no internet at night.
-    for d in 0..20 {
+    for (d, text) in by_dept.iter_mut().enumerate().take(20) {
         let g = dept_id(d);
         let (from, to) = (20 + rng.below(4), 5 + rng.below(3));
         let p = format!(
             "@id(\"{g}-internet-night\")\nforbid (\n  principal in Sekisho::Group::\"{g}\",\n  action,\n  resource in Sekisho::Tier::\"internet\"\n)\nwhen {{ context.hour >= {from} || context.hour < {to} }};\n"
         );
-        push(&mut by_dept[d], p);
+        push(text, p);
     }
     // 16 location forbids: outlying buildings need a hardware factor.
     for i in 0..16 {
@@ -416,7 +416,7 @@ pub fn city_batch() -> EntityBatch {
         }
         let has = |g: &str| gs.iter().any(|x| x == g);
         let mn = has("mynumber-operators")
-            || (mynumber_department(section_dept(primary)) && primary % 3 == 0);
+            || (mynumber_department(section_dept(primary)) && primary.is_multiple_of(3));
         let (tele, admin, manager) = (has("teleworkers"), has("it-admins"), has("managers"));
         let mut enrolled = FactorSet::EMPTY;
         let mut maybe = |f: Factor, p: f64| {
