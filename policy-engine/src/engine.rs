@@ -11,6 +11,11 @@
 //! policy version and attribute class ([`References`]) and shared by everyone in the
 //! class; restricting it to one user's enrolled factors and one device's capabilities
 //! is a few bit operations.
+//!
+//! The cached entry keeps each policy's own table too, so once a plan is cached (a
+//! gateway asks for the plan before the logon), Authorize for that class reads the
+//! decision and its deciding policies off the tables instead of evaluating Cedar
+//! again. Tests check both ways agree with Cedar set by set.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -528,7 +533,6 @@ impl Engine {
         device: &DeviceRecord,
         factors: FactorSet,
     ) -> Result<AuthorizeOutcome, EngineError> {
-        let (user, device) = (user, device);
         let slice = snap.slice(req.action, device.tier, user, &self.limits);
         let es = Self::cedar_entities(req, user, device)?;
         let request = Self::cedar_request(req, user, device, Some(factors.closed()))?;
