@@ -9,8 +9,9 @@
 //! `SEKISHO_BENCH_SECS` (default 10) the length of each 64-in-flight run.
 //! `SEKISHO_BENCH_ONLY=plan|authorize` measures only one kind of call (for profiling).
 //!
-//! Order: Authorize with no plan cached (Cedar evaluates), then Plan's first pass
-//! (tables computed), then Plan and Authorize with the tables cached (the gateway flow).
+//! Order: Plan's first pass (each attribute class's tables computed as its first
+//! request arrives; a class's first Authorize costs the same), then Plan and
+//! Authorize with the tables cached (the gateway flow).
 
 mod common;
 
@@ -309,24 +310,6 @@ fn main() {
         "{:<52} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9}",
         "gRPC over mTLS on loopback (µs per call)", "calls", "p50", "p90", "p99", "p99.9", "max"
     );
-
-    // Phase 1: no plan cached yet, so Authorize evaluates its slice with Cedar (it does
-    // not fill the plan-table cache itself). A first pass warms the slice cache.
-    if kinds().contains(&Call::Authorize) {
-        one_rt.block_on(async {
-            let _ = sequential(&mut client, &wire, Call::Authorize, wire.plans.len()).await;
-            let s = sequential(&mut client, &wire, Call::Authorize, calls).await;
-            print_row("Authorize, 1 at a time, no plan cached", &s, "");
-        });
-        many_rt.block_on(in_flight(
-            &pki,
-            addr,
-            &wire,
-            Call::Authorize,
-            secs,
-            ", no plan cached",
-        ));
-    }
 
     // Phase 2: Plan, first pass (plan tables computed as requests arrive), then the
     // gateway flow with tables cached.

@@ -12,10 +12,10 @@
 //! class; restricting it to one user's enrolled factors and one device's capabilities
 //! is a few bit operations.
 //!
-//! The cached entry keeps each policy's own table too, so once a plan is cached (a
-//! gateway asks for the plan before the logon), Authorize for that class reads the
-//! decision and its deciding policies off the tables instead of evaluating Cedar
-//! again. Tests check both ways agree with Cedar set by set.
+//! The cached entry keeps each policy's own table too, so Authorize reads the decision
+//! and its deciding policies off the tables of its class (computed by the gateway's
+//! Plan, or by the first Authorize of the class) instead of evaluating Cedar again.
+//! Tests check that this agrees with a Cedar evaluation set by set.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -500,8 +500,9 @@ impl Engine {
     /// Allow or deny given the factors actually verified. `mynumber_card` implies
     /// `card` (verifying one yields both).
     ///
-    /// When a plan for the same attribute class is cached (a gateway asks for the plan
-    /// first), the answer is read off its per-policy tables; otherwise Cedar evaluates.
+    /// The answer is read off the attribute class's per-policy tables, computed once
+    /// per class and policy version (a gateway's Plan has usually computed them
+    /// already); Cedar evaluates only when a residual was not a plain factor condition.
     pub fn authorize(
         &self,
         req: &DecisionRequest,
@@ -509,19 +510,27 @@ impl Engine {
     ) -> Result<AuthorizeOutcome, EngineError> {
         let (user, device) = self.lookup(req)?;
         let snap = self.snapshot();
-        let key = snap.table_key(req, &user, &device);
-        let cached = lock(&snap.tables).get(&key).cloned();
-        if let Some(c) = cached {
-            if let Some((allowed, policy_ids)) = c.decide(factors.closed()) {
-                return Ok(AuthorizeOutcome {
-                    allowed,
-                    policy_ids,
-                    policy_version: snap.label.clone(),
-                    errors: c.errors.clone(),
-                });
-            }
+        let cached = self.table(&snap, req, &user, &device)?;
+        match cached.decide(factors.closed()) {
+            Some((allowed, policy_ids)) => Ok(AuthorizeOutcome {
+                allowed,
+                policy_ids,
+                policy_version: snap.label.clone(),
+                errors: cached.errors.clone(),
+            }),
+            None => self.authorize_evaluated(&snap, req, &user, &device, factors),
         }
-        self.authorize_evaluated(&snap, req, &user, &device, factors)
+    }
+
+    /// [`Engine::authorize`] by one Cedar evaluation of the slice, without the class
+    /// tables (neither read nor filled). For benchmarks and for checking the tables.
+    pub fn authorize_uncached(
+        &self,
+        req: &DecisionRequest,
+        factors: FactorSet,
+    ) -> Result<AuthorizeOutcome, EngineError> {
+        let (user, device) = self.lookup(req)?;
+        self.authorize_evaluated(&self.snapshot(), req, &user, &device, factors)
     }
 
     /// Authorize by one Cedar evaluation of the slice.
