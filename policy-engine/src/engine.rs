@@ -1,14 +1,13 @@
 //! Plan and Authorize (DESIGN.md §3) over a policy version and a directory.
 //!
-//! Authorize is one Cedar evaluation over the request's *slice*: the policies whose
-//! scope can match its action, tier and the user's groups. With 1,000 policies a
-//! request typically meets a dozen.
+//! Cedar only ever sees a request's *slice*: the policies whose scope can match its
+//! action, tier and the user's groups. With 1,000 policies a request meets about nine.
 //!
 //! Plan evaluates the slice once, partially, with `context.factors` unknown. What is
 //! left of each policy is a condition on factors only, which compiles to a 256-bit
 //! truth table ([`FactorTable`]); the minimal permitted sets are read off that table.
 //! The table depends only on the attributes the policies read, so it is cached per
-//! policy version and attribute class ([`References`]) and shared by everyone in the
+//! policy version and attribute class ([`crate::analysis::References`]) and shared by everyone in the
 //! class; restricting it to one user's enrolled factors and one device's capabilities
 //! is a few bit operations.
 //!
