@@ -342,7 +342,7 @@ async fn a_restarted_engine_serves_what_it_stored() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_on_postgres_pick_up_each_others_versions() {
+async fn replicas_on_postgres_pick_up_each_others_versions_and_entities() {
     let a = TestEngine::start(Backend::Postgres, "replica").await;
     let mut config = a.config.clone();
     let dir = tempfile::tempdir().unwrap();
@@ -362,6 +362,39 @@ async fn replicas_on_postgres_pick_up_each_others_versions() {
         .unwrap()
         .unwrap();
     assert_eq!(seen.version, 1);
+
+    // An entity change made through A reaches B's decisions at B's next refresh.
+    let mut u020 = sekisho::cmd::read_entities(std::path::Path::new(common::ENTITIES))
+        .unwrap()
+        .users
+        .into_iter()
+        .find(|u| u.id == "u020")
+        .unwrap();
+    u020.enrolled = sekisho_policy_engine::FactorSet::parse_names(["password"]).unwrap();
+    let change = sekisho_policy_engine::entities::EntityBatch {
+        users: vec![u020],
+        ..Default::default()
+    };
+    a.admin_client()
+        .await
+        .upsert_entities(sekisho_policy_engine::grpc::batch_to_proto(&change))
+        .await
+        .unwrap();
+    let _ = b.running.state.refresh().await.unwrap();
+    let p = b
+        .decision_client()
+        .await
+        .plan(plan_request("u020", "lgwan-mobile-01", "logon"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        p.options.is_empty(),
+        "B still serves the old entities: {p:?}"
+    );
+    assert_eq!(p.unavailable[0].missing, ["face"]);
+    // Nothing more to catch up with.
+    assert!(!b.running.state.refresh().await.unwrap());
     a.stop().await;
     b.stop().await;
 }

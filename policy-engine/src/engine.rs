@@ -416,6 +416,11 @@ impl Engine {
         Ok(())
     }
 
+    /// Serves a whole new directory from now on (a reload from the store).
+    pub fn replace_directory(&self, directory: Directory) {
+        *self.directory.write().unwrap_or_else(|p| p.into_inner()) = directory;
+    }
+
     /// Reads the directory (briefly: decisions wait while this runs).
     pub fn with_directory<R>(&self, f: impl FnOnce(&Directory) -> R) -> R {
         f(&self.directory.read().unwrap_or_else(|p| p.into_inner()))

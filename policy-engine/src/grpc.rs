@@ -33,6 +33,8 @@ pub struct EngineState {
     /// Client certificate common names allowed to administer. `None` when the
     /// listener has no TLS (a loopback test bed), where there is nobody to check.
     pub admin_names: Option<Vec<String>>,
+    /// The store's entity generation the in-memory directory reflects.
+    entity_generation: AtomicU64,
     /// Serialises publishes and entity changes so store and memory move together.
     admin_lock: Mutex<()>,
     /// Set when the server shuts down, so long-lived `WatchPolicy` streams end and a
@@ -41,16 +43,20 @@ pub struct EngineState {
 }
 
 impl EngineState {
+    /// `entity_generation`: the store's entity generation read *before* the
+    /// directory the engine holds was loaded.
     pub fn new(
         engine: Arc<Engine>,
         store: Store,
         version: Option<VersionInfo>,
+        entity_generation: u64,
         admin_names: Option<Vec<String>>,
     ) -> Arc<Self> {
         Arc::new(EngineState {
             engine,
             store,
             version: watch::channel(version).0,
+            entity_generation: AtomicU64::new(entity_generation),
             admin_names,
             admin_lock: Mutex::new(()),
             closing: watch::channel(false).0,
@@ -62,8 +68,42 @@ impl EngineState {
         self.closing.send_replace(true);
     }
 
-    /// Loads a newer version published through another replica, if there is one.
+    /// Catches up with changes made through another replica: a newer policy version,
+    /// and entity changes (the store's entity generation moved). Returns whether
+    /// anything was reloaded.
     pub async fn refresh(&self) -> Result<bool, String> {
+        let entities = self.refresh_entities().await?;
+        Ok(self.refresh_policies().await? || entities)
+    }
+
+    async fn refresh_entities(&self) -> Result<bool, String> {
+        let known = self.entity_generation.load(Ordering::Acquire);
+        // Read the generation before the entities: a change landing in between is
+        // then loaded now and again at the next check, never missed.
+        let generation = self
+            .store
+            .entity_generation()
+            .await
+            .map_err(|e| e.to_string())?;
+        if generation <= known {
+            return Ok(false);
+        }
+        let _guard = self.admin_lock.lock().await;
+        let batch = self
+            .store
+            .load_entities()
+            .await
+            .map_err(|e| e.to_string())?;
+        let directory = Directory::from_batch(batch)
+            .map_err(|e| format!("stored entities are inconsistent: {e}"))?;
+        self.engine.replace_directory(directory);
+        self.entity_generation
+            .fetch_max(generation, Ordering::AcqRel);
+        tracing::info!(generation, "reloaded entities changed elsewhere");
+        Ok(true)
+    }
+
+    async fn refresh_policies(&self) -> Result<bool, String> {
         let current = self.version.borrow().as_ref().map_or(0, |v| v.version);
         let latest = self
             .store
@@ -483,16 +523,22 @@ impl AdminService {
         let mut copy = self.0.engine.with_directory(Directory::clone);
         copy.apply(batch.clone(), del.clone())
             .map_err(|e| invalid(e.to_string()))?;
-        self.0
+        let generation = self
+            .0
             .store
             .apply_entities(&batch, &del)
             .await
             .map_err(store_status)?;
-        self.0
-            .engine
-            .apply_entities(batch, del)
-            .map_err(engine_status)?;
-        tracing::info!("entities changed");
+        self.0.engine.replace_directory(copy);
+        // Only when no other replica's change came in between is the directory now
+        // that generation; otherwise the next refresh reloads it from the store.
+        let _ = self.0.entity_generation.compare_exchange(
+            generation - 1,
+            generation,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        tracing::info!(generation, "entities changed");
         Ok(())
     }
 }

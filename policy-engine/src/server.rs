@@ -131,6 +131,8 @@ pub async fn start(config: &EngineConfig) -> Result<RunningEngine, ServeError> {
             tracing::info!(version = info.version, dir = %dir.display(), "published bootstrap policies");
         }
     }
+    // The generation first: a change landing before the load is then reloaded later.
+    let mut entity_generation = store.entity_generation().await?;
     let mut batch = store.load_entities().await?;
     if batch.is_empty() {
         if let Some(file) = &config.bootstrap.entities {
@@ -140,7 +142,7 @@ pub async fn start(config: &EngineConfig) -> Result<RunningEngine, ServeError> {
                 .map_err(|e| ServeError::BootstrapEntities(e.to_string()))?;
             Directory::from_batch(loaded.clone())
                 .map_err(|e| ServeError::BootstrapEntities(e.to_string()))?;
-            store.apply_entities(&loaded, &Default::default()).await?;
+            entity_generation = store.apply_entities(&loaded, &Default::default()).await?;
             tracing::info!(entities = loaded.len(), file = %file.display(), "loaded bootstrap entities");
             batch = loaded;
         }
@@ -210,7 +212,7 @@ pub async fn start(config: &EngineConfig) -> Result<RunningEngine, ServeError> {
         Some(config.tls.admin_names.clone())
     };
 
-    let state = EngineState::new(engine, store, version, admin_names);
+    let state = EngineState::new(engine, store, version, entity_generation, admin_names);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {

@@ -25,12 +25,13 @@ pub(super) struct Migration {
 /// Advisory lock key for migrations ("sekisho" + "mig" as ASCII, fits in an i64).
 const MIGRATION_LOCK_KEY: i64 = 0x0073_656b_6973_686f;
 
-pub(super) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "policy versions and entities",
-    statements: &[
-        // A published version: immutable once written.
-        "CREATE TABLE policy_versions (
+pub(super) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "policy versions and entities",
+        statements: &[
+            // A published version: immutable once written.
+            "CREATE TABLE policy_versions (
             tenant TEXT NOT NULL,
             version BIGINT NOT NULL CHECK (version >= 1),
             digest TEXT NOT NULL,
@@ -40,7 +41,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[Migration {
             policy_count BIGINT NOT NULL CHECK (policy_count >= 0),
             PRIMARY KEY (tenant, version)
         )",
-        "CREATE TABLE policy_files (
+            "CREATE TABLE policy_files (
             tenant TEXT NOT NULL,
             version BIGINT NOT NULL,
             name TEXT NOT NULL,
@@ -48,8 +49,8 @@ pub(super) const MIGRATIONS: &[Migration] = &[Migration {
             PRIMARY KEY (tenant, version, name),
             FOREIGN KEY (tenant, version) REFERENCES policy_versions (tenant, version)
         )",
-        // `enrolled` and `groups` are JSON arrays of strings.
-        "CREATE TABLE users (
+            // `enrolled` and `groups` are JSON arrays of strings.
+            "CREATE TABLE users (
             tenant TEXT NOT NULL,
             id TEXT NOT NULL CHECK (length(id) BETWEEN 1 AND 256),
             department TEXT NOT NULL,
@@ -58,15 +59,15 @@ pub(super) const MIGRATIONS: &[Migration] = &[Migration {
             \"groups\" TEXT NOT NULL,
             PRIMARY KEY (tenant, id)
         )",
-        // `parents` is a JSON array of group ids.
-        "CREATE TABLE entity_groups (
+            // `parents` is a JSON array of group ids.
+            "CREATE TABLE entity_groups (
             tenant TEXT NOT NULL,
             id TEXT NOT NULL CHECK (length(id) BETWEEN 1 AND 256),
             parents TEXT NOT NULL,
             PRIMARY KEY (tenant, id)
         )",
-        // `capabilities` is a JSON array of capability names.
-        "CREATE TABLE devices (
+            // `capabilities` is a JSON array of capability names.
+            "CREATE TABLE devices (
             tenant TEXT NOT NULL,
             id TEXT NOT NULL CHECK (length(id) BETWEEN 1 AND 256),
             tier TEXT NOT NULL,
@@ -75,8 +76,20 @@ pub(super) const MIGRATIONS: &[Migration] = &[Migration {
             location TEXT NOT NULL,
             PRIMARY KEY (tenant, id)
         )",
-    ],
-}];
+        ],
+    },
+    Migration {
+        version: 2,
+        name: "entity generations",
+        statements: &[
+            // Bumped by every entity change, so replicas notice changes made elsewhere.
+            "CREATE TABLE entity_generations (
+            tenant TEXT NOT NULL PRIMARY KEY,
+            generation BIGINT NOT NULL CHECK (generation >= 1)
+        )",
+        ],
+    },
+];
 
 /// Brings the database up to the newest embedded migration.
 pub(super) async fn run(pool: &AnyPool, backend: Backend) -> Result<(), StoreError> {

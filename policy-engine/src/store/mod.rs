@@ -584,11 +584,13 @@ impl Store {
     /// Deletes, then upserts, in one transaction: all of it or none of it. Deleting an
     /// id that does not exist is not an error; deleting and upserting the same id in one
     /// call leaves the upserted record. An id twice in one list is refused.
+    ///
+    /// Returns the tenant's new entity generation (see [`Store::entity_generation`]).
     pub async fn apply_entities(
         &self,
         batch: &EntityBatch,
         del: &EntityDeletion,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         check_unique("users", batch.users.iter().map(|u| u.id.as_str()))?;
         check_unique("entity_groups", batch.groups.iter().map(|g| g.id.as_str()))?;
         check_unique("devices", batch.devices.iter().map(|d| d.id.as_str()))?;
@@ -663,10 +665,48 @@ impl Store {
             &devices,
         )
         .await?;
+        let generation: i64 = sqlx::query(
+            "INSERT INTO entity_generations (tenant, generation) VALUES ($1, 1)
+             ON CONFLICT (tenant) DO UPDATE SET generation = entity_generations.generation + 1
+             RETURNING generation",
+        )
+        .bind(&*self.tenant)
+        .fetch_one(&mut *tx)
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(|source| StoreError::Database {
+            context: "bumping the entity generation",
+            source,
+        })?;
         tx.commit().await.map_err(|source| StoreError::Database {
             context: "committing entity changes",
             source,
-        })
+        })?;
+        Ok(generation as u64)
+    }
+
+    /// A counter the store bumps with every entity change (0 before the first). An
+    /// engine replica that sees it move reloads its directory.
+    pub async fn entity_generation(&self) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT generation FROM entity_generations WHERE tenant = $1")
+            .bind(&*self.tenant)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|source| StoreError::Database {
+                context: "reading the entity generation",
+                source,
+            })?;
+        match row {
+            Some(r) => {
+                r.try_get::<i64, _>(0)
+                    .map(|g| g as u64)
+                    .map_err(|source| StoreError::Database {
+                        context: "reading the entity generation",
+                        source,
+                    })
+            }
+            None => Ok(0),
+        }
     }
 
     // -----------------------------------------------------------------------------

@@ -91,6 +91,7 @@ impl Fx {
             "users",
             "entity_groups",
             "devices",
+            "entity_generations",
         ] {
             let _ = sqlx::query(&format!("DELETE FROM {table} WHERE tenant = $1"))
                 .bind(store.tenant())
@@ -135,6 +136,7 @@ on_both_backends!(
     corrupt_rows_name_table_id_and_column,
     load_20000_users,
     reopening_keeps_data_and_migrations_run_once,
+    entity_generation_counts_committed_changes,
 );
 
 // ---------------------------------------------------------------------------
@@ -508,6 +510,38 @@ async fn apply_entities_is_all_or_nothing(fx: Fx) {
     );
     assert_eq!(s.load_entities().await.unwrap(), before);
     fx.cleanup(&s).await;
+}
+
+async fn entity_generation_counts_committed_changes(fx: Fx) {
+    let store = fx.open().await;
+    assert_eq!(store.entity_generation().await.unwrap(), 0);
+    let g1 = store
+        .apply_entities(&sample_batch(), &EntityDeletion::default())
+        .await
+        .unwrap();
+    assert_eq!(g1, 1);
+    // A refused change (an id twice) bumps nothing.
+    let twice = EntityBatch {
+        users: vec![user("u9", &[], &[]), user("u9", &[], &[])],
+        ..Default::default()
+    };
+    assert!(store
+        .apply_entities(&twice, &EntityDeletion::default())
+        .await
+        .is_err());
+    assert_eq!(store.entity_generation().await.unwrap(), 1);
+    let g2 = store
+        .apply_entities(
+            &EntityBatch::default(),
+            &EntityDeletion {
+                users: vec!["u1".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((g2, store.entity_generation().await.unwrap()), (2, 2));
+    fx.cleanup(&store).await;
 }
 
 async fn tenants_are_isolated(fx: Fx) {
