@@ -133,7 +133,7 @@ fn mutated_entity_files_are_refused_without_panics() {
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/examples/entities.json");
     let base = std::fs::read_to_string(path).unwrap();
-    let mut rng = Rng(0xC17E_5);
+    let mut rng = Rng(0x000C_17E5);
     let mut refused = 0;
     for _ in 0..1500 {
         let mut text = base.clone();
