@@ -184,20 +184,10 @@ async fn decisions_and_publishing(backend: Backend, name: &str) {
     );
 
     // Entities: a user who enrols nothing more loses options; a deleted user is unknown.
-    let mut u023 = sekisho::cmd::read_entities(std::path::Path::new(common::ENTITIES))
-        .unwrap()
-        .users
-        .into_iter()
-        .find(|u| u.id == "u023")
+    admin
+        .upsert_entities(common::reenrol("u023", &["password"]))
+        .await
         .unwrap();
-    u023.enrolled = sekisho_policy_engine::FactorSet::parse_names(["password"]).unwrap();
-    let req = sekisho_policy_engine::grpc::batch_to_proto(
-        &sekisho_policy_engine::entities::EntityBatch {
-            users: vec![u023],
-            ..Default::default()
-        },
-    );
-    admin.upsert_entities(req).await.unwrap();
     let p = gw
         .plan(plan_request("u023", "lgwan-desk-17", "logon"))
         .await
@@ -364,20 +354,9 @@ async fn replicas_on_postgres_pick_up_each_others_versions_and_entities() {
     assert_eq!(seen.version, 1);
 
     // An entity change made through A reaches B's decisions at B's next refresh.
-    let mut u020 = sekisho::cmd::read_entities(std::path::Path::new(common::ENTITIES))
-        .unwrap()
-        .users
-        .into_iter()
-        .find(|u| u.id == "u020")
-        .unwrap();
-    u020.enrolled = sekisho_policy_engine::FactorSet::parse_names(["password"]).unwrap();
-    let change = sekisho_policy_engine::entities::EntityBatch {
-        users: vec![u020],
-        ..Default::default()
-    };
     a.admin_client()
         .await
-        .upsert_entities(sekisho_policy_engine::grpc::batch_to_proto(&change))
+        .upsert_entities(common::reenrol("u020", &["password"]))
         .await
         .unwrap();
     let _ = b.running.state.refresh().await.unwrap();

@@ -138,6 +138,21 @@ pub fn publish_request(dir: &std::path::Path) -> pb::PublishRequest {
     sekisho_policy_engine::grpc::publish_request(s, "test", false, false)
 }
 
+/// An upsert that leaves example user `id` enrolled in `factors` only.
+pub fn reenrol(id: &str, factors: &[&str]) -> pb::UpsertEntitiesRequest {
+    let mut user = sekisho::cmd::read_entities(std::path::Path::new(ENTITIES))
+        .expect("example entities")
+        .users
+        .into_iter()
+        .find(|u| u.id == id)
+        .expect("an example user");
+    user.enrolled = sekisho_policy_engine::FactorSet::parse_names(factors).expect("factor names");
+    sekisho_policy_engine::grpc::batch_to_proto(&sekisho_policy_engine::entities::EntityBatch {
+        users: vec![user],
+        ..Default::default()
+    })
+}
+
 pub fn plan_request(user: &str, device: &str, action: &str) -> pb::PlanRequest {
     pb::PlanRequest {
         user: user.into(),

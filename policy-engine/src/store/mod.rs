@@ -688,25 +688,17 @@ impl Store {
     /// A counter the store bumps with every entity change (0 before the first). An
     /// engine replica that sees it move reloads its directory.
     pub async fn entity_generation(&self) -> Result<u64, StoreError> {
-        let row = sqlx::query("SELECT generation FROM entity_generations WHERE tenant = $1")
-            .bind(&*self.tenant)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|source| StoreError::Database {
-                context: "reading the entity generation",
-                source,
-            })?;
-        match row {
-            Some(r) => {
-                r.try_get::<i64, _>(0)
-                    .map(|g| g as u64)
-                    .map_err(|source| StoreError::Database {
-                        context: "reading the entity generation",
-                        source,
-                    })
-            }
-            None => Ok(0),
-        }
+        let generation: Option<i64> =
+            sqlx::query("SELECT generation FROM entity_generations WHERE tenant = $1")
+                .bind(&*self.tenant)
+                .fetch_optional(&self.pool)
+                .await
+                .and_then(|row| row.map(|r| r.try_get(0)).transpose())
+                .map_err(|source| StoreError::Database {
+                    context: "reading the entity generation",
+                    source,
+                })?;
+        Ok(generation.map_or(0, |g| g as u64))
     }
 
     // -----------------------------------------------------------------------------
