@@ -73,6 +73,7 @@ fn wire(requests: &[(DecisionRequest, FactorSet)]) -> Wire {
                 context: context(r),
                 emergency_otp_active: false,
                 request_id: String::new(),
+                ..Default::default()
             })
             .collect(),
         authorizes: requests

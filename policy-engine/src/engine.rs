@@ -81,6 +81,19 @@ pub struct Plan {
     pub policy_version: String,
 }
 
+/// What a gateway adds to a plan request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlanInputs {
+    /// An emergency one-time password is active for the user.
+    pub emergency_otp_active: bool,
+    /// The user's enrolment in the calling gateway's credential store, which is the
+    /// authority for its tier; `None` uses the directory's `enrolled` attribute.
+    pub enrolled: Option<FactorSet>,
+    /// Plan for an unknown user as for a stand-in with no groups who enrolled every
+    /// factor, so that a challenge never tells whether a user exists.
+    pub mask_unknown_user: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthorizeOutcome {
     pub allowed: bool,
@@ -442,6 +455,11 @@ impl Engine {
         Ok((user, device))
     }
 
+    fn lookup_device(&self, id: &str) -> Result<Arc<DeviceRecord>, EngineError> {
+        self.with_directory(|d| d.device(id).cloned())
+            .ok_or_else(|| EngineError::UnknownDevice(id.to_string()))
+    }
+
     fn cedar_error(req: &DecisionRequest, message: String) -> EngineError {
         EngineError::Cedar {
             user: req.user.clone(),
@@ -577,7 +595,17 @@ impl Engine {
         req: &DecisionRequest,
         emergency_otp_active: bool,
     ) -> Result<Plan, EngineError> {
-        self.plan_with(req, emergency_otp_active, true)
+        let inputs = PlanInputs {
+            emergency_otp_active,
+            ..PlanInputs::default()
+        };
+        self.plan_with(req, &inputs, true)
+    }
+
+    /// [`Engine::plan`] as a gateway asks for it: with the enrolment of its tier's
+    /// credential store, and masking unknown users.
+    pub fn plan_for(&self, req: &DecisionRequest, inputs: &PlanInputs) -> Result<Plan, EngineError> {
+        self.plan_with(req, inputs, true)
     }
 
     /// [`Engine::plan`] without the plan-table cache (neither read nor filled): what
@@ -587,16 +615,35 @@ impl Engine {
         req: &DecisionRequest,
         emergency_otp_active: bool,
     ) -> Result<Plan, EngineError> {
-        self.plan_with(req, emergency_otp_active, false)
+        let inputs = PlanInputs {
+            emergency_otp_active,
+            ..PlanInputs::default()
+        };
+        self.plan_with(req, &inputs, false)
     }
 
     fn plan_with(
         &self,
         req: &DecisionRequest,
-        emergency_otp_active: bool,
+        inputs: &PlanInputs,
         use_cache: bool,
     ) -> Result<Plan, EngineError> {
-        let (user, device) = self.lookup(req)?;
+        let (user, device, masked) = match self.lookup(req) {
+            Err(EngineError::UnknownUser(id)) if inputs.mask_unknown_user => {
+                tracing::info!(user = %id, "unknown user: planning as a stand-in with no groups");
+                let device = self.lookup_device(&req.device)?;
+                (Arc::new(User::stand_in(&id)), device, true)
+            }
+            other => {
+                let (user, device) = other?;
+                (user, device, false)
+            }
+        };
+        let enrolled = match inputs.enrolled {
+            Some(e) if !masked => e,
+            _ => user.record.enrolled,
+        };
+        let emergency_otp_active = inputs.emergency_otp_active;
         let snap = self.snapshot();
         let cached = if use_cache {
             self.table(&snap, req, &user, &device)?
@@ -605,9 +652,7 @@ impl Engine {
         };
 
         let capturable = FactorSet::capturable_with(device.capabilities);
-        let mut available = user
-            .record
-            .enrolled
+        let mut available = enrolled
             .without(Factor::EmergencyOtp)
             .intersection(capturable)
             .closed();

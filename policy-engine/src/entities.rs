@@ -92,6 +92,24 @@ pub struct User {
     pub ancestors: Arc<[Arc<str>]>,
 }
 
+impl User {
+    /// A user with no groups, no department or role, who enrolled every factor: what
+    /// an unknown user is planned as when a gateway asks to mask unknown users.
+    pub fn stand_in(id: &str) -> User {
+        User {
+            record: UserRecord {
+                id: id.to_string(),
+                department: String::new(),
+                role: String::new(),
+                enrolled: FactorSet::ALL,
+                groups: Vec::new(),
+            },
+            cohort: cohort_of(id),
+            ancestors: Arc::from(Vec::<Arc<str>>::new()),
+        }
+    }
+}
+
 /// The stable rollout bucket of a user id: the first 8 bytes of SHA-256(id) mod 100.
 /// Stable across restarts, machines and releases, which a rollout stage relies on.
 pub fn cohort_of(user_id: &str) -> u8 {

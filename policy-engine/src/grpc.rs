@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::diagnostics::{Diagnostic, Severity};
-use crate::engine::{current_hour, DecisionRequest, Engine, EngineError};
+use crate::engine::{current_hour, DecisionRequest, Engine, EngineError, PlanInputs};
 use crate::entities::{
     DeviceRecord, Directory, EntityBatch, EntityDeletion, GroupRecord, UserRecord,
 };
@@ -250,10 +250,22 @@ impl pb::policy_decision_server::PolicyDecision for DecisionService {
         let span = tracing::info_span!("plan", request_id = %id, user = %r.user, device = %r.device, action = %r.action);
         let _e = span.enter();
         let req = decision_request(r.user, r.device, &r.action, r.context)?;
+        let enrolled = match &r.enrolled {
+            Some(set) => Some(
+                FactorSet::parse_names(&set.factors)
+                    .map_err(|e| invalid(format!("enrolled: {e}")))?,
+            ),
+            None => None,
+        };
+        let inputs = PlanInputs {
+            emergency_otp_active: r.emergency_otp_active,
+            enrolled,
+            mask_unknown_user: r.mask_unknown_user,
+        };
         let plan = self
             .0
             .engine
-            .plan(&req, r.emergency_otp_active)
+            .plan_for(&req, &inputs)
             .map_err(engine_status)?;
         tracing::debug!(options = plan.options.len(), version = %plan.policy_version, "planned");
         Ok(Response::new(pb::PlanResponse {

@@ -20,7 +20,8 @@ pub mod server;
 pub mod store;
 
 pub use engine::{
-    AuthorizeOutcome, DecisionRequest, Engine, EngineError, Plan, Unavailability, UnavailableSet,
+    AuthorizeOutcome, DecisionRequest, Engine, EngineError, Plan, PlanInputs, Unavailability,
+    UnavailableSet,
 };
 pub use factor::{Capabilities, Factor, FactorSet};
 pub use model::{Action, DeviceKind, Tier, Via};

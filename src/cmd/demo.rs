@@ -273,6 +273,7 @@ async fn ask(
                     context,
                     emergency_otp_active: s.emergency_otp,
                     request_id: String::new(),
+                    ..Default::default()
                 })
                 .await?
                 .into_inner();

@@ -165,6 +165,7 @@ pub fn plan_request(user: &str, device: &str, action: &str) -> pb::PlanRequest {
         }),
         emergency_otp_active: false,
         request_id: String::new(),
+        ..Default::default()
     }
 }
 
