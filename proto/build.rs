@@ -7,7 +7,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_protos(&["proto/sekisho/v1/policy.proto", "proto/sekisho/v1/logon.proto"], &["proto"])?;
+        .compile_protos(
+            &[
+                "proto/sekisho/v1/policy.proto",
+                "proto/sekisho/v1/logon.proto",
+            ],
+            &["proto"],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

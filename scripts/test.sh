@@ -4,6 +4,7 @@
 #
 # Needs: cargo. Installs and starts what is missing: PostgreSQL (tests use
 # 127.0.0.1:5432, database sekisho_test; override with SEKISHO_TEST_PG_URL).
+# Installs OpenLDAP (slapd, ldap-utils): the LDAP tests start their own slapd per test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,7 +49,29 @@ ensure_postgres() {
   export SEKISHO_TEST_PG_URL="${SEKISHO_TEST_PG_URL:-postgres://postgres${PGPASSWORD:+:$PGPASSWORD}@127.0.0.1:5432/sekisho_test}"
 }
 
+ensure_slapd() {
+  # sekisho-testkit starts a throwaway slapd per test; only the programs are needed.
+  if { command -v slapd >/dev/null 2>&1 || [ -x /usr/sbin/slapd ]; } &&
+     command -v ldapmodify >/dev/null 2>&1; then
+    return
+  fi
+  log "installing OpenLDAP slapd and ldap-utils (apt-get)"
+  # No system directory is wanted: skip the package's initial database (and its questions).
+  if command -v debconf-set-selections >/dev/null 2>&1; then
+    echo "slapd slapd/no_configuration boolean true" | as_root debconf-set-selections
+  fi
+  if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slapd ldap-utils >/dev/null 2>&1; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slapd ldap-utils >/dev/null
+  fi
+  # Should the package have started a system slapd anyway, stop it: tests start their own.
+  if command -v service >/dev/null 2>&1; then
+    as_root service slapd stop >/dev/null 2>&1 || true
+  fi
+}
+
 ensure_postgres
+ensure_slapd
 
 log "running the workspace tests"
 # Doc tests first (nextest does not run them), so the runner's summary closes the log.

@@ -604,7 +604,11 @@ impl Engine {
 
     /// [`Engine::plan`] as a gateway asks for it: with the enrolment of its tier's
     /// credential store, and masking unknown users.
-    pub fn plan_for(&self, req: &DecisionRequest, inputs: &PlanInputs) -> Result<Plan, EngineError> {
+    pub fn plan_for(
+        &self,
+        req: &DecisionRequest,
+        inputs: &PlanInputs,
+    ) -> Result<Plan, EngineError> {
         self.plan_with(req, inputs, true)
     }
 

@@ -1,6 +1,12 @@
-//! The per-tier segment gateway (issue 3): endpoint-facing logon API, factor
-//! verifiers, sessions, lockout and the audit outbox.
+//! The per-tier segment gateway: endpoint-facing logon API, factor verifiers,
+//! credential store, sessions and lockout.
 //!
-//! Not built yet. It depends on `sekisho-policy-engine` already so that offline
-//! decisions (a signed policy bundle, the engine unreachable) use the very same
-//! plan/authorize code as the engine.
+//! It depends on `sekisho-policy-engine` so that offline decisions (a signed policy
+//! bundle, the engine unreachable) will use the very same plan/authorize code as the
+//! engine.
+
+pub mod credentials;
+pub mod crypto;
+pub mod db;
+pub mod factors;
+pub mod hashing;

@@ -2,7 +2,7 @@
 //!
 //! One DDL text serves SQLite and PostgreSQL: only types both understand (`TEXT`,
 //! `BIGINT`), composite primary keys that start with `tenant`, and `CHECK`s written in
-//! the common subset. Applied migrations are recorded in `sekisho_migrations`.
+//! the common subset. Applied migrations are recorded in a table per [`MigrationSet`].
 //!
 //! The whole run is one transaction. On PostgreSQL it first takes a transaction-level
 //! advisory lock, so several processes opening the same database at once (replicas
@@ -16,14 +16,28 @@ use super::{Backend, StoreError};
 
 /// One schema step. Versions are applied in order and never edited once released:
 /// a change is a new migration.
-pub(super) struct Migration {
+pub struct Migration {
     pub version: i64,
     pub name: &'static str,
     pub statements: &'static [&'static str],
 }
 
-/// Advisory lock key for migrations ("sekisho" + "mig" as ASCII, fits in an i64).
-const MIGRATION_LOCK_KEY: i64 = 0x0073_656b_6973_686f;
+/// The migrations of one component, recorded in a table of its own, so components
+/// that share a PostgreSQL database (engine, gateways) migrate independently.
+pub struct MigrationSet {
+    /// The table that records applied versions.
+    pub table: &'static str,
+    /// Advisory lock key that serialises concurrent migrations of this set.
+    pub lock_key: i64,
+    pub migrations: &'static [Migration],
+}
+
+/// The engine's schema ("sekisho" as ASCII for the lock key, fits in an i64).
+pub(super) const ENGINE: MigrationSet = MigrationSet {
+    table: "sekisho_migrations",
+    lock_key: 0x0073_656b_6973_686f,
+    migrations: MIGRATIONS,
+};
 
 pub(super) const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -92,7 +106,11 @@ pub(super) const MIGRATIONS: &[Migration] = &[
 ];
 
 /// Brings the database up to the newest embedded migration.
-pub(super) async fn run(pool: &AnyPool, backend: Backend) -> Result<(), StoreError> {
+pub(super) async fn run(
+    pool: &AnyPool,
+    backend: Backend,
+    set: &MigrationSet,
+) -> Result<(), StoreError> {
     let failed = |version: i64, name: &'static str| {
         move |source: sqlx::Error| StoreError::Migration {
             version,
@@ -106,29 +124,30 @@ pub(super) async fn run(pool: &AnyPool, backend: Backend) -> Result<(), StoreErr
         .map_err(failed(0, "begin"))?;
     if backend == Backend::Postgres {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(MIGRATION_LOCK_KEY)
+            .bind(set.lock_key)
             .execute(&mut *tx)
             .await
             .map_err(failed(0, "lock"))?;
     }
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS sekisho_migrations (
+    let table = set.table;
+    sqlx::query(&format!(
+        "CREATE TABLE IF NOT EXISTS {table} (
             version BIGINT NOT NULL PRIMARY KEY,
             name TEXT NOT NULL,
             applied_at TEXT NOT NULL
-        )",
-    )
+        )"
+    ))
     .execute(&mut *tx)
     .await
-    .map_err(failed(0, "create sekisho_migrations"))?;
+    .map_err(failed(0, "create the migrations table"))?;
 
     let applied: Option<i64> =
-        sqlx::query_scalar::<Any, Option<i64>>("SELECT MAX(version) FROM sekisho_migrations")
+        sqlx::query_scalar::<Any, Option<i64>>(&format!("SELECT MAX(version) FROM {table}"))
             .fetch_one(&mut *tx)
             .await
-            .map_err(failed(0, "read sekisho_migrations"))?;
+            .map_err(failed(0, "read the migrations table"))?;
     let applied = applied.unwrap_or(0);
-    let known = MIGRATIONS.last().map_or(0, |m| m.version);
+    let known = set.migrations.last().map_or(0, |m| m.version);
     if applied > known {
         return Err(StoreError::SchemaTooNew {
             found: applied,
@@ -136,16 +155,16 @@ pub(super) async fn run(pool: &AnyPool, backend: Backend) -> Result<(), StoreErr
         });
     }
 
-    for m in MIGRATIONS.iter().filter(|m| m.version > applied) {
+    for m in set.migrations.iter().filter(|m| m.version > applied) {
         for stmt in m.statements {
             sqlx::query(stmt)
                 .execute(&mut *tx)
                 .await
                 .map_err(failed(m.version, m.name))?;
         }
-        sqlx::query(
-            "INSERT INTO sekisho_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
-        )
+        sqlx::query(&format!(
+            "INSERT INTO {table} (version, name, applied_at) VALUES ($1, $2, $3)"
+        ))
         .bind(m.version)
         .bind(m.name)
         .bind(super::now_rfc3339())

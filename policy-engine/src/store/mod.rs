@@ -17,6 +17,8 @@
 //! [`crate::entities::Directory::apply`], which callers run before persisting.
 
 mod migrations;
+
+pub use migrations::{Migration, MigrationSet};
 #[cfg(test)]
 mod tests;
 
@@ -98,13 +100,13 @@ pub struct VersionInfo {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Backend {
+pub enum Backend {
     Sqlite,
     Postgres,
 }
 
 impl Backend {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Backend::Sqlite => "sqlite",
             Backend::Postgres => "postgres",
@@ -113,7 +115,7 @@ impl Backend {
 
     /// Starts a write transaction. On SQLite, `IMMEDIATE` takes the writer lock now
     /// (waiting up to the busy timeout) instead of failing later on lock upgrade.
-    fn begin_write(self) -> &'static str {
+    pub fn begin_write(self) -> &'static str {
         match self {
             Backend::Sqlite => "BEGIN IMMEDIATE",
             Backend::Postgres => "BEGIN",
@@ -176,82 +178,14 @@ pub(crate) fn now_rfc3339() -> String {
 
 impl Store {
     /// Opens (creating if needed) the store at `url` for `tenant` and brings its schema
-    /// up to date.
-    ///
-    /// - `sqlite://path/to/file.db` (relative to the working directory) or
-    ///   `sqlite:///abs/path.db`: the file is created when missing, but its directory
-    ///   must exist. WAL journal, foreign keys on, 15 s busy timeout.
-    /// - `sqlite::memory:`: a private in-memory database on a single connection (tests).
-    /// - `postgres://…` or `postgresql://…`.
+    /// up to date (see [`connect`] for the URLs).
     pub async fn open(url: &str, tenant: &str) -> Result<Store, StoreError> {
         check_tenant(tenant)?;
-        static DRIVERS: Once = Once::new();
-        DRIVERS.call_once(sqlx::any::install_default_drivers);
-
-        let target = parse_url(url)?;
-        let opts = match target.backend {
-            Backend::Sqlite => {
-                let base = AnyPoolOptions::new()
-                    .acquire_timeout(Duration::from_secs(60))
-                    .after_connect(|conn, _meta| {
-                        Box::pin(async move {
-                            conn.execute(
-                                format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str(),
-                            )
-                            .await?;
-                            conn.execute("PRAGMA foreign_keys = ON").await?;
-                            // Switching to WAL needs an exclusive lock that the busy
-                            // timeout does not wait for; the mode is stored in the file,
-                            // so only switch when it is not WAL yet.
-                            let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-                                .fetch_one(&mut *conn)
-                                .await?;
-                            if !mode.eq_ignore_ascii_case("wal")
-                                && !mode.eq_ignore_ascii_case("memory")
-                            {
-                                conn.execute("PRAGMA journal_mode = WAL").await?;
-                            }
-                            Ok(())
-                        })
-                    });
-                if target.memory {
-                    // Every new connection would be a new, empty database: keep exactly one.
-                    base.max_connections(1)
-                        .min_connections(1)
-                        .idle_timeout(None)
-                        .max_lifetime(None)
-                } else {
-                    base.max_connections(4)
-                }
-            }
-            Backend::Postgres => AnyPoolOptions::new()
-                .max_connections(8)
-                .acquire_timeout(Duration::from_secs(30)),
-        };
-        let connect_error = |source| StoreError::Connect {
-            url: redact_url(url),
-            source,
-        };
-        if target.backend == Backend::Postgres {
-            // The pool retries refused connections until its acquire timeout; one plain
-            // connection first makes an unreachable or misconfigured server fail at once.
-            let probe = sqlx::AnyConnection::connect(&target.connect_url)
-                .await
-                .map_err(connect_error)?;
-            let _ = probe.close().await;
-        }
-        let pool = opts
-            .connect(&target.connect_url)
-            .await
-            .map_err(connect_error)?;
-        if let Err(e) = migrations::run(&pool, target.backend).await {
-            pool.close().await;
-            return Err(e);
-        }
+        let (pool, backend) = connect(url, &migrations::ENGINE).await?;
         Ok(Store {
             pool,
             tenant: Arc::from(tenant),
-            backend: target.backend,
+            backend,
         })
     }
 
@@ -832,7 +766,81 @@ fn check_unique<'a>(
     Ok(())
 }
 
-fn check_tenant(tenant: &str) -> Result<(), StoreError> {
+/// Opens (creating if needed) the database at `url` and brings the schema of `set`
+/// up to date: the shared start of the engine's store and a gateway's.
+///
+/// - `sqlite://path/to/file.db` (relative to the working directory) or
+///   `sqlite:///abs/path.db`: the file is created when missing, but its directory
+///   must exist. WAL journal, foreign keys on, 15 s busy timeout.
+/// - `sqlite::memory:`: a private in-memory database on a single connection (tests).
+/// - `postgres://…` or `postgresql://…`.
+pub async fn connect(url: &str, set: &MigrationSet) -> Result<(AnyPool, Backend), StoreError> {
+    static DRIVERS: Once = Once::new();
+    DRIVERS.call_once(sqlx::any::install_default_drivers);
+
+    let target = parse_url(url)?;
+    let opts = match target.backend {
+        Backend::Sqlite => {
+            let base = AnyPoolOptions::new()
+                .acquire_timeout(Duration::from_secs(60))
+                .after_connect(|conn, _meta| {
+                    Box::pin(async move {
+                        conn.execute(
+                            format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str(),
+                        )
+                        .await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                        // Switching to WAL needs an exclusive lock that the busy
+                        // timeout does not wait for; the mode is stored in the file,
+                        // so only switch when it is not WAL yet.
+                        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+                            .fetch_one(&mut *conn)
+                            .await?;
+                        if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory")
+                        {
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                        }
+                        Ok(())
+                    })
+                });
+            if target.memory {
+                // Every new connection would be a new, empty database: keep exactly one.
+                base.max_connections(1)
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+            } else {
+                base.max_connections(4)
+            }
+        }
+        Backend::Postgres => AnyPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(30)),
+    };
+    let connect_error = |source| StoreError::Connect {
+        url: redact_url(url),
+        source,
+    };
+    if target.backend == Backend::Postgres {
+        // The pool retries refused connections until its acquire timeout; one plain
+        // connection first makes an unreachable or misconfigured server fail at once.
+        let probe = sqlx::AnyConnection::connect(&target.connect_url)
+            .await
+            .map_err(connect_error)?;
+        let _ = probe.close().await;
+    }
+    let pool = opts
+        .connect(&target.connect_url)
+        .await
+        .map_err(connect_error)?;
+    if let Err(e) = migrations::run(&pool, target.backend, set).await {
+        pool.close().await;
+        return Err(e);
+    }
+    Ok((pool, target.backend))
+}
+
+pub fn check_tenant(tenant: &str) -> Result<(), StoreError> {
     let why = if tenant.is_empty() {
         "empty"
     } else if tenant.len() > 256 {

@@ -1,0 +1,722 @@
+//! The tier's credential store: registered devices and each user's credentials.
+//!
+//! What is at rest follows DESIGN.md §4: PINs and standalone passwords as Argon2id
+//! hashes, TOTP secrets and biometric templates sealed with AES-256-GCM under a key
+//! that never enters the database, card certificates (never a private key), and
+//! emergency OTPs as hashes. Every sealed value is bound to its row (tenant, tier,
+//! user, factor) through the AEAD's associated data, so a ciphertext copied into
+//! another user's row does not open.
+
+use sekisho_policy_engine::store::StoreError;
+use sekisho_policy_engine::{Capabilities, DeviceKind, Factor, FactorSet, Tier};
+use sqlx::Row;
+
+use crate::crypto::{CryptoError, SealingKey};
+use crate::db::{db_err, now_ms, Db};
+use crate::factors::biometric::{BiometricFactor, DeviceKey};
+use crate::factors::card::CardKind;
+use crate::factors::totp::{TotpAlgorithm, TotpParams};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the credential key does not match the one this store was created with (tenant '{tenant}', tier '{tier}'): check key_file or the key environment variable")]
+    WrongKey { tenant: String, tier: String },
+    #[error("stored {what} of user '{user}' cannot be read: {why}")]
+    Corrupt {
+        what: &'static str,
+        user: String,
+        why: String,
+    },
+    #[error("device '{id}' is registered to tier '{registered}', not '{requested}'")]
+    OtherTier {
+        id: String,
+        registered: String,
+        requested: String,
+    },
+    #[error("cannot seal a credential: {0}")]
+    Seal(CryptoError),
+}
+
+/// A device as this gateway knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayDevice {
+    pub id: String,
+    pub kind: DeviceKind,
+    pub capabilities: Capabilities,
+    pub location: String,
+    /// The capture device's key for biometric proofs.
+    pub capture_key: Option<DeviceKey>,
+}
+
+/// A user's TOTP credential, decrypted for one verification.
+pub struct TotpCredential {
+    pub secret: Vec<u8>,
+    pub params: TotpParams,
+    pub last_step: Option<u64>,
+}
+
+impl std::fmt::Debug for TotpCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TotpCredential")
+            .field("params", &self.params)
+            .field("last_step", &self.last_step)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EnrolledCard {
+    pub certificate: Vec<u8>,
+    pub kind: CardKind,
+}
+
+#[derive(Debug, Clone)]
+pub struct EmergencyOtpRow {
+    pub code_hash: String,
+    pub expires_at_ms: i64,
+    pub used: bool,
+}
+
+/// What a user has on this tier, as the admin API and Begin see it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Enrollment {
+    pub factors: FactorSet,
+    pub cards: u32,
+    pub face_templates: u32,
+    pub vein_templates: u32,
+    /// An unused, unexpired emergency OTP exists.
+    pub emergency_otp_active: bool,
+}
+
+/// The credential store of one tenant and tier.
+#[derive(Clone)]
+pub struct CredentialStore {
+    db: Db,
+    key: std::sync::Arc<SealingKey>,
+}
+
+impl std::fmt::Debug for CredentialStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialStore")
+            .field("db", &self.db)
+            .finish_non_exhaustive()
+    }
+}
+
+const KEY_CHECK: &[u8] = b"sekisho credential key check v1";
+
+impl CredentialStore {
+    /// Binds the store to its key: the first open records a value sealed with it;
+    /// later opens must open that value, or fail with [`CredentialError::WrongKey`].
+    pub async fn open(db: Db, key: SealingKey) -> Result<CredentialStore, CredentialError> {
+        let store = CredentialStore {
+            db,
+            key: std::sync::Arc::new(key),
+        };
+        if store.key_check().await?.is_none() {
+            let sealed = store
+                .key
+                .seal(&store.aad("", "key_check"), KEY_CHECK)
+                .map_err(CredentialError::Seal)?;
+            // Two gateways starting together on a new store: the first one's value
+            // stays, and the second is checked against it below.
+            sqlx::query(
+                "INSERT INTO gw_meta (tenant, tier, name, value) VALUES ($1, $2, 'key_check', $3)
+                 ON CONFLICT (tenant, tier, name) DO NOTHING",
+            )
+            .bind(store.tenant())
+            .bind(store.tier_name())
+            .bind(hex::encode(sealed))
+            .execute(&store.db.pool)
+            .await
+            .map_err(db_err("writing the key check"))?;
+        }
+        match store.key_check().await? {
+            Some(true) => Ok(store),
+            _ => Err(CredentialError::WrongKey {
+                tenant: store.db.tenant.to_string(),
+                tier: store.tier_name().into(),
+            }),
+        }
+    }
+
+    /// Whether the stored key check opens with this key; `None` when there is none.
+    async fn key_check(&self) -> Result<Option<bool>, CredentialError> {
+        let found: Option<String> = sqlx::query_scalar(
+            "SELECT value FROM gw_meta WHERE tenant = $1 AND tier = $2 AND name = 'key_check'",
+        )
+        .bind(self.tenant())
+        .bind(self.tier_name())
+        .fetch_optional(&self.db.pool)
+        .await
+        .map_err(db_err("reading the key check"))?;
+        Ok(found.map(|hex_value| {
+            hex::decode(hex_value)
+                .ok()
+                .and_then(|sealed| self.key.open(&self.aad("", "key_check"), &sealed).ok())
+                .is_some_and(|v| v == KEY_CHECK)
+        }))
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    fn tenant(&self) -> &str {
+        &self.db.tenant
+    }
+
+    fn tier_name(&self) -> &'static str {
+        self.db.tier.name()
+    }
+
+    /// Associated data binding a sealed value to its row.
+    fn aad(&self, user: &str, what: &str) -> Vec<u8> {
+        [self.tenant(), self.tier_name(), user, what]
+            .join("\0")
+            .into_bytes()
+    }
+
+    fn seal(&self, user: &str, what: &str, plain: &[u8]) -> Result<String, CredentialError> {
+        let sealed = self
+            .key
+            .seal(&self.aad(user, what), plain)
+            .map_err(CredentialError::Seal)?;
+        Ok(hex::encode(sealed))
+    }
+
+    fn unseal(
+        &self,
+        user: &str,
+        what: &'static str,
+        stored: &str,
+    ) -> Result<Vec<u8>, CredentialError> {
+        let corrupt = |why: String| CredentialError::Corrupt {
+            what,
+            user: user.to_string(),
+            why,
+        };
+        let sealed = hex::decode(stored).map_err(|e| corrupt(e.to_string()))?;
+        self.key
+            .open(&self.aad(user, what), &sealed)
+            .map_err(|e| corrupt(e.to_string()))
+    }
+
+    // ---------------------------------------------------------------------------
+    // Devices
+
+    /// Registers or updates a device of this tier; true when it is new.
+    pub async fn register_device(&self, device: &GatewayDevice) -> Result<bool, CredentialError> {
+        let caps = serde_json::to_string(&device.capabilities.names()).unwrap_or_default();
+        let key = device
+            .capture_key
+            .as_ref()
+            .map(|k| hex::encode(k.to_spki_der()))
+            .unwrap_or_default();
+        let mut tx = self.db.begin_write().await?;
+        let existed: Option<i64> = sqlx::query_scalar(
+            "SELECT registered_at FROM gw_devices WHERE tenant = $1 AND tier = $2 AND id = $3",
+        )
+        .bind(self.tenant())
+        .bind(self.tier_name())
+        .bind(&device.id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err("reading a device"))?;
+        sqlx::query(
+            "INSERT INTO gw_devices (tenant, tier, id, kind, capabilities, location, capture_key, registered_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (tenant, tier, id) DO UPDATE SET kind = excluded.kind,
+               capabilities = excluded.capabilities, location = excluded.location,
+               capture_key = excluded.capture_key",
+        )
+        .bind(self.tenant())
+        .bind(self.tier_name())
+        .bind(&device.id)
+        .bind(device.kind.name())
+        .bind(caps)
+        .bind(&device.location)
+        .bind(key)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("registering a device"))?;
+        tx.commit().await.map_err(db_err("registering a device"))?;
+        Ok(existed.is_none())
+    }
+
+    pub async fn device(&self, id: &str) -> Result<Option<GatewayDevice>, CredentialError> {
+        let row = sqlx::query(
+            "SELECT kind, capabilities, location, capture_key FROM gw_devices
+             WHERE tenant = $1 AND tier = $2 AND id = $3",
+        )
+        .bind(self.tenant())
+        .bind(self.tier_name())
+        .bind(id)
+        .fetch_optional(&self.db.pool)
+        .await
+        .map_err(db_err("reading a device"))?;
+        let Some(row) = row else { return Ok(None) };
+        let corrupt = |why: String| CredentialError::Corrupt {
+            what: "device",
+            user: id.to_string(),
+            why,
+        };
+        let kind: String = row.try_get(0).map_err(|e| corrupt(e.to_string()))?;
+        let caps: String = row.try_get(1).map_err(|e| corrupt(e.to_string()))?;
+        let location: String = row.try_get(2).map_err(|e| corrupt(e.to_string()))?;
+        let key: String = row.try_get(3).map_err(|e| corrupt(e.to_string()))?;
+        let caps: Vec<String> = serde_json::from_str(&caps).map_err(|e| corrupt(e.to_string()))?;
+        let capture_key = if key.is_empty() {
+            None
+        } else {
+            let der = hex::decode(&key).map_err(|e| corrupt(e.to_string()))?;
+            Some(DeviceKey::from_spki_der(&der).map_err(|e| corrupt(e.to_string()))?)
+        };
+        Ok(Some(GatewayDevice {
+            id: id.to_string(),
+            kind: kind
+                .parse()
+                .map_err(|e: sekisho_policy_engine::model::UnknownName| corrupt(e.to_string()))?,
+            capabilities: Capabilities::parse_names(&caps).map_err(|e| corrupt(e.to_string()))?,
+            location,
+            capture_key,
+        }))
+    }
+
+    // ---------------------------------------------------------------------------
+    // Enrollment
+
+    /// Sets a PIN or standalone password (an Argon2id PHC string).
+    pub async fn set_secret(
+        &self,
+        user: &str,
+        factor: Factor,
+        phc: &str,
+    ) -> Result<(), CredentialError> {
+        sqlx::query(
+            "INSERT INTO gw_secrets (tenant, tier, user_id, factor, phc, updated_at) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (tenant, tier, user_id, factor) DO UPDATE SET phc = excluded.phc, updated_at = excluded.updated_at",
+        )
+        .bind(self.tenant())
+        .bind(self.tier_name())
+        .bind(user)
+        .bind(factor.name())
+        .bind(phc)
+        .bind(now_ms())
+        .execute(&self.db.pool)
+        .await
+        .map_err(db_err("storing a secret"))?;
+        Ok(())
+    }
+
+    pub async fn secret(
+        &self,
+        user: &str,
+        factor: Factor,
+    ) -> Result<Option<String>, CredentialError> {
+        sqlx::query_scalar(
+            "SELECT phc FROM gw_secrets WHERE tenant = $1 AND tier = $2 AND user_id = $3 AND factor = $4",
+        )
+        .bind(self.tenant())
+        .bind(self.tier_name())
+        .bind(user)
+        .bind(factor.name())
+        .fetch_optional(&self.db.pool)
+        .await
+        .map_err(|e| db_err("reading a secret")(e).into())
+    }
+
+    /// Replaces the user's TOTP secret (the replay guard starts afresh).
+    pub async fn set_totp(
+        &self,
+        user: &str,
+        secret: &[u8],
+        params: &TotpParams,
+    ) -> Result<(), CredentialError> {
+        let sealed = self.seal(user, "totp", secret)?;
+        sqlx::query(
+            "INSERT INTO gw_totp (tenant, tier, user_id, secret, algorithm, digits, last_step, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, NULL, $7)
+             ON CONFLICT (tenant, tier, user_id) DO UPDATE SET secret = excluded.secret,
+               algorithm = excluded.algorithm, digits = excluded.digits, last_step = NULL,
+               updated_at = excluded.updated_at",
+        )
+        .bind(self.tenant())
+        .bind(self.tier_name())
+        .bind(user)
+        .bind(sealed)
+        .bind(params.algorithm().uri_name().to_ascii_lowercase())
+        .bind(i64::from(params.digits()))
+        .bind(now_ms())
+        .execute(&self.db.pool)
+        .await
+        .map_err(db_err("storing a TOTP secret"))?;
+        Ok(())
+    }
+
+    pub async fn totp(&self, user: &str) -> Result<Option<TotpCredential>, CredentialError> {
+        let row = sqlx::query(
+            "SELECT secret, algorithm, digits, last_step FROM gw_totp
+             WHERE tenant = $1 AND tier = $2 AND user_id = $3",
+        )
+        .bind(self.tenant())
+        .bind(self.tier_name())
+        .bind(user)
+        .fetch_optional(&self.db.pool)
+        .await
+        .map_err(db_err("reading a TOTP secret"))?;
+        let Some(row) = row else { return Ok(None) };
+        let corrupt = |why: String| CredentialError::Corrupt {
+            what: "totp",
+            user: user.to_string(),
+            why,
+        };
+        let sealed: String = row.try_get(0).map_err(|e| corrupt(e.to_string()))?;
+        let algorithm: String = row.try_get(1).map_err(|e| corrupt(e.to_string()))?;
+        let digits: i64 = row.try_get(2).map_err(|e| corrupt(e.to_string()))?;
+        let last_step: Option<i64> = row.try_get(3).map_err(|e| corrupt(e.to_string()))?;
+        let algorithm = match algorithm.as_str() {
+            "sha1" => TotpAlgorithm::Sha1,
+            "sha256" => TotpAlgorithm::Sha256,
+            other => return Err(corrupt(format!("unknown algorithm '{other}'"))),
+        };
+        let digits = u32::try_from(digits).map_err(|e| corrupt(e.to_string()))?;
+        let params = TotpParams::new(algorithm, digits, 30).map_err(|e| corrupt(e.to_string()))?;
+        Ok(Some(TotpCredential {
+            secret: self.unseal(user, "totp", &sealed)?,
+            params,
+            last_step: last_step.and_then(|s| u64::try_from(s).ok()),
+        }))
+    }
+
+    /// Records an accepted time step, unless a step at or after it was already
+    /// accepted (a concurrent logon with the same code): false means replay.
+    pub async fn accept_totp_step(&self, user: &str, step: u64) -> Result<bool, CredentialError> {
+        let step = i64::try_from(step).unwrap_or(i64::MAX);
+        let done = sqlx::query(
+            "UPDATE gw_totp SET last_step = $4
+             WHERE tenant = $1 AND tier = $2 AND user_id = $3 AND (last_step IS NULL OR last_step < $4)",
+        )
+        .bind(self.tenant())
+        .bind(self.tier_name())
+        .bind(user)
+        .bind(step)
+        .execute(&self.db.pool)
+        .await
+        .map_err(db_err("recording a TOTP step"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Adds a card certificate (DER); false when it was already enrolled.
+    pub async fn add_card(
+        &self,
+        user: &str,
+        der: &[u8],
+        kind: CardKind,
+        not_after_ms: i64,
+    ) -> Result<bool, CredentialError> {
+        use sha2::Digest;
+        let fingerprint = hex::encode(sha2::Sha256::digest(der));
+        let done = sqlx::query(
+            "INSERT INTO gw_cards (tenant, tier, user_id, fingerprint, kind, certificate, not_after, enrolled_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (tenant, tier, user_id, fingerprint) DO NOTHING",
+        )
+        .bind(self.tenant())
+        .bind(self.tier_name())
+        .bind(user)
+        .bind(fingerprint)
+        .bind(card_kind_name(kind))
+        .bind(hex::encode(der))
+        .bind(not_after_ms)
+        .bind(now_ms())
+        .execute(&self.db.pool)
+        .await
+        .map_err(db_err("enrolling a card"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn cards(&self, user: &str) -> Result<Vec<EnrolledCard>, CredentialError> {
+        let rows = sqlx::query(
+            "SELECT kind, certificate FROM gw_cards WHERE tenant = $1 AND tier = $2 AND user_id = $3
+             ORDER BY enrolled_at",
+        )
+        .bind(self.tenant())
+        .bind(self.tier_name())
+        .bind(user)
+        .fetch_all(&self.db.pool)
+        .await
+        .map_err(db_err("reading cards"))?;
+        let corrupt = |why: String| CredentialError::Corrupt {
+            what: "card",
+            user: user.to_string(),
+            why,
+        };
+        rows.iter()
+            .map(|row| {
+                let kind: String = row.try_get(0).map_err(|e| corrupt(e.to_string()))?;
+                let cert: String = row.try_get(1).map_err(|e| corrupt(e.to_string()))?;
+                Ok(EnrolledCard {
+                    certificate: hex::decode(cert).map_err(|e| corrupt(e.to_string()))?,
+                    kind: if kind == "mynumber" {
+                        CardKind::MyNumber
+                    } else {
+                        CardKind::Card
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Stores normalised templates (sealed), after the user's existing ones or
+    /// instead of them.
+    pub async fn add_templates(
+        &self,
+        user: &str,
+        factor: BiometricFactor,
+        templates: &[Vec<f32>],
+        replace: bool,
+    ) -> Result<(), CredentialError> {
+        let what = factor.name();
+        let sealed: Vec<String> = templates
+            .iter()
+            .map(|t| {
+                let bytes: Vec<u8> = t.iter().flat_map(|x| x.to_le_bytes()).collect();
+                self.seal(user, what, &bytes)
+            })
+            .collect::<Result<_, _>>()?;
+        let mut tx = self.db.begin_write().await?;
+        if replace {
+            sqlx::query(
+                "DELETE FROM gw_biometrics WHERE tenant = $1 AND tier = $2 AND user_id = $3 AND factor = $4",
+            )
+            .bind(self.tenant())
+            .bind(self.tier_name())
+            .bind(user)
+            .bind(what)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("replacing templates"))?;
+        }
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(seq) FROM gw_biometrics WHERE tenant = $1 AND tier = $2 AND user_id = $3 AND factor = $4",
+        )
+        .bind(self.tenant())
+        .bind(self.tier_name())
+        .bind(user)
+        .bind(what)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err("numbering templates"))?;
+        let now = now_ms();
+        for (seq, s) in (next.map_or(0, |n| n + 1)..).zip(sealed) {
+            sqlx::query(
+                "INSERT INTO gw_biometrics (tenant, tier, user_id, factor, seq, template, enrolled_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(self.tenant())
+            .bind(self.tier_name())
+            .bind(user)
+            .bind(what)
+            .bind(seq)
+            .bind(s)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("enrolling a template"))?;
+        }
+        tx.commit().await.map_err(db_err("enrolling templates"))?;
+        Ok(())
+    }
+
+    pub async fn templates(
+        &self,
+        user: &str,
+        factor: BiometricFactor,
+    ) -> Result<Vec<Vec<f32>>, CredentialError> {
+        let what = factor.name();
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT template FROM gw_biometrics WHERE tenant = $1 AND tier = $2 AND user_id = $3 AND factor = $4
+             ORDER BY seq",
+        )
+        .bind(self.tenant())
+        .bind(self.tier_name())
+        .bind(user)
+        .bind(what)
+        .fetch_all(&self.db.pool)
+        .await
+        .map_err(db_err("reading templates"))?;
+        rows.iter()
+            .map(|s| {
+                let bytes = self.unseal(user, what, s)?;
+                if bytes.len() % 4 != 0 {
+                    return Err(CredentialError::Corrupt {
+                        what,
+                        user: user.to_string(),
+                        why: "template length is not a whole number of f32".into(),
+                    });
+                }
+                Ok(bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect())
+            })
+            .collect()
+    }
+
+    /// Stores a new emergency OTP hash, replacing any earlier one.
+    pub async fn set_emergency_otp(
+        &self,
+        user: &str,
+        code_hash: &str,
+        expires_at_ms: i64,
+    ) -> Result<(), CredentialError> {
+        sqlx::query(
+            "INSERT INTO gw_emergency_otps (tenant, tier, user_id, code_hash, issued_at, expires_at, used_at)
+             VALUES ($1, $2, $3, $4, $5, $6, NULL)
+             ON CONFLICT (tenant, tier, user_id) DO UPDATE SET code_hash = excluded.code_hash,
+               issued_at = excluded.issued_at, expires_at = excluded.expires_at, used_at = NULL",
+        )
+        .bind(self.tenant())
+        .bind(self.tier_name())
+        .bind(user)
+        .bind(code_hash)
+        .bind(now_ms())
+        .bind(expires_at_ms)
+        .execute(&self.db.pool)
+        .await
+        .map_err(db_err("storing an emergency OTP"))?;
+        Ok(())
+    }
+
+    pub async fn emergency_otp(
+        &self,
+        user: &str,
+    ) -> Result<Option<EmergencyOtpRow>, CredentialError> {
+        let row = sqlx::query(
+            "SELECT code_hash, expires_at, used_at FROM gw_emergency_otps
+             WHERE tenant = $1 AND tier = $2 AND user_id = $3",
+        )
+        .bind(self.tenant())
+        .bind(self.tier_name())
+        .bind(user)
+        .fetch_optional(&self.db.pool)
+        .await
+        .map_err(db_err("reading an emergency OTP"))?;
+        let Some(row) = row else { return Ok(None) };
+        let corrupt = |e: sqlx::Error| CredentialError::Corrupt {
+            what: "emergency_otp",
+            user: user.to_string(),
+            why: e.to_string(),
+        };
+        let used: Option<i64> = row.try_get(2).map_err(corrupt)?;
+        Ok(Some(EmergencyOtpRow {
+            code_hash: row.try_get(0).map_err(corrupt)?,
+            expires_at_ms: row.try_get(1).map_err(corrupt)?,
+            used: used.is_some(),
+        }))
+    }
+
+    /// Marks the emergency OTP used; false when it already was (a concurrent use).
+    pub async fn use_emergency_otp(&self, user: &str) -> Result<bool, CredentialError> {
+        let done = sqlx::query(
+            "UPDATE gw_emergency_otps SET used_at = $4
+             WHERE tenant = $1 AND tier = $2 AND user_id = $3 AND used_at IS NULL",
+        )
+        .bind(self.tenant())
+        .bind(self.tier_name())
+        .bind(user)
+        .bind(now_ms())
+        .execute(&self.db.pool)
+        .await
+        .map_err(db_err("using an emergency OTP"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// What the user can present on this tier, in one round trip. `password` is
+    /// included when `directory_passwords` (a directory holds every password).
+    pub async fn enrollment(
+        &self,
+        user: &str,
+        directory_passwords: bool,
+    ) -> Result<Enrollment, CredentialError> {
+        let rows = sqlx::query(
+            "SELECT factor, COUNT(*) FROM gw_secrets WHERE tenant = $1 AND tier = $2 AND user_id = $3 GROUP BY factor
+             UNION ALL SELECT 'totp', COUNT(*) FROM gw_totp WHERE tenant = $1 AND tier = $2 AND user_id = $3
+             UNION ALL SELECT kind, COUNT(*) FROM gw_cards WHERE tenant = $1 AND tier = $2 AND user_id = $3 GROUP BY kind
+             UNION ALL SELECT factor, COUNT(*) FROM gw_biometrics WHERE tenant = $1 AND tier = $2 AND user_id = $3 GROUP BY factor
+             UNION ALL SELECT 'emergency_otp', COUNT(*) FROM gw_emergency_otps
+               WHERE tenant = $1 AND tier = $2 AND user_id = $3 AND used_at IS NULL AND expires_at > $4",
+        )
+        .bind(self.tenant())
+        .bind(self.tier_name())
+        .bind(user)
+        .bind(now_ms())
+        .fetch_all(&self.db.pool)
+        .await
+        .map_err(db_err("reading enrolment"))?;
+        let mut e = Enrollment::default();
+        if directory_passwords {
+            e.factors = e.factors.with(Factor::Password);
+        }
+        for row in rows {
+            let name: String = row.try_get(0).map_err(db_err("reading enrolment"))?;
+            let count: i64 = row.try_get(1).map_err(db_err("reading enrolment"))?;
+            if count <= 0 {
+                continue;
+            }
+            let count = u32::try_from(count).unwrap_or(u32::MAX);
+            match name.as_str() {
+                "password" if !directory_passwords => e.factors = e.factors.with(Factor::Password),
+                "pin" => e.factors = e.factors.with(Factor::Pin),
+                "totp" => e.factors = e.factors.with(Factor::Totp),
+                "card" => {
+                    e.factors = e.factors.with(Factor::Card);
+                    e.cards += count;
+                }
+                "mynumber" => {
+                    e.factors = e.factors.with(Factor::Card).with(Factor::MynumberCard);
+                    e.cards += count;
+                }
+                "face" => {
+                    e.factors = e.factors.with(Factor::Face);
+                    e.face_templates = count;
+                }
+                "vein" => {
+                    e.factors = e.factors.with(Factor::Vein);
+                    e.vein_templates = count;
+                }
+                "emergency_otp" => e.emergency_otp_active = true,
+                _ => {}
+            }
+        }
+        Ok(e)
+    }
+}
+
+fn card_kind_name(kind: CardKind) -> &'static str {
+    match kind {
+        CardKind::Card => "card",
+        CardKind::MyNumber => "mynumber",
+    }
+}
+
+/// The tier a device must be registered to, checked before anything else.
+pub fn check_device_tier(
+    device: &str,
+    registered: Tier,
+    gateway: Tier,
+) -> Result<(), CredentialError> {
+    if registered == gateway {
+        Ok(())
+    } else {
+        Err(CredentialError::OtherTier {
+            id: device.to_string(),
+            registered: registered.name().into(),
+            requested: gateway.name().into(),
+        })
+    }
+}

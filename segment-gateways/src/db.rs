@@ -1,0 +1,199 @@
+//! The gateway's database: one schema on SQLite (default, beside the config) or
+//! PostgreSQL, opened through the engine's shared connector so both components
+//! migrate and fail the same way.
+//!
+//! Every table's primary key starts with `(tenant, tier)`: gateways of several tiers
+//! (and several cities) may share one PostgreSQL database without seeing each
+//! other's credentials, and a [`Db`] is bound to exactly one of each.
+
+use std::sync::Arc;
+
+use sekisho_policy_engine::store::{self, Backend, Migration, MigrationSet, StoreError};
+use sekisho_policy_engine::Tier;
+use sqlx::{Any, AnyPool, Transaction};
+
+/// A handle bound to one tenant and tier. Cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    pub(crate) pool: AnyPool,
+    pub(crate) backend: Backend,
+    pub(crate) tenant: Arc<str>,
+    pub(crate) tier: Tier,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("backend", &self.backend.name())
+            .field("tenant", &self.tenant)
+            .field("tier", &self.tier.name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Shorthand for mapping a sqlx error with what was being done.
+pub(crate) fn db_err(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Database { context, source }
+}
+
+impl Db {
+    pub async fn open(url: &str, tenant: &str, tier: Tier) -> Result<Db, StoreError> {
+        store::check_tenant(tenant)?;
+        let (pool, backend) = store::connect(url, &GATEWAY).await?;
+        Ok(Db {
+            pool,
+            backend,
+            tenant: Arc::from(tenant),
+            tier,
+        })
+    }
+
+    pub fn backend(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    pub fn tier(&self) -> Tier {
+        self.tier
+    }
+
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// A write transaction that holds the writer lock from its start (SQLite), so
+    /// read-then-write sequences in it cannot interleave with another writer's.
+    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        self.pool
+            .begin_with(self.backend.begin_write())
+            .await
+            .map_err(db_err("starting a write transaction"))
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Milliseconds since the Unix epoch: how every gateway timestamp is stored, so
+/// comparisons are plain integer comparisons on both databases.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+const GATEWAY: MigrationSet = MigrationSet {
+    table: "gateway_migrations",
+    // "sekishog" as ASCII.
+    lock_key: 0x7365_6b69_7368_6f67,
+    migrations: MIGRATIONS,
+};
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "devices, credentials, lockouts and sessions",
+    statements: &[
+        // `key_check` holds a value sealed with the credential key, so a wrong key
+        // is found at startup rather than as garbage at the first logon.
+        "CREATE TABLE gw_meta (
+            tenant TEXT NOT NULL,
+            tier TEXT NOT NULL,
+            name TEXT NOT NULL,
+            value TEXT NOT NULL,
+            PRIMARY KEY (tenant, tier, name)
+        )",
+        // `capabilities` is a JSON array; `capture_key` the hex SPKI DER of the
+        // capture device's key ('' when it captures no biometrics).
+        "CREATE TABLE gw_devices (
+            tenant TEXT NOT NULL,
+            tier TEXT NOT NULL,
+            id TEXT NOT NULL CHECK (length(id) BETWEEN 1 AND 256),
+            kind TEXT NOT NULL,
+            capabilities TEXT NOT NULL,
+            location TEXT NOT NULL,
+            capture_key TEXT NOT NULL,
+            registered_at BIGINT NOT NULL,
+            PRIMARY KEY (tenant, tier, id)
+        )",
+        // Argon2id PHC strings of PINs and standalone passwords.
+        "CREATE TABLE gw_secrets (
+            tenant TEXT NOT NULL,
+            tier TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            factor TEXT NOT NULL CHECK (factor IN ('password', 'pin')),
+            phc TEXT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            PRIMARY KEY (tenant, tier, user_id, factor)
+        )",
+        // `secret` is sealed (hex); `last_step` the last accepted time step.
+        "CREATE TABLE gw_totp (
+            tenant TEXT NOT NULL,
+            tier TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            secret TEXT NOT NULL,
+            algorithm TEXT NOT NULL,
+            digits BIGINT NOT NULL,
+            last_step BIGINT,
+            updated_at BIGINT NOT NULL,
+            PRIMARY KEY (tenant, tier, user_id)
+        )",
+        // `certificate` is hex DER; `kind` is 'card' or 'mynumber' (chains to JPKI).
+        "CREATE TABLE gw_cards (
+            tenant TEXT NOT NULL,
+            tier TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('card', 'mynumber')),
+            certificate TEXT NOT NULL,
+            not_after BIGINT NOT NULL,
+            enrolled_at BIGINT NOT NULL,
+            PRIMARY KEY (tenant, tier, user_id, fingerprint)
+        )",
+        // `template` is a sealed, normalised little-endian f32 vector (hex).
+        "CREATE TABLE gw_biometrics (
+            tenant TEXT NOT NULL,
+            tier TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            factor TEXT NOT NULL CHECK (factor IN ('face', 'vein')),
+            seq BIGINT NOT NULL,
+            template TEXT NOT NULL,
+            enrolled_at BIGINT NOT NULL,
+            PRIMARY KEY (tenant, tier, user_id, factor, seq)
+        )",
+        // At most one emergency OTP per user; issuing a new one replaces it.
+        "CREATE TABLE gw_emergency_otps (
+            tenant TEXT NOT NULL,
+            tier TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            code_hash TEXT NOT NULL,
+            issued_at BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            used_at BIGINT,
+            PRIMARY KEY (tenant, tier, user_id)
+        )",
+        // Kept for any user id that was tried, known or not, so that lockout
+        // behaves the same for both.
+        "CREATE TABLE gw_lockouts (
+            tenant TEXT NOT NULL,
+            tier TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            failures BIGINT NOT NULL,
+            locked_until BIGINT,
+            PRIMARY KEY (tenant, tier, user_id)
+        )",
+        "CREATE TABLE gw_sessions (
+            tenant TEXT NOT NULL,
+            tier TEXT NOT NULL,
+            id TEXT NOT NULL,
+            device TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            operator TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('active', 'locked', 'ended')),
+            started_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            end_reason TEXT NOT NULL,
+            PRIMARY KEY (tenant, tier, id)
+        )",
+        // A device has at most one session that has not ended.
+        "CREATE UNIQUE INDEX gw_sessions_one_per_device
+            ON gw_sessions (tenant, tier, device) WHERE state <> 'ended'",
+    ],
+}];

@@ -1,0 +1,709 @@
+//! IC card factor: challenge–response with the card's private key.
+//!
+//! The gateway issues a nonce, the endpoint has the card sign it, and the gateway
+//! checks the signature with the user's enrolled certificate after validating that
+//! certificate's chain, validity and revocation. Path building, CRL handling and the
+//! signature check itself all go through `rustls-webpki`, so this module only decides
+//! which trust anchors to try and how to name the outcome.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use ring::rand::SystemRandom;
+use ring::signature::{self, EcdsaKeyPair, RsaKeyPair};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivatePkcs8KeyDer,
+    SignatureVerificationAlgorithm, TrustAnchor, UnixTime,
+};
+use webpki::{
+    CertRevocationList, EndEntityCert, KeyUsage, OwnedCertRevocationList, RevocationCheckDepth,
+    RevocationOptionsBuilder, UnknownStatusPolicy,
+};
+
+use super::Failure;
+
+/// Algorithms a CA may have used to sign the chain. Card keys themselves are limited
+/// to [`CARD_SIGNATURE_ALGS`]; CAs (JPKI included) are allowed the usual set.
+static CHAIN_ALGS: &[&dyn SignatureVerificationAlgorithm] = &[
+    webpki::ring::ECDSA_P256_SHA256,
+    webpki::ring::ECDSA_P256_SHA384,
+    webpki::ring::ECDSA_P384_SHA256,
+    webpki::ring::ECDSA_P384_SHA384,
+    webpki::ring::ED25519,
+    webpki::ring::RSA_PKCS1_2048_8192_SHA256,
+    webpki::ring::RSA_PKCS1_2048_8192_SHA384,
+    webpki::ring::RSA_PKCS1_2048_8192_SHA512,
+    webpki::ring::RSA_PKCS1_3072_8192_SHA384,
+    webpki::ring::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
+    webpki::ring::RSA_PSS_2048_8192_SHA384_LEGACY_KEY,
+    webpki::ring::RSA_PSS_2048_8192_SHA512_LEGACY_KEY,
+];
+
+/// What a card can produce over the nonce: RSA PKCS#1 v1.5 (JPKI and most PKCS#11
+/// cards) or ECDSA P-256 with an ASN.1 DER signature.
+static CARD_SIGNATURE_ALGS: &[&dyn SignatureVerificationAlgorithm] = &[
+    webpki::ring::RSA_PKCS1_2048_8192_SHA256,
+    webpki::ring::ECDSA_P256_SHA256,
+];
+
+/// Which trust anchor set the card's chain ended in. A My Number card proves both the
+/// `card` and `mynumber_card` factors; the caller maps that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CardKind {
+    Card,
+    MyNumber,
+}
+
+/// Why the card trust configuration could not be loaded. Each variant names the file
+/// or the position of the offending item.
+#[derive(Debug, thiserror::Error)]
+pub enum CardTrustError {
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("{what}: not usable as a trust anchor ({reason})")]
+    BadAnchor { what: String, reason: String },
+    #[error("{what}: not a usable CRL ({reason})")]
+    BadCrl { what: String, reason: String },
+    #[error("no card CA or My Number CA certificate is configured")]
+    NoTrustAnchors,
+}
+
+/// The CAs and CRLs a tier trusts for cards.
+#[derive(Debug)]
+pub struct CardTrust {
+    card_anchors: Vec<TrustAnchor<'static>>,
+    mynumber_anchors: Vec<TrustAnchor<'static>>,
+    intermediates: Vec<CertificateDer<'static>>,
+    crls: Vec<CertRevocationList<'static>>,
+}
+
+impl CardTrust {
+    /// Builds the trust configuration. Intermediates are offered to path building for
+    /// both anchor sets; at least one anchor must be configured overall.
+    pub fn new(
+        card_roots: Vec<CertificateDer<'static>>,
+        mynumber_roots: Vec<CertificateDer<'static>>,
+        intermediates: Vec<CertificateDer<'static>>,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+    ) -> Result<Self, CardTrustError> {
+        let card_anchors = card_roots
+            .iter()
+            .enumerate()
+            .map(|(i, c)| anchor(c, || format!("card CA certificate #{}", i + 1)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mynumber_anchors = mynumber_roots
+            .iter()
+            .enumerate()
+            .map(|(i, c)| anchor(c, || format!("My Number CA certificate #{}", i + 1)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let crls = crls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| parse_crl(c.as_ref(), || format!("CRL #{}", i + 1)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::from_parts(card_anchors, mynumber_anchors, intermediates, crls)
+    }
+
+    /// Loads CA certificates from PEM files (every certificate in a file becomes a
+    /// trust anchor, so a JPKI intermediate can be configured directly) and CRLs from
+    /// PEM or DER files.
+    pub fn from_pem_files(
+        card_ca: &[PathBuf],
+        mynumber_ca: &[PathBuf],
+        crl: &[PathBuf],
+    ) -> Result<Self, CardTrustError> {
+        let mut card_anchors = Vec::new();
+        for path in card_ca {
+            card_anchors.extend(anchors_from_pem_file(path)?);
+        }
+        let mut mynumber_anchors = Vec::new();
+        for path in mynumber_ca {
+            mynumber_anchors.extend(anchors_from_pem_file(path)?);
+        }
+        let mut crls = Vec::new();
+        for path in crl {
+            crls.extend(crls_from_file(path)?);
+        }
+        Self::from_parts(card_anchors, mynumber_anchors, Vec::new(), crls)
+    }
+
+    fn from_parts(
+        card_anchors: Vec<TrustAnchor<'static>>,
+        mynumber_anchors: Vec<TrustAnchor<'static>>,
+        intermediates: Vec<CertificateDer<'static>>,
+        crls: Vec<CertRevocationList<'static>>,
+    ) -> Result<Self, CardTrustError> {
+        if card_anchors.is_empty() && mynumber_anchors.is_empty() {
+            return Err(CardTrustError::NoTrustAnchors);
+        }
+        Ok(CardTrust {
+            card_anchors,
+            mynumber_anchors,
+            intermediates,
+            crls,
+        })
+    }
+}
+
+fn anchor(
+    cert: &CertificateDer<'_>,
+    what: impl FnOnce() -> String,
+) -> Result<TrustAnchor<'static>, CardTrustError> {
+    webpki::anchor_from_trusted_cert(cert)
+        .map(|a| a.to_owned())
+        .map_err(|e| CardTrustError::BadAnchor {
+            what: what(),
+            reason: e.to_string(),
+        })
+}
+
+fn parse_crl(
+    der: &[u8],
+    what: impl FnOnce() -> String,
+) -> Result<CertRevocationList<'static>, CardTrustError> {
+    OwnedCertRevocationList::from_der(der)
+        .map(CertRevocationList::from)
+        .map_err(|e| CardTrustError::BadCrl {
+            what: what(),
+            reason: e.to_string(),
+        })
+}
+
+fn file_error(path: &Path, reason: impl ToString) -> CardTrustError {
+    CardTrustError::File {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+fn anchors_from_pem_file(path: &Path) -> Result<Vec<TrustAnchor<'static>>, CardTrustError> {
+    let text = fs::read(path).map_err(|e| file_error(path, e))?;
+    let certs = CertificateDer::pem_slice_iter(&text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(path, e))?;
+    if certs.is_empty() {
+        return Err(file_error(path, "no CERTIFICATE block found"));
+    }
+    certs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| anchor(c, || format!("{}: certificate #{}", path.display(), i + 1)))
+        .collect()
+}
+
+fn crls_from_file(path: &Path) -> Result<Vec<CertRevocationList<'static>>, CardTrustError> {
+    let bytes = fs::read(path).map_err(|e| file_error(path, e))?;
+    let what = |i: usize| format!("{}: CRL #{}", path.display(), i + 1);
+    if !bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+        return Ok(vec![parse_crl(&bytes, || what(0))?]);
+    }
+    let ders = CertificateRevocationListDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(path, e))?;
+    if ders.is_empty() {
+        return Err(file_error(path, "no X509 CRL block found"));
+    }
+    ders.iter()
+        .enumerate()
+        .map(|(i, d)| parse_crl(d.as_ref(), || what(i)))
+        .collect()
+}
+
+/// Verifies a card's response to the challenge `nonce`.
+///
+/// The order matters for what the endpoint is told: a certificate that is not one of
+/// the user's enrolled ones is rejected before anything about it is examined, then
+/// the chain (validity, CA, CRL), then the signature.
+pub fn verify(
+    trust: &CardTrust,
+    enrolled: &[CertificateDer<'_>],
+    presented_der: &[u8],
+    nonce: &[u8],
+    signature: &[u8],
+    now: UnixTime,
+) -> Result<CardKind, Failure> {
+    // Certificates are public, so a plain comparison is fine here.
+    if !enrolled.iter().any(|c| c.as_ref() == presented_der) {
+        return Err(Failure::CardNotEnrolled);
+    }
+    let der = CertificateDer::from(presented_der);
+    let cert = EndEntityCert::try_from(&der).map_err(|_| Failure::Malformed)?;
+    let kind = verify_chain(trust, &cert, now)?;
+    let signed = CARD_SIGNATURE_ALGS
+        .iter()
+        .any(|alg| cert.verify_signature(*alg, nonce, signature).is_ok());
+    if signed {
+        Ok(kind)
+    } else {
+        Err(Failure::BadSignature)
+    }
+}
+
+/// Checks a certificate offered for enrollment as a logon would (validity, CA,
+/// CRL), and says which kind of card it is. Enrolling a certificate that could never
+/// be accepted would only move the error to the user's first logon.
+pub fn classify(trust: &CardTrust, der: &[u8], now: UnixTime) -> Result<CardKind, Failure> {
+    let der = CertificateDer::from(der);
+    let cert = EndEntityCert::try_from(&der).map_err(|_| Failure::Malformed)?;
+    verify_chain(trust, &cert, now)
+}
+
+/// Tries the card CAs, then the My Number CAs. When both fail, the more specific
+/// reason wins: "expired" or "revoked" from one set says more than "unknown issuer"
+/// from the other.
+fn verify_chain(
+    trust: &CardTrust,
+    cert: &EndEntityCert<'_>,
+    now: UnixTime,
+) -> Result<CardKind, Failure> {
+    let crls: Vec<&CertRevocationList<'_>> = trust.crls.iter().collect();
+    // Only the card certificate is checked, and a CRL from some other CA (the
+    // card CA's CRL when the card is a My Number card) must not fail everything.
+    let revocation = RevocationOptionsBuilder::new(&crls).ok().map(|b| {
+        b.with_depth(RevocationCheckDepth::EndEntity)
+            .with_status_policy(UnknownStatusPolicy::Allow)
+            .build()
+    });
+    let mut failure = Failure::UntrustedCertificate;
+    for (anchors, kind) in [
+        (&trust.card_anchors, CardKind::Card),
+        (&trust.mynumber_anchors, CardKind::MyNumber),
+    ] {
+        if anchors.is_empty() {
+            continue;
+        }
+        // client_auth() is "required if present": a card certificate without an EKU
+        // extension passes, one with an EKU must list clientAuth.
+        match cert.verify_for_usage(
+            CHAIN_ALGS,
+            anchors,
+            &trust.intermediates,
+            now,
+            KeyUsage::client_auth(),
+            revocation,
+            None,
+        ) {
+            Ok(_) => return Ok(kind),
+            Err(e) => {
+                let mapped = map_chain_error(&e);
+                if mapped != Failure::UntrustedCertificate {
+                    failure = mapped;
+                }
+            }
+        }
+    }
+    Err(failure)
+}
+
+fn map_chain_error(error: &webpki::Error) -> Failure {
+    match error {
+        webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => {
+            Failure::CertificateExpired
+        }
+        webpki::Error::CertRevoked => Failure::Revoked,
+        _ => Failure::UntrustedCertificate,
+    }
+}
+
+/// Why the endpoint-side helper could not sign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CardSignError {
+    #[error("card key is not a PEM \"PRIVATE KEY\" (PKCS#8) block")]
+    Pem,
+    #[error("card key is neither an RSA nor an ECDSA P-256 PKCS#8 key")]
+    UnsupportedKey,
+    #[error("signing the nonce failed")]
+    Sign,
+}
+
+/// Endpoint side (agent and tests): signs `nonce` with a PKCS#8 key the way a card
+/// would, RSA PKCS#1 v1.5 SHA-256 or ECDSA P-256 SHA-256 (ASN.1 DER), whichever the
+/// key is. A real endpoint does this through PKCS#11 and never sees the key.
+pub fn sign_nonce(key_pem: &str, nonce: &[u8]) -> Result<Vec<u8>, CardSignError> {
+    let der =
+        PrivatePkcs8KeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|_| CardSignError::Pem)?;
+    let der = der.secret_pkcs8_der();
+    let rng = SystemRandom::new();
+    if let Ok(key) = RsaKeyPair::from_pkcs8(der) {
+        let mut sig = vec![0u8; key.public().modulus_len()];
+        key.sign(&signature::RSA_PKCS1_SHA256, &rng, nonce, &mut sig)
+            .map_err(|_| CardSignError::Sign)?;
+        return Ok(sig);
+    }
+    let key = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, der, &rng)
+        .map_err(|_| CardSignError::UnsupportedKey)?;
+    let sig = key.sign(&rng, nonce).map_err(|_| CardSignError::Sign)?;
+    Ok(sig.as_ref().to_vec())
+}
+
+/// Test PKI helpers, shared with other modules' tests (gateway service tests need
+/// enrolled cards too).
+#[cfg(test)]
+pub mod testing {
+    use std::time::Duration;
+
+    use rcgen::{
+        date_time_ymd, BasicConstraints, CertificateParams, CertificateRevocationListParams,
+        CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair,
+        KeyUsagePurpose, RevocationReason, RevokedCertParams, SerialNumber,
+    };
+    use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
+
+    /// The fixed verification time for tests: 2025-06-01T00:00:00Z. Leaf certificates
+    /// from [`TestCa::issue`] are valid 2024-01-01 to 2030-01-01.
+    pub fn now() -> UnixTime {
+        UnixTime::since_unix_epoch(Duration::from_secs(1_748_736_000))
+    }
+
+    /// The committed RSA-2048 key (ring cannot generate RSA keys).
+    pub const RSA_KEY_PEM: &str = include_str!("../../tests/data/rsa2048.pk8.pem");
+
+    pub fn rsa_key() -> KeyPair {
+        KeyPair::from_pem(RSA_KEY_PEM).unwrap()
+    }
+
+    pub fn ecdsa_key() -> KeyPair {
+        KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap()
+    }
+
+    /// A self-signed CA that can issue card certificates and CRLs.
+    pub struct TestCa {
+        ca: CertifiedIssuer<'static, KeyPair>,
+    }
+
+    impl TestCa {
+        pub fn new(common_name: &str) -> TestCa {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params
+                .distinguished_name
+                .push(DnType::CommonName, common_name);
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::CrlSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+            params.not_before = date_time_ymd(2020, 1, 1);
+            params.not_after = date_time_ymd(2040, 1, 1);
+            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+            TestCa {
+                ca: CertifiedIssuer::self_signed(params, key).unwrap(),
+            }
+        }
+
+        pub fn cert(&self) -> CertificateDer<'static> {
+            self.ca.der().clone()
+        }
+
+        pub fn cert_pem(&self) -> String {
+            self.ca.pem()
+        }
+
+        /// A card certificate (clientAuth EKU) valid 2024-01-01 to 2030-01-01.
+        pub fn issue(&self, key: &KeyPair, serial: u64) -> CertificateDer<'static> {
+            self.issue_valid(key, serial, (2024, 1, 1), (2030, 1, 1))
+        }
+
+        pub fn issue_valid(
+            &self,
+            key: &KeyPair,
+            serial: u64,
+            not_before: (i32, u8, u8),
+            not_after: (i32, u8, u8),
+        ) -> CertificateDer<'static> {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params
+                .distinguished_name
+                .push(DnType::CommonName, format!("card {serial}"));
+            params.serial_number = Some(SerialNumber::from(serial));
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            params.not_before = date_time_ymd(not_before.0, not_before.1, not_before.2);
+            params.not_after = date_time_ymd(not_after.0, not_after.1, not_after.2);
+            params.signed_by(key, &self.ca).unwrap().der().clone()
+        }
+
+        /// A CRL (2025-01-01 to 2026-01-01) revoking `serials`.
+        pub fn crl(&self, serials: &[u64]) -> CertificateRevocationListDer<'static> {
+            let params = CertificateRevocationListParams {
+                this_update: date_time_ymd(2025, 1, 1),
+                next_update: date_time_ymd(2026, 1, 1),
+                crl_number: SerialNumber::from(1u64),
+                issuing_distribution_point: None,
+                revoked_certs: serials
+                    .iter()
+                    .map(|s| RevokedCertParams {
+                        serial_number: SerialNumber::from(*s),
+                        revocation_time: date_time_ymd(2025, 2, 1),
+                        reason_code: Some(RevocationReason::KeyCompromise),
+                        invalidity_date: None,
+                    })
+                    .collect(),
+                key_identifier_method: KeyIdMethod::Sha256,
+            };
+            params.signed_by(&self.ca).unwrap().der().clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+
+    const NONCE: &[u8] = b"gateway nonce 0123456789abcdef";
+
+    struct Pki {
+        card_ca: TestCa,
+        jpki_ca: TestCa,
+        trust: CardTrust,
+    }
+
+    fn pki(revoked: &[u64]) -> Pki {
+        let card_ca = TestCa::new("Sekisho Test Card CA");
+        let jpki_ca = TestCa::new("JPKI Test CA");
+        let trust = CardTrust::new(
+            vec![card_ca.cert()],
+            vec![jpki_ca.cert()],
+            vec![],
+            vec![card_ca.crl(revoked), jpki_ca.crl(&[])],
+        )
+        .unwrap();
+        Pki {
+            card_ca,
+            jpki_ca,
+            trust,
+        }
+    }
+
+    fn check(
+        trust: &CardTrust,
+        cert: &CertificateDer<'_>,
+        key_pem: &str,
+    ) -> Result<CardKind, Failure> {
+        let sig = sign_nonce(key_pem, NONCE).unwrap();
+        verify(trust, std::slice::from_ref(cert), cert, NONCE, &sig, now())
+    }
+
+    #[test]
+    fn accepts_rsa_and_ecdsa_cards() {
+        let p = pki(&[]);
+        let rsa = rsa_key();
+        let cert = p.card_ca.issue(&rsa, 1);
+        assert_eq!(check(&p.trust, &cert, RSA_KEY_PEM), Ok(CardKind::Card));
+
+        let ec = ecdsa_key();
+        let cert = p.card_ca.issue(&ec, 2);
+        assert_eq!(
+            check(&p.trust, &cert, &ec.serialize_pem()),
+            Ok(CardKind::Card)
+        );
+    }
+
+    #[test]
+    fn mynumber_ca_yields_mynumber() {
+        let p = pki(&[]);
+        let cert = p.jpki_ca.issue(&rsa_key(), 10);
+        assert_eq!(check(&p.trust, &cert, RSA_KEY_PEM), Ok(CardKind::MyNumber));
+    }
+
+    #[test]
+    fn signature_over_other_nonce_or_by_other_key_is_bad() {
+        let p = pki(&[]);
+        let ec = ecdsa_key();
+        let cert = p.card_ca.issue(&ec, 3);
+        let enrolled = [cert.clone()];
+        let sig = sign_nonce(&ec.serialize_pem(), b"another nonce").unwrap();
+        assert_eq!(
+            verify(&p.trust, &enrolled, &cert, NONCE, &sig, now()),
+            Err(Failure::BadSignature)
+        );
+        let sig = sign_nonce(&ecdsa_key().serialize_pem(), NONCE).unwrap();
+        assert_eq!(
+            verify(&p.trust, &enrolled, &cert, NONCE, &sig, now()),
+            Err(Failure::BadSignature)
+        );
+        let sig = sign_nonce(RSA_KEY_PEM, NONCE).unwrap();
+        assert_eq!(
+            verify(&p.trust, &enrolled, &cert, NONCE, &sig, now()),
+            Err(Failure::BadSignature)
+        );
+        assert_eq!(
+            verify(&p.trust, &enrolled, &cert, NONCE, b"", now()),
+            Err(Failure::BadSignature)
+        );
+    }
+
+    #[test]
+    fn expired_and_not_yet_valid() {
+        let p = pki(&[]);
+        let ec = ecdsa_key();
+        let pem = ec.serialize_pem();
+        let expired = p.card_ca.issue_valid(&ec, 4, (2020, 1, 1), (2021, 1, 1));
+        assert_eq!(
+            check(&p.trust, &expired, &pem),
+            Err(Failure::CertificateExpired)
+        );
+        let future = p.card_ca.issue_valid(&ec, 5, (2029, 1, 1), (2031, 1, 1));
+        assert_eq!(
+            check(&p.trust, &future, &pem),
+            Err(Failure::CertificateExpired)
+        );
+        let jpki_expired = p.jpki_ca.issue_valid(&ec, 6, (2020, 1, 1), (2021, 1, 1));
+        assert_eq!(
+            check(&p.trust, &jpki_expired, &pem),
+            Err(Failure::CertificateExpired)
+        );
+    }
+
+    #[test]
+    fn other_ca_is_untrusted() {
+        let p = pki(&[]);
+        let rogue = TestCa::new("Sekisho Test Card CA");
+        let ec = ecdsa_key();
+        let cert = rogue.issue(&ec, 7);
+        assert_eq!(
+            check(&p.trust, &cert, &ec.serialize_pem()),
+            Err(Failure::UntrustedCertificate)
+        );
+    }
+
+    #[test]
+    fn revoked_serial_is_refused() {
+        let p = pki(&[8]);
+        let ec = ecdsa_key();
+        let pem = ec.serialize_pem();
+        let revoked = p.card_ca.issue(&ec, 8);
+        assert_eq!(check(&p.trust, &revoked, &pem), Err(Failure::Revoked));
+        // Another serial from the same CA, and a My Number card whose CA has its own
+        // (empty) CRL, are unaffected.
+        let fine = p.card_ca.issue(&ec, 9);
+        assert_eq!(check(&p.trust, &fine, &pem), Ok(CardKind::Card));
+        let jpki = p.jpki_ca.issue(&ec, 8);
+        assert_eq!(check(&p.trust, &jpki, &pem), Ok(CardKind::MyNumber));
+    }
+
+    #[test]
+    fn not_enrolled() {
+        let p = pki(&[]);
+        let ec = ecdsa_key();
+        let cert = p.card_ca.issue(&ec, 11);
+        let other = p.card_ca.issue(&ec, 12);
+        let sig = sign_nonce(&ec.serialize_pem(), NONCE).unwrap();
+        assert_eq!(
+            verify(&p.trust, &[other], &cert, NONCE, &sig, now()),
+            Err(Failure::CardNotEnrolled)
+        );
+        assert_eq!(
+            verify(&p.trust, &[], &cert, NONCE, &sig, now()),
+            Err(Failure::CardNotEnrolled)
+        );
+    }
+
+    #[test]
+    fn garbage_der_is_malformed() {
+        let p = pki(&[]);
+        let garbage = CertificateDer::from(b"\x30\x03not a certificate".to_vec());
+        assert_eq!(
+            verify(
+                &p.trust,
+                std::slice::from_ref(&garbage),
+                &garbage,
+                NONCE,
+                b"sig",
+                now()
+            ),
+            Err(Failure::Malformed)
+        );
+    }
+
+    #[test]
+    fn loads_pem_files_and_crls() {
+        let card_ca = TestCa::new("Sekisho Test Card CA");
+        let jpki_ca = TestCa::new("JPKI Test CA");
+        let dir = tempfile::tempdir().unwrap();
+        let card_pem = dir.path().join("card-ca.pem");
+        let jpki_pem = dir.path().join("jpki-ca.pem");
+        let crl_der = dir.path().join("card.crl");
+        let crl_pem = dir.path().join("jpki.crl.pem");
+        fs::write(&card_pem, card_ca.cert_pem()).unwrap();
+        fs::write(&jpki_pem, jpki_ca.cert_pem()).unwrap();
+        fs::write(&crl_der, card_ca.crl(&[20]).as_ref()).unwrap();
+        // Two CRLs in one PEM file: the JPKI CA's and (harmlessly) an empty card CA one.
+        let pem_block = |der: &[u8]| {
+            format!(
+                "-----BEGIN X509 CRL-----\n{}\n-----END X509 CRL-----\n",
+                data_encoding::BASE64.encode(der)
+            )
+        };
+        fs::write(
+            &crl_pem,
+            pem_block(jpki_ca.crl(&[21]).as_ref()) + &pem_block(card_ca.crl(&[]).as_ref()),
+        )
+        .unwrap();
+        let trust = CardTrust::from_pem_files(
+            std::slice::from_ref(&card_pem),
+            &[jpki_pem],
+            &[crl_der, crl_pem],
+        )
+        .unwrap();
+
+        let ec = ecdsa_key();
+        let pem = ec.serialize_pem();
+        assert_eq!(
+            check(&trust, &card_ca.issue(&ec, 1), &pem),
+            Ok(CardKind::Card)
+        );
+        assert_eq!(
+            check(&trust, &card_ca.issue(&ec, 20), &pem),
+            Err(Failure::Revoked)
+        );
+        assert_eq!(
+            check(&trust, &jpki_ca.issue(&ec, 1), &pem),
+            Ok(CardKind::MyNumber)
+        );
+        assert_eq!(
+            check(&trust, &jpki_ca.issue(&ec, 21), &pem),
+            Err(Failure::Revoked)
+        );
+
+        let missing = dir.path().join("missing.pem");
+        let err = CardTrust::from_pem_files(&[missing], &[], &[]).unwrap_err();
+        assert!(err.to_string().contains("missing.pem"), "{err}");
+
+        let empty = dir.path().join("empty.pem");
+        fs::write(&empty, "nothing here\n").unwrap();
+        let err = CardTrust::from_pem_files(&[empty], &[], &[]).unwrap_err();
+        assert!(err.to_string().contains("empty.pem"), "{err}");
+
+        let bad_crl = dir.path().join("bad.crl");
+        fs::write(&bad_crl, b"\x30\x01\x00").unwrap();
+        let err = CardTrust::from_pem_files(&[card_pem], &[], &[bad_crl]).unwrap_err();
+        assert!(err.to_string().contains("bad.crl"), "{err}");
+
+        assert!(matches!(
+            CardTrust::new(vec![], vec![], vec![], vec![]),
+            Err(CardTrustError::NoTrustAnchors)
+        ));
+        assert!(matches!(
+            CardTrust::new(
+                vec![CertificateDer::from(vec![1, 2, 3])],
+                vec![],
+                vec![],
+                vec![]
+            ),
+            Err(CardTrustError::BadAnchor { .. })
+        ));
+    }
+
+    #[test]
+    fn sign_nonce_refuses_other_keys() {
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        assert_eq!(
+            sign_nonce(&ed.serialize_pem(), NONCE),
+            Err(CardSignError::UnsupportedKey)
+        );
+        assert_eq!(sign_nonce("garbage", NONCE), Err(CardSignError::Pem));
+    }
+}
