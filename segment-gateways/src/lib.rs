@@ -10,3 +10,6 @@ pub mod crypto;
 pub mod db;
 pub mod factors;
 pub mod hashing;
+pub mod config;
+pub mod tls;
+pub mod server;

@@ -1,0 +1,446 @@
+//! A gateway's configuration: one TOML file, every setting but `tier` optional.
+//!
+//! Relative paths are relative to the directory of the config file (the current
+//! directory when there is none), so a city's gateway lives in one folder: the
+//! config, its SQLite store and its key file side by side. With nothing but a tier
+//! the gateway runs on that folder's SQLite file, generates its credential key and
+//! uses the development PKI the engine generated under `sekisho-tls/`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use sekisho_policy_engine::Tier;
+use serde::Deserialize;
+
+use crate::factors::password::DirectoryConfig;
+use crate::factors::totp::TotpAlgorithm;
+use crate::hashing::Argon2Params;
+
+/// The environment variable that, when set, holds the credential key (64 hex
+/// characters) instead of `key_file`.
+pub const KEY_ENV: &str = "SEKISHO_GATEWAY_KEY";
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// The tier this gateway serves: mynumber, lgwan, internet or telework.
+    pub tier: Option<String>,
+    /// This gateway's name in logs and, later, audit events.
+    pub name: Option<String>,
+    /// The municipality (every stored row carries it).
+    pub tenant: String,
+    pub listen: SocketAddr,
+    /// `sqlite://FILE` or `postgres://…`; default `sqlite://gateway-TIER.db` beside
+    /// the config.
+    pub store: Option<String>,
+    /// The credential key file (64 hex characters), created with mode 0600 when
+    /// missing and the store is new. The `SEKISHO_GATEWAY_KEY` environment variable
+    /// takes precedence.
+    pub key_file: PathBuf,
+    pub engine: EngineLink,
+    pub tls: GatewayTls,
+    pub cards: CardsConfig,
+    /// Check passwords against this directory (LDAP simple bind); without it,
+    /// passwords are Argon2id hashes in the store.
+    pub directory: Option<DirectoryConfig>,
+    pub argon2: Argon2Params,
+    pub lockout: LockoutConfig,
+    pub rate_limit: RateLimitConfig,
+    pub challenge: ChallengeConfig,
+    pub biometric: BiometricConfig,
+    pub totp: TotpConfig,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            tier: None,
+            name: None,
+            tenant: "default".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7444)),
+            store: None,
+            key_file: PathBuf::from("gateway.key"),
+            engine: EngineLink::default(),
+            tls: GatewayTls::default(),
+            cards: CardsConfig::default(),
+            directory: None,
+            argon2: Argon2Params::default(),
+            lockout: LockoutConfig::default(),
+            rate_limit: RateLimitConfig::default(),
+            challenge: ChallengeConfig::default(),
+            biometric: BiometricConfig::default(),
+            totp: TotpConfig::default(),
+        }
+    }
+}
+
+/// How to reach the policy engine.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineLink {
+    pub url: String,
+    /// CA of the engine's certificate, and this gateway's client certificate and key.
+    /// Default: the development PKI in `tls.generate_dir`.
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Name to check in the engine's certificate.
+    pub server_name: String,
+    pub timeout_ms: u64,
+}
+
+impl Default for EngineLink {
+    fn default() -> Self {
+        EngineLink {
+            url: "https://127.0.0.1:7443".into(),
+            ca: None,
+            cert: None,
+            key: None,
+            server_name: "localhost".into(),
+            timeout_ms: 2_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayTls {
+    /// This gateway's server certificate and key, and the CA that endpoint and
+    /// administrator certificates chain to. When absent, the development PKI in
+    /// `generate_dir` is used (created if missing) and a server certificate is issued
+    /// from it.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+    pub generate_dir: PathBuf,
+    pub server_names: Vec<String>,
+    /// Client certificate common names allowed to use the admin API; every other
+    /// valid client certificate is an endpoint whose common name is its device id.
+    pub admin_names: Vec<String>,
+}
+
+impl Default for GatewayTls {
+    fn default() -> Self {
+        GatewayTls {
+            cert: None,
+            key: None,
+            client_ca: None,
+            generate_dir: PathBuf::from("sekisho-tls"),
+            server_names: vec!["localhost".into(), "127.0.0.1".into()],
+            admin_names: vec![sekisho_policy_engine::pki::DEFAULT_ADMIN_NAME.into()],
+        }
+    }
+}
+
+/// Which CAs issue this tier's cards.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CardsConfig {
+    /// PEM files of the CAs that issue staff IC cards.
+    pub ca: Vec<PathBuf>,
+    /// PEM files of the JPKI CA(s): cards chaining here are My Number cards.
+    pub mynumber_ca: Vec<PathBuf>,
+    /// CRL files (PEM or DER); revoked serials are refused.
+    pub crl: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LockoutConfig {
+    /// Consecutive failed logons after which the user is locked on this tier.
+    pub max_failures: u32,
+    pub lock_secs: u64,
+}
+
+impl Default for LockoutConfig {
+    fn default() -> Self {
+        LockoutConfig {
+            max_failures: 5,
+            lock_secs: 900,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained Begin calls per device per minute.
+    pub per_device_per_minute: f64,
+    /// How many a device may make in a burst.
+    pub burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            per_device_per_minute: 30.0,
+            burst: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChallengeConfig {
+    /// How long a challenge (and its nonces) can be answered.
+    pub ttl_secs: u64,
+    /// Upper bound on open challenges, so a flood of Begin cannot exhaust memory.
+    pub max_open: usize,
+}
+
+impl Default for ChallengeConfig {
+    fn default() -> Self {
+        ChallengeConfig {
+            ttl_secs: 60,
+            max_open: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BiometricConfig {
+    /// Cosine similarity a face capture needs against one of the user's templates.
+    pub face_threshold: f32,
+    pub vein_threshold: f32,
+}
+
+impl Default for BiometricConfig {
+    fn default() -> Self {
+        BiometricConfig {
+            face_threshold: 0.80,
+            vein_threshold: 0.85,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TotpConfig {
+    /// Shown by authenticator apps next to the account.
+    pub issuer: String,
+    /// For new enrolments when the request does not say.
+    pub algorithm: TotpAlgorithm,
+    pub digits: u32,
+}
+
+impl Default for TotpConfig {
+    fn default() -> Self {
+        TotpConfig {
+            issuer: "sekisho".into(),
+            algorithm: TotpAlgorithm::Sha1,
+            digits: 6,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// A checked configuration with every path resolved.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub config: GatewayConfig,
+    pub tier: Tier,
+    pub name: String,
+    pub store: String,
+}
+
+impl GatewayConfig {
+    /// A gateway for `tier` on an ephemeral loopback port that keeps its store and
+    /// key in `dir` and uses the development PKI in `pki_dir`: the tests' and the
+    /// demo's setup.
+    pub fn self_contained(tier: Tier, dir: &Path, pki_dir: &Path, engine_url: &str) -> Self {
+        GatewayConfig {
+            tier: Some(tier.name().into()),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            store: Some(format!(
+                "sqlite://{}",
+                dir.join(format!("gateway-{}.db", tier.name())).display()
+            )),
+            key_file: dir.join(format!("gateway-{}.key", tier.name())),
+            engine: EngineLink {
+                url: engine_url.into(),
+                ..EngineLink::default()
+            },
+            tls: GatewayTls {
+                generate_dir: pki_dir.to_path_buf(),
+                ..GatewayTls::default()
+            },
+            ..GatewayConfig::default()
+        }
+    }
+
+    /// Loads, checks and resolves a config file; `None` is the defaults, which lack
+    /// a tier and are refused.
+    pub fn load(path: Option<&Path>) -> Result<Resolved, ConfigError> {
+        let Some(path) = path else {
+            return GatewayConfig::default().resolve("(no config file)", Path::new("."));
+        };
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let config: GatewayConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty());
+        config.resolve(&shown, base.unwrap_or(Path::new(".")))
+    }
+
+    /// Checks the settings and makes relative paths relative to `base`.
+    pub fn resolve(mut self, shown: &str, base: &Path) -> Result<Resolved, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: shown.to_string(),
+            message,
+        };
+        let tier: Tier = self
+            .tier
+            .as_deref()
+            .ok_or_else(|| invalid("tier is required: one of mynumber, lgwan, internet, telework".into()))?
+            .parse()
+            .map_err(|e: sekisho_policy_engine::model::UnknownName| invalid(format!("tier: {e}")))?;
+        if self.tenant.trim().is_empty() {
+            return Err(invalid("tenant must not be empty".into()));
+        }
+        let t = &self.tls;
+        match (&t.cert, &t.key, &t.client_ca) {
+            (None, None, None) | (Some(_), Some(_), Some(_)) => {}
+            _ => {
+                return Err(invalid(
+                    "tls.cert, tls.key and tls.client_ca go together: set all three, or none to use the development PKI".into(),
+                ))
+            }
+        }
+        let e = &self.engine;
+        match (&e.ca, &e.cert, &e.key) {
+            (None, None, None) | (Some(_), Some(_), Some(_)) => {}
+            _ => {
+                return Err(invalid(
+                    "engine.ca, engine.cert and engine.key go together: set all three, or none to use the development PKI".into(),
+                ))
+            }
+        }
+        if !(e.url.starts_with("https://") || e.url.starts_with("http://")) {
+            return Err(invalid(format!("engine.url '{}' must start with https://", e.url)));
+        }
+        if self.lockout.max_failures == 0 {
+            return Err(invalid("lockout.max_failures must be at least 1".into()));
+        }
+        if !(self.rate_limit.per_device_per_minute > 0.0) || self.rate_limit.burst == 0 {
+            return Err(invalid(
+                "rate_limit.per_device_per_minute and rate_limit.burst must be positive".into(),
+            ));
+        }
+        if self.challenge.ttl_secs == 0 || self.challenge.ttl_secs > 600 {
+            return Err(invalid("challenge.ttl_secs must be between 1 and 600".into()));
+        }
+        for (name, v) in [
+            ("biometric.face_threshold", self.biometric.face_threshold),
+            ("biometric.vein_threshold", self.biometric.vein_threshold),
+        ] {
+            if !(v > 0.0 && v <= 1.0) {
+                return Err(invalid(format!("{name} must be in (0, 1], got {v}")));
+            }
+        }
+        if self.totp.digits != 6 && self.totp.digits != 8 {
+            return Err(invalid(format!("totp.digits must be 6 or 8, got {}", self.totp.digits)));
+        }
+        self.argon2
+            .validate()
+            .map_err(|e| invalid(format!("argon2: {e}")))?;
+
+        let rebase = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        rebase(&mut self.key_file);
+        rebase(&mut self.tls.generate_dir);
+        for p in [&mut self.tls.cert, &mut self.tls.key, &mut self.tls.client_ca]
+            .into_iter()
+            .chain([&mut self.engine.ca, &mut self.engine.cert, &mut self.engine.key])
+            .flatten()
+        {
+            rebase(p);
+        }
+        for p in self
+            .cards
+            .ca
+            .iter_mut()
+            .chain(self.cards.mynumber_ca.iter_mut())
+            .chain(self.cards.crl.iter_mut())
+        {
+            rebase(p);
+        }
+        let store = match self.store.clone() {
+            Some(url) => match url.strip_prefix("sqlite://") {
+                Some(file) if !file.starts_with('/') && !file.starts_with(':') => {
+                    format!("sqlite://{}", base.join(file).display())
+                }
+                _ => url,
+            },
+            None => format!(
+                "sqlite://{}",
+                base.join(format!("gateway-{}.db", tier.name())).display()
+            ),
+        };
+        let name = self
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{}-gateway", tier.name()));
+        Ok(Resolved {
+            config: self,
+            tier,
+            name,
+            store,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Resolved, ConfigError> {
+        let config: GatewayConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "g.toml".into(),
+            message: e.to_string(),
+        })?;
+        config.resolve("g.toml", Path::new("/etc/sekisho"))
+    }
+
+    #[test]
+    fn a_tier_is_enough_and_paths_sit_beside_the_config() {
+        let r = parse("tier = \"lgwan\"").unwrap();
+        assert_eq!(r.tier, Tier::Lgwan);
+        assert_eq!(r.name, "lgwan-gateway");
+        assert_eq!(r.store, "sqlite:///etc/sekisho/gateway-lgwan.db");
+        assert_eq!(r.config.key_file, Path::new("/etc/sekisho/gateway.key"));
+        assert_eq!(r.config.lockout.max_failures, 5);
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let e = |t: &str| parse(t).unwrap_err().to_string();
+        assert!(e("").contains("tier is required"));
+        assert!(e("tier = \"lgwn\"").contains("lgwn"));
+        assert!(e("tier = \"lgwan\"\n[lockout]\nmax_failures = 0").contains("lockout.max_failures"));
+        assert!(e("tier = \"lgwan\"\n[biometric]\nface_threshold = 1.5").contains("face_threshold"));
+        assert!(e("tier = \"lgwan\"\n[tls]\ncert = \"a.pem\"").contains("go together"));
+        assert!(e("tier = \"lgwan\"\nlisten = \"x\"").contains("listen"));
+        assert!(e("tier = \"lgwan\"\nstroe = \"x\"").contains("unknown field `stroe`"));
+    }
+}
