@@ -2,10 +2,12 @@
 //! say what a command is for, not how it works.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
-use crate::client::EngineArgs;
+use crate::client::{DeviceConnArgs, EngineArgs, GatewayArgs};
 
 /// sekisho (関所) decides and enforces which authentication factors a person must
 /// present, per user, device and network tier (mynumber, lgwan, internet, telework).
@@ -47,6 +49,28 @@ pub enum Command {
     /// Evaluate one request offline against a policy directory and an entities file,
     /// printing one JSON object: a plan without --factors, allow/deny with them.
     Decide(DecideArgs),
+    /// Run a tier's segment gateway: the service that PCs of one network tier log on
+    /// through, which checks each factor and enforces the engine's decision.
+    #[command(subcommand)]
+    Gateway(GatewayCommand),
+    /// Register a user's credentials on a tier's gateway (authenticator app, IC card,
+    /// face, vein, PIN, password) and show what a user has registered.
+    #[command(subcommand)]
+    Enroll(EnrollCommand),
+    /// Give a user who forgot or lost their IC card a one-time code for today.
+    #[command(subcommand)]
+    EmergencyOtp(EmergencyOtpCommand),
+    /// Register terminals (PCs) with the engine and their tier's gateway, and issue
+    /// their certificates.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Lift a user's lockout on a tier's gateway (after too many failed attempts).
+    UnlockUser(UnlockUserArgs),
+    /// Act as a terminal: log on, unlock, lock or log off through a gateway, as a
+    /// Windows credential provider or PAM module would (tests, scripts, checks after
+    /// a change). Exit 0 allowed, 1 refused, 2 could not ask.
+    #[command(subcommand)]
+    Agent(AgentCommand),
 }
 
 #[derive(Debug, Args)]
@@ -168,4 +192,297 @@ pub struct DecideArgs {
     /// An emergency one-time password is active for the user.
     #[arg(long)]
     pub emergency_otp: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GatewayCommand {
+    /// Serve the Logon and GatewayAdmin APIs for one tier until interrupted (Ctrl-C or
+    /// SIGTERM).
+    Serve {
+        /// TOML configuration; only `tier` is required (SQLite store, key file and
+        /// the development PKI beside it by default).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnrollCommand {
+    /// Create a new authenticator-app (TOTP) secret for a user, replacing any old
+    /// one, and show it as a QR code to scan. The secret is shown only this once.
+    Totp {
+        /// User id.
+        user: String,
+        /// Hash algorithm; sha1 is what most authenticator apps support.
+        #[arg(long, default_value = "sha1", value_parser = ["sha1", "sha256"])]
+        algorithm: String,
+        /// Code length.
+        #[arg(
+            long,
+            default_value = "6",
+            value_parser = PossibleValuesParser::new(["6", "8"]).map(|s| s.parse::<u32>().unwrap_or(6))
+        )]
+        digits: u32,
+        /// Draw the QR code for a terminal with a light background.
+        #[arg(long)]
+        invert_qr: bool,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Register an IC card (staff card or My Number card) for a user by its
+    /// certificate. Only the certificate is stored, never a private key.
+    Card {
+        /// User id.
+        user: String,
+        /// The card's certificate, PEM or DER.
+        #[arg(long, value_name = "FILE")]
+        card_cert: PathBuf,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Register face templates for a user (added to the existing ones unless
+    /// --replace).
+    Face(BiometricEnrollArgs),
+    /// Register palm vein templates for a user (added to the existing ones unless
+    /// --replace).
+    Vein(BiometricEnrollArgs),
+    /// Set a user's PIN. The PIN is read from standard input (one line), so it is
+    /// neither shown nor kept in the shell history: `sekisho enroll pin u042 < pin.txt`,
+    /// or type it at the prompt.
+    Pin {
+        /// User id.
+        user: String,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Set a user's password on a tier without a directory (standalone). Read from
+    /// standard input like `enroll pin`.
+    Password {
+        /// User id.
+        user: String,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Show what a user has registered on this tier, and whether they are locked out.
+    Show {
+        /// User id.
+        user: String,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct BiometricEnrollArgs {
+    /// User id.
+    pub user: String,
+    /// Feature vectors from the enrolment device: one vector (a JSON array of
+    /// numbers, or numbers separated by spaces) or a JSON array of vectors.
+    #[arg(long, value_name = "FILE")]
+    pub template: PathBuf,
+    /// Replace the user's templates for this factor instead of adding to them.
+    #[arg(long)]
+    pub replace: bool,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EmergencyOtpCommand {
+    /// Issue a single-use code the user types instead of presenting their card. It is
+    /// printed once (tell it to the user in person or by phone) and expires after --ttl.
+    Issue {
+        /// User id.
+        user: String,
+        /// How long the code stays valid: 30m, 2h, 1h30m, 1d (at most 24h).
+        #[arg(long, default_value = "2h", value_parser = crate::cmd::parse_otp_ttl, value_name = "DURATION")]
+        ttl: Duration,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Register (or update) a terminal: in the engine's entities, so that policies
+    /// see its tier and kind, and on its tier's gateway, which then accepts its
+    /// certificate. Run again to change it.
+    Register(DeviceRegisterArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeviceRegisterArgs {
+    /// Device id: the common name of the terminal's certificate (lgwan-desk-17).
+    pub id: String,
+    /// The network tier it sits on: mynumber, lgwan, internet or telework.
+    #[arg(long, value_name = "TIER")]
+    pub tier: String,
+    /// What kind of terminal: desktop, shared, mobile, telework or vdi.
+    #[arg(long, value_name = "KIND")]
+    pub kind: String,
+    /// Readers it has: card (IC card reader, also reads My Number cards), face
+    /// (camera), vein (vein reader). Comma separated.
+    #[arg(long, value_delimiter = ',', value_name = "A,B,…")]
+    pub capabilities: Vec<String>,
+    /// Where it stands (shown in reports): "1F counter 3".
+    #[arg(
+        long,
+        default_value = "",
+        hide_default_value = true,
+        value_name = "TEXT"
+    )]
+    pub location: String,
+    /// Public key (PEM) of its face or vein capture device, which signs captures.
+    #[arg(long, value_name = "PUBKEY.pem")]
+    pub capture_key: Option<PathBuf>,
+    /// Also issue the terminal's client certificate from the development CA and
+    /// write it to DIR/ID.pem and DIR/ID-key.pem (kept if already there).
+    #[arg(long, value_name = "DIR")]
+    pub issue_cert: Option<PathBuf>,
+    /// The development PKI (CA certificate and key) to issue from.
+    #[arg(long, default_value = "sekisho-tls", value_name = "DIR")]
+    pub pki_dir: PathBuf,
+    /// Register on the gateway only, not in the engine (standalone tiers have no
+    /// engine; their entities come with the policy bundle).
+    #[arg(long)]
+    pub gateway_only: bool,
+    /// Gateway address: https://HOST:PORT. The gateway is called with the same
+    /// --ca, --cert and --key as the engine.
+    #[arg(
+        long = "gateway",
+        env = "SEKISHO_GATEWAY",
+        default_value = "https://127.0.0.1:7444",
+        value_name = "URL"
+    )]
+    pub gateway: String,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct UnlockUserArgs {
+    /// User id.
+    pub user: String,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Log a user on to this terminal. Prints the session id on success (exit 0), the
+    /// reasons in the locale's language on refusal (exit 1). Secrets never go on the
+    /// command line: --password-stdin and --pin-stdin read one line each from
+    /// standard input, the password first when both are given.
+    Logon(AgentAuthArgs),
+    /// Unlock this terminal's locked session; on a shared terminal another user may,
+    /// and becomes its operator. Output and secrets as for `agent logon`.
+    Unlock(AgentAuthArgs),
+    /// Lock this terminal's session (screen lock).
+    Lock(AgentSessionArgs),
+    /// End this terminal's session.
+    Logoff(AgentSessionArgs),
+}
+
+/// What the person presents. Only the factor set the gateway asks for is sent;
+/// secrets come from standard input, never from the command line.
+#[derive(Debug, Args)]
+pub struct AgentAuthArgs {
+    /// User id.
+    #[arg(long, value_name = "ID")]
+    pub user: String,
+    /// How the session arrives: console, rdp or lgwan_telework.
+    #[arg(long, default_value = "console", value_name = "V")]
+    pub via: String,
+    /// Factors proven on the device a remote session came from.
+    #[arg(long, value_delimiter = ',', value_name = "A,B,…")]
+    pub upstream: Vec<String>,
+    /// Read the password from standard input (the first line).
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Read the PIN from standard input (the line after the password, when both are
+    /// read).
+    #[arg(long)]
+    pub pin_stdin: bool,
+    /// The code shown by the authenticator app.
+    #[arg(long, value_name = "CODE")]
+    pub totp: Option<String>,
+    /// An emergency one-time password issued by an administrator.
+    #[arg(long, value_name = "CODE")]
+    pub emergency_otp: Option<String>,
+    /// IC card certificate (PEM or DER), for a software card.
+    #[arg(long, value_name = "FILE", requires = "card_key")]
+    pub card_cert: Option<PathBuf>,
+    /// IC card private key (PKCS#8 PEM) that signs the gateway's nonce.
+    #[arg(long, value_name = "FILE", requires = "card_cert")]
+    pub card_key: Option<PathBuf>,
+    /// Face capture: a feature vector file (JSON array or numbers separated by
+    /// spaces).
+    #[arg(long, value_name = "FILE", requires = "capture_key")]
+    pub face: Option<PathBuf>,
+    /// Vein capture: a feature vector file.
+    #[arg(long, value_name = "FILE", requires = "capture_key")]
+    pub vein: Option<PathBuf>,
+    /// Private key (PKCS#8 PEM) of the capture device, which signs face and vein
+    /// captures.
+    #[arg(long, value_name = "FILE")]
+    pub capture_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub conn: DeviceConnArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentSessionArgs {
+    /// The session id printed by `agent logon`.
+    #[arg(long, value_name = "ID")]
+    pub session: String,
+    #[command(flatten)]
+    pub conn: DeviceConnArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn arguments_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn agent_card_and_capture_flags_come_in_pairs() {
+        let base = [
+            "sekisho",
+            "agent",
+            "logon",
+            "--user",
+            "u1",
+            "--device-cert",
+            "d.pem",
+            "--device-key",
+            "d-key.pem",
+        ];
+        let parse = |extra: &[&str]| Cli::try_parse_from(base.iter().chain(extra));
+        assert!(parse(&[]).is_ok());
+        assert!(parse(&["--card-cert", "c.pem"]).is_err());
+        assert!(parse(&["--face", "f.json"]).is_err());
+        assert!(parse(&["--face", "f.json", "--capture-key", "k.pem"]).is_ok());
+        assert!(parse(&["--card-cert", "c.pem", "--card-key", "k.pem"]).is_ok());
+    }
+
+    #[test]
+    fn emergency_otp_ttl_is_checked_when_parsing() {
+        let parse = |ttl: &str| {
+            Cli::try_parse_from(["sekisho", "emergency-otp", "issue", "u1", "--ttl", ttl])
+        };
+        match parse("90m").unwrap().command {
+            Command::EmergencyOtp(EmergencyOtpCommand::Issue { ttl, .. }) => {
+                assert_eq!(ttl, Duration::from_secs(5_400))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse("25h").is_err());
+        assert!(parse("2").is_err());
+    }
 }

@@ -1,13 +1,17 @@
 //! The `sekisho` binary: parse arguments, set up logging, run a command, exit.
 //!
 //! Exit codes: 0 done / valid / allowed; 1 the answer is no (invalid policies, lint
-//! errors, a refused publish); 2 the command could not run (bad input, unknown user,
-//! unreadable file, engine unreachable).
+//! errors, a refused publish, a denied logon); 2 the command could not run (bad
+//! input, unknown user, unreadable file, engine or gateway unreachable or refusing
+//! the call).
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use sekisho::cli::{Cli, Command, EngineCommand, EntitiesCommand, PolicyCommand};
+use sekisho::cli::{
+    AgentCommand, Cli, Command, DeviceCommand, EmergencyOtpCommand, EngineCommand, EnrollCommand,
+    EntitiesCommand, GatewayCommand, PolicyCommand,
+};
 use sekisho::{cmd, Outcome};
 
 fn main() -> ExitCode {
@@ -68,5 +72,44 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
             engine,
         }) => cmd::entities::delete(&users, &groups, &devices, &engine).await,
         Command::Decide(args) => cmd::decide::run(&args),
+        Command::Gateway(GatewayCommand::Serve { config }) => {
+            cmd::gateway::serve(config.as_deref()).await
+        }
+        Command::Enroll(EnrollCommand::Totp {
+            user,
+            algorithm,
+            digits,
+            invert_qr,
+            gateway,
+        }) => cmd::enroll::totp(&user, &algorithm, digits, invert_qr, &gateway).await,
+        Command::Enroll(EnrollCommand::Card {
+            user,
+            card_cert,
+            gateway,
+        }) => cmd::enroll::card(&user, &card_cert, &gateway).await,
+        Command::Enroll(EnrollCommand::Face(a)) => {
+            cmd::enroll::biometric("face", &a.user, &a.template, a.replace, &a.gateway).await
+        }
+        Command::Enroll(EnrollCommand::Vein(a)) => {
+            cmd::enroll::biometric("vein", &a.user, &a.template, a.replace, &a.gateway).await
+        }
+        Command::Enroll(EnrollCommand::Pin { user, gateway }) => {
+            cmd::enroll::secret("pin", &user, &gateway).await
+        }
+        Command::Enroll(EnrollCommand::Password { user, gateway }) => {
+            cmd::enroll::secret("password", &user, &gateway).await
+        }
+        Command::Enroll(EnrollCommand::Show { user, gateway }) => {
+            cmd::enroll::show(&user, &gateway).await
+        }
+        Command::EmergencyOtp(EmergencyOtpCommand::Issue { user, ttl, gateway }) => {
+            cmd::enroll::emergency_otp(&user, ttl, &gateway).await
+        }
+        Command::UnlockUser(a) => cmd::enroll::unlock_user(&a.user, &a.gateway).await,
+        Command::Device(DeviceCommand::Register(a)) => cmd::device::register(&a).await,
+        Command::Agent(AgentCommand::Logon(a)) => cmd::agent::authenticate("logon", &a).await,
+        Command::Agent(AgentCommand::Unlock(a)) => cmd::agent::authenticate("unlock", &a).await,
+        Command::Agent(AgentCommand::Lock(a)) => cmd::agent::session("lock", &a).await,
+        Command::Agent(AgentCommand::Logoff(a)) => cmd::agent::session("logoff", &a).await,
     }
 }

@@ -309,9 +309,13 @@ impl GatewayConfig {
         let tier: Tier = self
             .tier
             .as_deref()
-            .ok_or_else(|| invalid("tier is required: one of mynumber, lgwan, internet, telework".into()))?
+            .ok_or_else(|| {
+                invalid("tier is required: one of mynumber, lgwan, internet, telework".into())
+            })?
             .parse()
-            .map_err(|e: sekisho_policy_engine::model::UnknownName| invalid(format!("tier: {e}")))?;
+            .map_err(|e: sekisho_policy_engine::model::UnknownName| {
+                invalid(format!("tier: {e}"))
+            })?;
         if self.tenant.trim().is_empty() {
             return Err(invalid("tenant must not be empty".into()));
         }
@@ -334,29 +338,40 @@ impl GatewayConfig {
             }
         }
         if !(e.url.starts_with("https://") || e.url.starts_with("http://")) {
-            return Err(invalid(format!("engine.url '{}' must start with https://", e.url)));
+            return Err(invalid(format!(
+                "engine.url '{}' must start with https://",
+                e.url
+            )));
         }
         if self.lockout.max_failures == 0 {
             return Err(invalid("lockout.max_failures must be at least 1".into()));
         }
-        if !(self.rate_limit.per_device_per_minute > 0.0) || self.rate_limit.burst == 0 {
+        if self.rate_limit.per_device_per_minute.is_nan()
+            || self.rate_limit.per_device_per_minute <= 0.0
+            || self.rate_limit.burst == 0
+        {
             return Err(invalid(
                 "rate_limit.per_device_per_minute and rate_limit.burst must be positive".into(),
             ));
         }
         if self.challenge.ttl_secs == 0 || self.challenge.ttl_secs > 600 {
-            return Err(invalid("challenge.ttl_secs must be between 1 and 600".into()));
+            return Err(invalid(
+                "challenge.ttl_secs must be between 1 and 600".into(),
+            ));
         }
         for (name, v) in [
             ("biometric.face_threshold", self.biometric.face_threshold),
             ("biometric.vein_threshold", self.biometric.vein_threshold),
         ] {
-            if !(v > 0.0 && v <= 1.0) {
+            if v.is_nan() || v <= 0.0 || v > 1.0 {
                 return Err(invalid(format!("{name} must be in (0, 1], got {v}")));
             }
         }
         if self.totp.digits != 6 && self.totp.digits != 8 {
-            return Err(invalid(format!("totp.digits must be 6 or 8, got {}", self.totp.digits)));
+            return Err(invalid(format!(
+                "totp.digits must be 6 or 8, got {}",
+                self.totp.digits
+            )));
         }
         self.argon2
             .validate()
@@ -369,10 +384,18 @@ impl GatewayConfig {
         };
         rebase(&mut self.key_file);
         rebase(&mut self.tls.generate_dir);
-        for p in [&mut self.tls.cert, &mut self.tls.key, &mut self.tls.client_ca]
-            .into_iter()
-            .chain([&mut self.engine.ca, &mut self.engine.cert, &mut self.engine.key])
-            .flatten()
+        for p in [
+            &mut self.tls.cert,
+            &mut self.tls.key,
+            &mut self.tls.client_ca,
+        ]
+        .into_iter()
+        .chain([
+            &mut self.engine.ca,
+            &mut self.engine.cert,
+            &mut self.engine.key,
+        ])
+        .flatten()
         {
             rebase(p);
         }

@@ -5,11 +5,21 @@
 //! bundle, the engine unreachable) will use the very same plan/authorize code as the
 //! engine.
 
+pub mod agent;
+pub mod challenge;
+pub mod config;
 pub mod credentials;
 pub mod crypto;
 pub mod db;
+pub mod decide;
 pub mod factors;
+pub mod grpc;
 pub mod hashing;
-pub mod config;
-pub mod tls;
+pub mod lockout;
+pub mod logon;
+pub mod messages;
+pub mod qr;
+pub mod ratelimit;
 pub mod server;
+pub mod session;
+pub mod tls;

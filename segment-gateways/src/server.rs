@@ -1,16 +1,67 @@
-//! Starting and stopping a gateway (being written).
+//! Starting a gateway: store and key → verifiers → engine link → TLS → listener.
+//!
+//! [`start`] returns a handle rather than blocking, so `sekisho gateway serve`, the
+//! demo and every integration test start a real gateway the same way.
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
-use sekisho_policy_engine::pki::PkiFiles;
+use sekisho_policy_engine::pki::{PkiError, PkiFiles, Usage};
+use sekisho_policy_engine::store::StoreError;
 use sekisho_policy_engine::Tier;
+use sekisho_proto::v1 as pb;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
-use crate::config::Resolved;
+use crate::challenge::Challenges;
+use crate::config::{Resolved, KEY_ENV};
+use crate::credentials::{CredentialError, CredentialStore};
+use crate::crypto::{KeyError, SealingKey};
+use crate::db::Db;
+use crate::decide::Decider;
+use crate::factors::card::{CardTrust, CardTrustError};
+use crate::factors::password::{DirectoryConfigError, PasswordVerifier};
+use crate::grpc::admin::AdminService;
+use crate::grpc::logon::LogonService;
+use crate::hashing::{HashError, SecretHasher};
+use crate::lockout::LockoutPolicy;
+use crate::logon::{FlowSettings, Gateway};
+use crate::ratelimit::RateLimiter;
+use crate::tls::{self, ClientTls, ConnectError};
+
+/// How long a shutdown waits for calls in flight.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    #[error("not built yet")]
-    NotBuilt,
+    #[error("credential store: {0}")]
+    Store(#[from] StoreError),
+    #[error("credential store: {0}")]
+    Credentials(#[from] CredentialError),
+    #[error("credential key: {0}")]
+    Key(#[from] KeyError),
+    #[error("argon2: {0}")]
+    Hash(#[from] HashError),
+    #[error("cards: {0}")]
+    Cards(#[from] CardTrustError),
+    #[error("directory: {0}")]
+    Directory(#[from] DirectoryConfigError),
+    #[error("TLS: {0}")]
+    Pki(#[from] PkiError),
+    #[error("TLS: {path}: {message}")]
+    Tls { path: String, message: String },
+    #[error("engine link: {0}")]
+    Engine(#[from] ConnectError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
 }
 
 /// A gateway serving on `addr` until [`RunningGateway::shutdown`].
@@ -19,13 +70,210 @@ pub struct RunningGateway {
     pub tier: Tier,
     /// The development PKI in use, when no certificates were configured.
     pub pki: Option<PkiFiles>,
-}
-
-pub async fn start(resolved: Resolved) -> Result<RunningGateway, GatewayError> {
-    let _ = resolved;
-    Err(GatewayError::NotBuilt)
+    pub gateway: Arc<Gateway>,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
 impl RunningGateway {
-    pub async fn shutdown(self) {}
+    /// Stops accepting calls and lets calls in flight finish for up to
+    /// [`SHUTDOWN_GRACE`].
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.server).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gateway server ended with an error"),
+            Ok(_) => {}
+            Err(_) => {
+                tracing::warn!(
+                    "calls still in flight after the shutdown grace period; stopping anyway"
+                );
+                self.server.abort();
+            }
+        }
+        self.gateway.store.db().close().await;
+    }
+}
+
+fn read_pem(path: &Path) -> Result<Vec<u8>, GatewayError> {
+    std::fs::read(path).map_err(|e| GatewayError::Tls {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// The credential key: the environment variable, else the key file, which is
+/// created when missing (a new gateway). A key that does not match the store is
+/// refused by [`CredentialStore::open`].
+fn load_key(key_file: &Path) -> Result<SealingKey, KeyError> {
+    if std::env::var_os(KEY_ENV).is_some() {
+        return SealingKey::from_env(KEY_ENV);
+    }
+    if key_file.exists() {
+        return SealingKey::from_file(key_file);
+    }
+    let key = SealingKey::write_new(key_file)?;
+    tracing::info!(file = %key_file.display(), "generated a new credential key; back it up: without it enrolled TOTP secrets and biometric templates cannot be read");
+    Ok(key)
+}
+
+pub async fn start(resolved: Resolved) -> Result<RunningGateway, GatewayError> {
+    sekisho_policy_engine::server::install_crypto_provider();
+    let Resolved {
+        config,
+        tier,
+        name,
+        store: store_url,
+    } = resolved;
+
+    let db = Db::open(&store_url, &config.tenant, tier).await?;
+    let key = load_key(&config.key_file)?;
+    let store = CredentialStore::open(db, key).await?;
+    tracing::info!(store = %sekisho_policy_engine::store::redact_url(&store_url), backend = store.db().backend(), tier = tier.name(), "credential store open");
+
+    let hasher = SecretHasher::new(config.argon2.clone())?;
+    let passwords = match &config.directory {
+        Some(d) => PasswordVerifier::directory(d.clone())?,
+        None => PasswordVerifier::Local(hasher.clone()),
+    };
+    let cards = if config.cards.ca.is_empty() && config.cards.mynumber_ca.is_empty() {
+        tracing::warn!("no card CA configured (cards.ca, cards.mynumber_ca): card logons will fail on this tier");
+        None
+    } else {
+        Some(Arc::new(CardTrust::from_pem_files(
+            &config.cards.ca,
+            &config.cards.mynumber_ca,
+            &config.cards.crl,
+        )?))
+    };
+
+    // The development PKI serves when no certificates are configured.
+    let needs_pki = config.tls.cert.is_none() || config.engine.ca.is_none();
+    let pki = if needs_pki {
+        let names: Vec<&str> = config.tls.server_names.iter().map(String::as_str).collect();
+        let (files, generated) = PkiFiles::ensure(&config.tls.generate_dir, &names)?;
+        if generated {
+            tracing::info!(dir = %files.dir.display(), "generated a development PKI");
+        }
+        Some(files)
+    } else {
+        None
+    };
+    let (cert, key, client_ca) = match (
+        &config.tls.cert,
+        &config.tls.key,
+        &config.tls.client_ca,
+        &pki,
+    ) {
+        (Some(c), Some(k), Some(ca), _) => (c.clone(), k.clone(), ca.clone()),
+        (_, _, _, Some(files)) => {
+            let names: Vec<&str> = config.tls.server_names.iter().map(String::as_str).collect();
+            let stem = format!("gateway-{}-server", tier.name());
+            let cn = format!("sekisho-gateway-{}", tier.name());
+            let (c, k) = files.ensure_leaf(&stem, &cn, &names, Usage::Server)?;
+            (c, k, files.ca())
+        }
+        _ => return Err(incomplete_tls()),
+    };
+    let engine_tls = match (
+        &config.engine.ca,
+        &config.engine.cert,
+        &config.engine.key,
+        &pki,
+    ) {
+        (Some(ca), Some(c), Some(k), _) => ClientTls {
+            ca: ca.clone(),
+            cert: c.clone(),
+            key: k.clone(),
+        },
+        (_, _, _, Some(files)) => ClientTls {
+            ca: files.ca(),
+            cert: files.gateway_cert(),
+            key: files.gateway_key(),
+        },
+        _ => return Err(incomplete_tls()),
+    };
+    // Lazy: the gateway starts (and answers "engine unavailable") while the engine
+    // is down, and connects when it comes up.
+    let channel = tls::endpoint(
+        &config.engine.url,
+        &engine_tls,
+        Some(&config.engine.server_name),
+        Duration::from_millis(config.engine.timeout_ms),
+    )?
+    .connect_lazy();
+
+    let gateway = Arc::new(Gateway {
+        store,
+        decider: Decider::remote(channel),
+        challenges: Challenges::new(
+            Duration::from_secs(config.challenge.ttl_secs),
+            config.challenge.max_open,
+        ),
+        rate: RateLimiter::new(
+            config.rate_limit.per_device_per_minute,
+            config.rate_limit.burst,
+        ),
+        hasher,
+        passwords,
+        cards,
+        settings: FlowSettings {
+            lockout: LockoutPolicy {
+                max_failures: config.lockout.max_failures,
+                lock_ms: i64::try_from(config.lockout.lock_secs.saturating_mul(1000))
+                    .unwrap_or(i64::MAX),
+            },
+            face_threshold: config.biometric.face_threshold,
+            vein_threshold: config.biometric.vein_threshold,
+        },
+    });
+    let admin_names: Arc<[String]> = config.tls.admin_names.clone().into();
+
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read_pem(&cert)?, read_pem(&key)?))
+        .client_ca_root(Certificate::from_pem(read_pem(&client_ca)?));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| GatewayError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| GatewayError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let router = Server::builder()
+        .tls_config(tls)?
+        .add_service(pb::logon_server::LogonServer::new(LogonService::new(
+            gateway.clone(),
+            admin_names.clone(),
+        )))
+        .add_service(pb::gateway_admin_server::GatewayAdminServer::new(
+            AdminService::new(gateway.clone(), admin_names, config.totp.clone()),
+        ));
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(
+        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    tracing::info!(%addr, gateway = %name, tier = tier.name(), engine = %config.engine.url, "listening");
+    Ok(RunningGateway {
+        addr,
+        tier,
+        pki,
+        gateway,
+        stop: Some(stop),
+        server,
+    })
+}
+
+/// Only reachable with a config that bypassed [`crate::config::GatewayConfig::resolve`].
+fn incomplete_tls() -> GatewayError {
+    GatewayError::Tls {
+        path: "(config)".into(),
+        message: "tls.cert/key/client_ca and engine.ca/cert/key must each be set completely or not at all".into(),
+    }
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod gateway;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -222,6 +222,11 @@ impl PasswordVerifier {
         Directory::new(config).map(PasswordVerifier::Directory)
     }
 
+    /// Passwords live in a directory: every user "has" one, and none is stored here.
+    pub fn is_directory(&self) -> bool {
+        matches!(self, PasswordVerifier::Directory(_))
+    }
+
     /// Checks `password` for `user`. `stored_hash` is only read by [`Local`]
     /// (`None`: no such user or no password; answered like a wrong password after the
     /// same work). Directory failures to answer are [`Failure::Unavailable`].

@@ -1,0 +1,408 @@
+//! `sekisho.v1.GatewayAdmin`: enrollment and registration on this tier, for
+//! administrator certificates only. Every call checks its input completely before
+//! writing, so a refused call changes nothing.
+
+use std::sync::Arc;
+
+use rustls_pki_types::UnixTime;
+use sekisho_policy_engine::{Capabilities, DeviceKind, Factor, Tier};
+use sekisho_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use super::peer_name;
+use crate::config::TotpConfig;
+use crate::credentials::{CredentialError, GatewayDevice};
+use crate::db::now_ms;
+use crate::factors::biometric::{self, BiometricFactor, DeviceKey};
+use crate::factors::totp::{self, TotpAlgorithm, TotpParams};
+use crate::factors::{card, emergency_otp, pin};
+use crate::lockout;
+use crate::logon::Gateway;
+
+/// Emergency OTP lifetimes: the default and the most an administrator may give.
+const EOTP_DEFAULT_TTL_SECS: u64 = 2 * 3600;
+const EOTP_MAX_TTL_SECS: u64 = 24 * 3600;
+/// Shortest standalone password accepted.
+const MIN_PASSWORD_CHARS: usize = 8;
+/// Largest biometric template accepted (elements).
+const MAX_TEMPLATE_DIM: usize = 4096;
+
+pub struct AdminService {
+    gateway: Arc<Gateway>,
+    admin_names: Arc<[String]>,
+    totp: TotpConfig,
+}
+
+impl AdminService {
+    pub fn new(gateway: Arc<Gateway>, admin_names: Arc<[String]>, totp: TotpConfig) -> Self {
+        AdminService {
+            gateway,
+            admin_names,
+            totp,
+        }
+    }
+
+    fn admin<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        match peer_name(request) {
+            Some(n) if self.admin_names.contains(&n) => Ok(n),
+            Some(n) => {
+                tracing::warn!(client = %n, "admin call refused");
+                Err(Status::permission_denied(format!(
+                    "client certificate '{n}' is not an administrator (tls.admin_names)"
+                )))
+            }
+            None => Err(Status::permission_denied(
+                "admin calls need a client certificate naming an administrator",
+            )),
+        }
+    }
+
+    async fn enrolled(&self, user: &str, detail: String) -> Result<pb::EnrollmentResponse, Status> {
+        let e = self
+            .gateway
+            .store
+            .enrollment(user, self.gateway.passwords.is_directory())
+            .await
+            .map_err(store_status)?;
+        Ok(pb::EnrollmentResponse {
+            user: user.into(),
+            enrolled: crate::decide::names(e.factors),
+            detail,
+        })
+    }
+}
+
+fn store_status(e: CredentialError) -> Status {
+    tracing::error!(error = %e, "gateway store failed");
+    Status::internal(format!("the gateway's credential store failed: {e}"))
+}
+
+fn invalid(message: impl Into<String>) -> Status {
+    Status::invalid_argument(message.into())
+}
+
+fn check_user(user: &str) -> Result<(), Status> {
+    if user.is_empty() || user.len() > 256 {
+        return Err(invalid("user must be 1 to 256 bytes"));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl pb::gateway_admin_server::GatewayAdmin for AdminService {
+    async fn enroll_totp(
+        &self,
+        request: Request<pb::EnrollTotpRequest>,
+    ) -> Result<Response<pb::EnrollTotpResponse>, Status> {
+        let admin = self.admin(&request)?;
+        let r = request.into_inner();
+        check_user(&r.user)?;
+        let algorithm = match r.algorithm.as_str() {
+            "" => self.totp.algorithm,
+            "sha1" => TotpAlgorithm::Sha1,
+            "sha256" => TotpAlgorithm::Sha256,
+            other => {
+                return Err(invalid(format!(
+                    "algorithm '{other}': expected sha1 or sha256"
+                )))
+            }
+        };
+        let digits = if r.digits == 0 {
+            self.totp.digits
+        } else {
+            r.digits
+        };
+        let params = TotpParams::new(algorithm, digits, 30).map_err(|e| invalid(e.to_string()))?;
+        let secret = totp::new_secret(&params).map_err(|e| Status::internal(e.to_string()))?;
+        self.gateway
+            .store
+            .set_totp(&r.user, &secret, &params)
+            .await
+            .map_err(store_status)?;
+        tracing::info!(%admin, user = %r.user, "TOTP enrolled");
+        Ok(Response::new(pb::EnrollTotpResponse {
+            otpauth_uri: totp::otpauth_uri(&self.totp.issuer, &r.user, &secret, &params),
+            secret_base32: totp::secret_base32(&secret),
+        }))
+    }
+
+    async fn enroll_card(
+        &self,
+        request: Request<pb::EnrollCardRequest>,
+    ) -> Result<Response<pb::EnrollmentResponse>, Status> {
+        let admin = self.admin(&request)?;
+        let r = request.into_inner();
+        check_user(&r.user)?;
+        let Some(trust) = &self.gateway.cards else {
+            return Err(Status::failed_precondition(
+                "this gateway has no card CA configured (cards.ca / cards.mynumber_ca), so no card could ever be accepted",
+            ));
+        };
+        let kind = card::classify(trust, &r.certificate, UnixTime::now()).map_err(|f| {
+            invalid(format!(
+                "the certificate cannot be used for logon on this tier: {f} (it must be valid now and chain to cards.ca or cards.mynumber_ca)"
+            ))
+        })?;
+        let not_after = x509_parser::parse_x509_certificate(&r.certificate)
+            .map(|(_, c)| c.validity().not_after.timestamp().saturating_mul(1000))
+            .map_err(|e| invalid(format!("certificate: {e}")))?;
+        let added = self
+            .gateway
+            .store
+            .add_card(&r.user, &r.certificate, kind, not_after)
+            .await
+            .map_err(store_status)?;
+        let what = match kind {
+            card::CardKind::MyNumber => "My Number card",
+            card::CardKind::Card => "card",
+        };
+        tracing::info!(%admin, user = %r.user, kind = what, added, "card enrolled");
+        let detail = if added {
+            format!("{what} enrolled")
+        } else {
+            format!("{what} was already enrolled")
+        };
+        Ok(Response::new(self.enrolled(&r.user, detail).await?))
+    }
+
+    async fn enroll_biometric(
+        &self,
+        request: Request<pb::EnrollBiometricRequest>,
+    ) -> Result<Response<pb::EnrollmentResponse>, Status> {
+        let admin = self.admin(&request)?;
+        let r = request.into_inner();
+        check_user(&r.user)?;
+        let factor = match r.factor.as_str() {
+            "face" => BiometricFactor::Face,
+            "vein" => BiometricFactor::Vein,
+            other => return Err(invalid(format!("factor '{other}': expected face or vein"))),
+        };
+        if r.templates.is_empty() {
+            return Err(invalid("no templates given"));
+        }
+        let dim = r.templates[0].vector.len();
+        if dim == 0 || dim > MAX_TEMPLATE_DIM {
+            return Err(invalid(format!(
+                "template 1 has {dim} elements: expected 1 to {MAX_TEMPLATE_DIM}"
+            )));
+        }
+        let mut templates = Vec::with_capacity(r.templates.len());
+        for (i, t) in r.templates.into_iter().enumerate() {
+            let mut v = t.vector;
+            if v.len() != dim {
+                return Err(invalid(format!(
+                    "template {} has {} elements, template 1 has {dim}",
+                    i + 1,
+                    v.len()
+                )));
+            }
+            biometric::normalize(&mut v).map_err(|_| {
+                invalid(format!(
+                    "template {} is not a usable vector (zero, NaN or infinite)",
+                    i + 1
+                ))
+            })?;
+            templates.push(v);
+        }
+        let n = templates.len();
+        self.gateway
+            .store
+            .add_templates(&r.user, factor, &templates, r.replace)
+            .await
+            .map_err(store_status)?;
+        tracing::info!(%admin, user = %r.user, factor = factor.name(), templates = n, replace = r.replace, "templates enrolled");
+        let verb = if r.replace { "replaced with" } else { "added" };
+        Ok(Response::new(
+            self.enrolled(&r.user, format!("{} {verb} {n} template(s)", factor.name()))
+                .await?,
+        ))
+    }
+
+    async fn set_secret(
+        &self,
+        request: Request<pb::SetSecretRequest>,
+    ) -> Result<Response<pb::EnrollmentResponse>, Status> {
+        let admin = self.admin(&request)?;
+        let r = request.into_inner();
+        check_user(&r.user)?;
+        let factor = match r.factor.as_str() {
+            "pin" => {
+                pin::check_new_pin(&r.secret).map_err(|e| invalid(e.to_string()))?;
+                Factor::Pin
+            }
+            "password" => {
+                if self.gateway.passwords.is_directory() {
+                    return Err(Status::failed_precondition(
+                        "passwords on this tier are checked by the directory: change them there",
+                    ));
+                }
+                let n = r.secret.chars().count();
+                if n < MIN_PASSWORD_CHARS || r.secret.len() > 1024 {
+                    return Err(invalid(format!(
+                        "a password must be {MIN_PASSWORD_CHARS} to 1024 characters (got {n})"
+                    )));
+                }
+                Factor::Password
+            }
+            other => {
+                return Err(invalid(format!(
+                    "factor '{other}': expected pin or password"
+                )))
+            }
+        };
+        let hasher = self.gateway.hasher.clone();
+        let secret = r.secret;
+        let phc = tokio::task::spawn_blocking(move || hasher.hash(&secret))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        self.gateway
+            .store
+            .set_secret(&r.user, factor, &phc)
+            .await
+            .map_err(store_status)?;
+        tracing::info!(%admin, user = %r.user, factor = factor.name(), "secret set");
+        Ok(Response::new(
+            self.enrolled(&r.user, format!("{} set", factor.name()))
+                .await?,
+        ))
+    }
+
+    async fn issue_emergency_otp(
+        &self,
+        request: Request<pb::IssueEmergencyOtpRequest>,
+    ) -> Result<Response<pb::IssueEmergencyOtpResponse>, Status> {
+        let admin = self.admin(&request)?;
+        let r = request.into_inner();
+        check_user(&r.user)?;
+        let ttl = if r.ttl_secs == 0 {
+            EOTP_DEFAULT_TTL_SECS
+        } else {
+            r.ttl_secs
+        };
+        if ttl > EOTP_MAX_TTL_SECS {
+            return Err(invalid(format!(
+                "ttl {ttl} s is longer than the allowed {EOTP_MAX_TTL_SECS} s (24 hours)"
+            )));
+        }
+        let issued = emergency_otp::issue().map_err(|e| Status::internal(e.to_string()))?;
+        let expires = now_ms().saturating_add(i64::try_from(ttl).unwrap_or(0).saturating_mul(1000));
+        self.gateway
+            .store
+            .set_emergency_otp(&r.user, &issued.hash, expires)
+            .await
+            .map_err(store_status)?;
+        tracing::info!(%admin, user = %r.user, ttl_secs = ttl, "emergency OTP issued");
+        Ok(Response::new(pb::IssueEmergencyOtpResponse {
+            code: issued.code.clone(),
+            expires_at_unix_ms: expires,
+        }))
+    }
+
+    async fn register_device(
+        &self,
+        request: Request<pb::RegisterDeviceRequest>,
+    ) -> Result<Response<pb::RegisterDeviceResponse>, Status> {
+        let admin = self.admin(&request)?;
+        let r = request.into_inner();
+        let d = r.device.ok_or_else(|| invalid("device is missing"))?;
+        if d.id.is_empty() || d.id.len() > 256 {
+            return Err(invalid("device id must be 1 to 256 bytes"));
+        }
+        if self.admin_names.contains(&d.id) {
+            return Err(invalid(format!(
+                "device id '{}' is an administrator name: devices and administrators are told apart by certificate name",
+                d.id
+            )));
+        }
+        let tier: Tier =
+            d.tier
+                .parse()
+                .map_err(|e: sekisho_policy_engine::model::UnknownName| {
+                    invalid(format!("tier: {e}"))
+                })?;
+        let ours = self.gateway.store.db().tier();
+        if tier != ours {
+            return Err(invalid(format!(
+                "device '{}' is for tier '{}', but this gateway serves '{}'",
+                d.id,
+                tier.name(),
+                ours.name()
+            )));
+        }
+        let kind: DeviceKind =
+            d.kind
+                .parse()
+                .map_err(|e: sekisho_policy_engine::model::UnknownName| {
+                    invalid(format!("kind: {e}"))
+                })?;
+        let capabilities = Capabilities::parse_names(&d.capabilities)
+            .map_err(|e| invalid(format!("capabilities: {e}")))?;
+        let capture_key = if r.capture_key.is_empty() {
+            None
+        } else {
+            Some(
+                DeviceKey::from_spki_der(&r.capture_key)
+                    .map_err(|e| invalid(format!("capture_key: {e}")))?,
+            )
+        };
+        let device = GatewayDevice {
+            id: d.id.clone(),
+            kind,
+            capabilities,
+            location: d.location.clone(),
+            capture_key,
+        };
+        let created = self
+            .gateway
+            .store
+            .register_device(&device)
+            .await
+            .map_err(store_status)?;
+        tracing::info!(%admin, device = %d.id, created, "device registered");
+        Ok(Response::new(pb::RegisterDeviceResponse {
+            device: Some(d),
+            created,
+        }))
+    }
+
+    async fn unlock_user(
+        &self,
+        request: Request<pb::UnlockUserRequest>,
+    ) -> Result<Response<pb::UnlockUserResponse>, Status> {
+        let admin = self.admin(&request)?;
+        let r = request.into_inner();
+        check_user(&r.user)?;
+        let was_locked = lockout::clear(self.gateway.store.db(), &r.user, now_ms())
+            .await
+            .map_err(|e| store_status(e.into()))?;
+        tracing::info!(%admin, user = %r.user, was_locked, "lockout cleared");
+        Ok(Response::new(pb::UnlockUserResponse { was_locked }))
+    }
+
+    async fn list_enrollments(
+        &self,
+        request: Request<pb::ListEnrollmentsRequest>,
+    ) -> Result<Response<pb::ListEnrollmentsResponse>, Status> {
+        self.admin(&request)?;
+        let r = request.into_inner();
+        check_user(&r.user)?;
+        let store = &self.gateway.store;
+        let e = store
+            .enrollment(&r.user, self.gateway.passwords.is_directory())
+            .await
+            .map_err(store_status)?;
+        let standing = lockout::standing(store.db(), &r.user)
+            .await
+            .map_err(|e| store_status(e.into()))?;
+        Ok(Response::new(pb::ListEnrollmentsResponse {
+            user: r.user,
+            enrolled: crate::decide::names(e.factors),
+            cards: e.cards,
+            face_templates: e.face_templates,
+            vein_templates: e.vein_templates,
+            locked_until_unix_ms: standing.locked_at(now_ms()),
+            consecutive_failures: standing.failures,
+        }))
+    }
+}

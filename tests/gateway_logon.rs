@@ -1,0 +1,781 @@
+//! Logons through a real gateway and a real engine over mutual TLS: each tier's
+//! reference policy allowed end to end, and every way a logon must fail.
+
+mod common;
+
+use common::gateway::{now_secs, vector, TestCard, TestGateway};
+use sekisho_gateway::factors::biometric::{sign_capture, BiometricFactor};
+use sekisho_gateway::factors::card::sign_nonce;
+use sekisho_gateway::factors::totp::{code_at, TotpParams};
+use sekisho_policy_engine::Tier;
+use sekisho_proto::v1 as pb;
+use tonic::transport::Channel;
+
+type Endpoint = pb::logon_client::LogonClient<Channel>;
+
+async fn begin(ep: &mut Endpoint, user: &str, action: &str) -> pb::Challenge {
+    ep.begin(pb::BeginRequest {
+        user: user.into(),
+        action: action.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("begin")
+    .into_inner()
+}
+
+async fn complete(
+    ep: &mut Endpoint,
+    c: &pb::Challenge,
+    proofs: Vec<pb::proof::Proof>,
+) -> pb::LogonResult {
+    let request = pb::CompleteRequest {
+        challenge_id: c.challenge_id.clone(),
+        proofs: proofs
+            .into_iter()
+            .map(|p| pb::Proof { proof: Some(p) })
+            .collect(),
+        request_id: String::new(),
+    };
+    let r = if c.action == "unlock" {
+        ep.unlock(request).await
+    } else {
+        ep.complete(request).await
+    };
+    r.expect("complete").into_inner()
+}
+
+fn password(p: &str) -> pb::proof::Proof {
+    pb::proof::Proof::Password(p.into())
+}
+
+fn card(c: &pb::Challenge, card: &TestCard) -> pb::proof::Proof {
+    card_over(card, &c.nonces["card"])
+}
+
+fn card_over(card: &TestCard, nonce: &[u8]) -> pb::proof::Proof {
+    pb::proof::Proof::Card(pb::CardProof {
+        certificate: card.der.clone(),
+        signature: sign_nonce(&card.key_pem, nonce).expect("sign"),
+    })
+}
+
+fn bio(
+    c: &pb::Challenge,
+    factor: BiometricFactor,
+    v: Vec<f32>,
+    capture_key: &str,
+) -> pb::BiometricProof {
+    let signature =
+        sign_capture(capture_key, factor, &c.nonces[factor.name()], &v).expect("sign capture");
+    pb::BiometricProof {
+        vector: v,
+        signature,
+    }
+}
+
+fn totp_now(secret: &[u8], offset_steps: i64) -> String {
+    let step = (now_secs() / 30) as i64 + offset_steps;
+    code_at(secret, &TotpParams::default(), step as u64)
+}
+
+fn allowed(r: &pb::LogonResult) -> bool {
+    r.decision == pb::Decision::Allow as i32
+}
+
+/// (factor, reason) of each failed factor.
+fn failures(r: &pb::LogonResult) -> Vec<(String, String)> {
+    r.factors
+        .iter()
+        .filter(|f| !f.ok)
+        .map(|f| (f.factor.clone(), f.reason.clone()))
+        .collect()
+}
+
+fn failed(factor: &str, reason: &str) -> Vec<(String, String)> {
+    vec![(factor.into(), reason.into())]
+}
+
+fn options(c: &pb::Challenge) -> Vec<Vec<String>> {
+    c.options.iter().map(|o| o.factors.clone()).collect()
+}
+
+#[tokio::test]
+async fn lgwan_card_and_directory_password_then_lock_unlock_logoff() {
+    let ldap =
+        sekisho_testkit::Slapd::start(&sekisho_testkit::user_password_ldif("u007", "u007-pass"))
+            .expect("slapd (scripts/test.sh installs it)");
+    let dir_url = ldap.url();
+    let gw = TestGateway::start(Tier::Lgwan, |c| {
+        c.directory = Some(sekisho_gateway::factors::password::DirectoryConfig {
+            url: dir_url.clone(),
+            starttls: false,
+            ca_file: None,
+            bind_dn_template: "uid={user},ou=people,dc=example,dc=jp".into(),
+            timeout_secs: 5,
+        });
+    })
+    .await;
+    let capture_key = gw
+        .register("lgwan-desk-17", "desktop", &["card", "face"])
+        .await;
+    let staff_card = gw.cards.issue("u007");
+    gw.enroll_card("u007", &staff_card).await;
+    let mut ep = gw.endpoint("lgwan-desk-17").await;
+
+    let c = begin(&mut ep, "u007", "logon").await;
+    assert_eq!(
+        options(&c),
+        vec![vec!["card".to_string(), "password".to_string()]]
+    );
+    assert_eq!(c.policy_version, "v1");
+    let ok = complete(
+        &mut ep,
+        &c,
+        vec![card(&c, &staff_card), password("u007-pass")],
+    )
+    .await;
+    assert!(allowed(&ok), "{ok:?}");
+    assert_eq!(ok.policy_ids, vec!["lgwan-desktop-logon".to_string()]);
+    assert_eq!(ok.policy_version, "v1");
+    assert_eq!(ok.operator, "u007");
+    let session = ok.session_id.clone();
+
+    // Wrong directory password.
+    let c = begin(&mut ep, "u007", "logon").await;
+    let r = complete(&mut ep, &c, vec![card(&c, &staff_card), password("wrong")]).await;
+    assert!(!allowed(&r));
+    assert_eq!(r.reason, "factor_failed");
+    assert_eq!(failures(&r), failed("password", "mismatch"));
+
+    // Lock, then unlock with card + directory password; a second logon replaced
+    // nothing since the failed one opened no session.
+    let locked = ep
+        .lock(pb::SessionRequest {
+            session_id: session.clone(),
+            request_id: String::new(),
+        })
+        .await
+        .expect("lock")
+        .into_inner();
+    assert_eq!(locked.state, "locked");
+    let c = begin(&mut ep, "u007", "unlock").await;
+    let r = complete(
+        &mut ep,
+        &c,
+        vec![card(&c, &staff_card), password("u007-pass")],
+    )
+    .await;
+    assert!(allowed(&r), "{r:?}");
+    assert_eq!(r.session_id, session);
+    assert_eq!(r.policy_ids, vec!["lgwan-desktop-unlock".to_string()]);
+
+    // An unlock challenge cannot be answered through Complete (nor the reverse).
+    let c = begin(&mut ep, "u007", "unlock").await;
+    let r = ep
+        .complete(pb::CompleteRequest {
+            challenge_id: c.challenge_id.clone(),
+            proofs: vec![pb::Proof {
+                proof: Some(password("u007-pass")),
+            }],
+            request_id: String::new(),
+        })
+        .await
+        .expect("complete")
+        .into_inner();
+    assert_eq!(r.reason, "challenge_invalid");
+
+    let ended = ep
+        .logoff(pb::SessionRequest {
+            session_id: session.clone(),
+            request_id: String::new(),
+        })
+        .await
+        .expect("logoff")
+        .into_inner();
+    assert_eq!(ended.state, "ended");
+    let again = ep
+        .lock(pb::SessionRequest {
+            session_id: session,
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::NotFound);
+    drop(capture_key);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn mynumber_card_and_vein_and_biometric_failures() {
+    let gw = TestGateway::start(Tier::Mynumber, |_| {}).await;
+    let capture_key = gw
+        .register("mn-desk-02", "desktop", &["card", "vein"])
+        .await;
+    let my_number_card = gw.jpki.issue("u016");
+    gw.enroll_card("u016", &my_number_card).await;
+    gw.enroll_template("u016", "vein", vector(16, 0, 0.05))
+        .await;
+    let mut ep = gw.endpoint("mn-desk-02").await;
+
+    let c = begin(&mut ep, "u016", "logon").await;
+    assert_eq!(
+        options(&c),
+        vec![vec!["card".to_string(), "vein".to_string()]]
+    );
+    let vein = bio(&c, BiometricFactor::Vein, vector(16, 1, 0.05), &capture_key);
+    let ok = complete(
+        &mut ep,
+        &c,
+        vec![card(&c, &my_number_card), pb::proof::Proof::Vein(vein)],
+    )
+    .await;
+    assert!(allowed(&ok), "{ok:?}");
+    assert_eq!(ok.policy_ids, vec!["mynumber-desktop-logon".to_string()]);
+    let proved: Vec<&str> = ok.factors.iter().map(|f| f.factor.as_str()).collect();
+    assert_eq!(
+        proved,
+        ["card", "mynumber_card", "vein"],
+        "a JPKI card proves both"
+    );
+
+    // Another person's vein.
+    let c = begin(&mut ep, "u016", "logon").await;
+    let other = bio(&c, BiometricFactor::Vein, vector(99, 1, 0.05), &capture_key);
+    let r = complete(
+        &mut ep,
+        &c,
+        vec![card(&c, &my_number_card), pb::proof::Proof::Vein(other)],
+    )
+    .await;
+    assert_eq!(failures(&r), failed("vein", "mismatch"));
+
+    // The right vector, signed by a key that is not this device's.
+    let c = begin(&mut ep, "u016", "logon").await;
+    let stranger = rcgen::KeyPair::generate().unwrap().serialize_pem();
+    let forged = bio(&c, BiometricFactor::Vein, vector(16, 2, 0.05), &stranger);
+    let r = complete(
+        &mut ep,
+        &c,
+        vec![card(&c, &my_number_card), pb::proof::Proof::Vein(forged)],
+    )
+    .await;
+    assert_eq!(failures(&r), failed("vein", "bad_device_signature"));
+
+    // A signature by the device, but over another vector than the one sent.
+    let c = begin(&mut ep, "u016", "logon").await;
+    let mut swapped = bio(&c, BiometricFactor::Vein, vector(16, 3, 0.05), &capture_key);
+    swapped.vector = vector(16, 4, 0.05);
+    let r = complete(
+        &mut ep,
+        &c,
+        vec![card(&c, &my_number_card), pb::proof::Proof::Vein(swapped)],
+    )
+    .await;
+    assert_eq!(failures(&r), failed("vein", "bad_device_signature"));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn internet_password_and_totp_with_replay_and_window() {
+    let gw = TestGateway::start(Tier::Internet, |_| {}).await;
+    gw.register("net-vdi-01", "vdi", &[]).await;
+    gw.set_secret("u013", "password", "u013-password").await;
+    let secret = gw.enroll_totp("u013").await;
+    let mut ep = gw.endpoint("net-vdi-01").await;
+
+    let c = begin(&mut ep, "u013", "logon").await;
+    assert_eq!(
+        options(&c),
+        vec![vec!["password".to_string(), "totp".to_string()]]
+    );
+    assert!(c.nonces.is_empty(), "no card or biometric factor, no nonce");
+    let code = totp_now(&secret, 0);
+    let proofs = || {
+        vec![
+            password("u013-password"),
+            pb::proof::Proof::Totp(code.clone()),
+        ]
+    };
+    let ok = complete(&mut ep, &c, proofs()).await;
+    assert!(allowed(&ok), "{ok:?}");
+    assert_eq!(
+        ok.policy_ids,
+        vec!["internet-totp-logon-unlock".to_string()]
+    );
+
+    // The same code again: replay.
+    let c = begin(&mut ep, "u013", "logon").await;
+    let r = complete(&mut ep, &c, proofs()).await;
+    assert_eq!(failures(&r), failed("totp", "replayed"));
+
+    // A code five steps ahead (a phone whose clock runs fast): outside the window.
+    // (An old code is refused as replayed once a later one was accepted.)
+    let c = begin(&mut ep, "u013", "logon").await;
+    let stale = totp_now(&secret, 5);
+    let r = complete(
+        &mut ep,
+        &c,
+        vec![password("u013-password"), pb::proof::Proof::Totp(stale)],
+    )
+    .await;
+    assert_eq!(failures(&r), failed("totp", "outside_window"));
+
+    // Wrong standalone password (Argon2id), right factor missing: both reported.
+    let c = begin(&mut ep, "u013", "logon").await;
+    let r = complete(&mut ep, &c, vec![password("not-it")]).await;
+    assert_eq!(failures(&r), failed("password", "mismatch"));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn telework_face_and_password_and_another_persons_face() {
+    let gw = TestGateway::start(Tier::Telework, |_| {}).await;
+    let capture_key = gw.register("tw-pc-01", "telework", &["face"]).await;
+    gw.set_secret("u017", "password", "u017-password").await;
+    gw.enroll_template("u017", "face", vector(17, 0, 0.05))
+        .await;
+    let mut ep = gw.endpoint("tw-pc-01").await;
+
+    let c = begin(&mut ep, "u017", "logon").await;
+    assert_eq!(
+        options(&c),
+        vec![vec!["face".to_string(), "password".to_string()]]
+    );
+    let face = bio(&c, BiometricFactor::Face, vector(17, 1, 0.05), &capture_key);
+    let ok = complete(
+        &mut ep,
+        &c,
+        vec![pb::proof::Proof::Face(face), password("u017-password")],
+    )
+    .await;
+    assert!(allowed(&ok), "{ok:?}");
+    assert_eq!(
+        ok.policy_ids,
+        vec!["telework-device-logon-unlock".to_string()]
+    );
+
+    let c = begin(&mut ep, "u017", "logon").await;
+    let impostor = bio(
+        &c,
+        BiometricFactor::Face,
+        vector(4242, 1, 0.05),
+        &capture_key,
+    );
+    let r = complete(
+        &mut ep,
+        &c,
+        vec![pb::proof::Proof::Face(impostor), password("u017-password")],
+    )
+    .await;
+    assert_eq!(failures(&r), failed("face", "mismatch"));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn cards_pins_nonces_and_devices_that_do_not_belong() {
+    let gw = TestGateway::start(Tier::Lgwan, |_| {}).await;
+    gw.register("lgwan-desk-22", "desktop", &["card"]).await;
+    gw.set_secret("u036", "password", "u036-password").await;
+    gw.set_secret("u036", "pin", "4719").await;
+    let good = gw.cards.issue("u036");
+    gw.enroll_card("u036", &good).await;
+    let mut ep = gw.endpoint("lgwan-desk-22").await;
+
+    // Signature over another nonce.
+    let c = begin(&mut ep, "u036", "logon").await;
+    let r = complete(
+        &mut ep,
+        &c,
+        vec![
+            card_over(&good, b"some other nonce"),
+            password("u036-password"),
+        ],
+    )
+    .await;
+    assert_eq!(failures(&r), failed("card", "bad_signature"));
+
+    // The same challenge (and so the same nonce) a second time, with a good answer.
+    let c = begin(&mut ep, "u036", "logon").await;
+    let first = complete(
+        &mut ep,
+        &c,
+        vec![card(&c, &good), password("u036-password")],
+    )
+    .await;
+    assert!(allowed(&first), "{first:?}");
+    let replayed = complete(
+        &mut ep,
+        &c,
+        vec![card(&c, &good), password("u036-password")],
+    )
+    .await;
+    assert!(!allowed(&replayed));
+    assert_eq!(replayed.reason, "challenge_invalid");
+
+    // Expired card, and a card issued by a CA this tier does not trust. Enrollment
+    // refuses both, so they are put in the store the way an old enrollment would be.
+    let store = &gw.running.gateway.store;
+    let expired = gw.cards.issue_valid("u036", (2019, 1, 1), (2021, 1, 1));
+    store
+        .add_card(
+            "u036",
+            &expired.der,
+            sekisho_gateway::factors::card::CardKind::Card,
+            0,
+        )
+        .await
+        .unwrap();
+    let rogue_ca = common::gateway::CardCa::new("rogue CA", gw.dir.path());
+    let rogue = rogue_ca.issue("u036");
+    store
+        .add_card(
+            "u036",
+            &rogue.der,
+            sekisho_gateway::factors::card::CardKind::Card,
+            0,
+        )
+        .await
+        .unwrap();
+    for (card_used, reason) in [
+        (&expired, "certificate_expired"),
+        (&rogue, "untrusted_certificate"),
+    ] {
+        let c = begin(&mut ep, "u036", "logon").await;
+        let r = complete(
+            &mut ep,
+            &c,
+            vec![card(&c, card_used), password("u036-password")],
+        )
+        .await;
+        assert_eq!(failures(&r), failed("card", reason));
+    }
+    let mut admin = gw.admin().await;
+    for bad in [&expired, &rogue] {
+        let e = admin
+            .enroll_card(pb::EnrollCardRequest {
+                user: "u036".into(),
+                certificate: bad.der.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    }
+
+    // A found card without its owner's password (someone else's card).
+    let someone_else = gw.cards.issue("u999");
+    let c = begin(&mut ep, "u036", "logon").await;
+    let r = complete(
+        &mut ep,
+        &c,
+        vec![card(&c, &someone_else), password("u036-password")],
+    )
+    .await;
+    assert_eq!(failures(&r), failed("card", "card_not_enrolled"));
+
+    // Wrong PIN (the PIN verifier, whatever the policy asks for).
+    let c = begin(&mut ep, "u036", "logon").await;
+    let r = complete(
+        &mut ep,
+        &c,
+        vec![card(&c, &good), pb::proof::Proof::Pin("0000".into())],
+    )
+    .await;
+    assert_eq!(failures(&r), failed("pin", "mismatch"));
+    // The right PIN is verified, but card + PIN is not a permitted set here.
+    let c = begin(&mut ep, "u036", "logon").await;
+    let r = complete(
+        &mut ep,
+        &c,
+        vec![card(&c, &good), pb::proof::Proof::Pin("4719".into())],
+    )
+    .await;
+    assert!(failures(&r).is_empty());
+    assert_eq!(r.reason, "insufficient_factors");
+
+    // A device of another tier is refused, and so is one nobody registered.
+    for device in ["mn-desk-01", "lgwan-desk-01"] {
+        let mut other = gw.endpoint(device).await;
+        let e = other
+            .begin(pb::BeginRequest {
+                user: "u036".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+        assert!(
+            e.message().contains("not registered to tier 'lgwan'"),
+            "{e:?}"
+        );
+    }
+    // And registering a mynumber device at the lgwan gateway is refused.
+    let e = admin
+        .register_device(pb::RegisterDeviceRequest {
+            device: Some(pb::Device {
+                id: "mn-desk-01".into(),
+                tier: "mynumber".into(),
+                kind: "desktop".into(),
+                capabilities: vec!["card".into()],
+                location: String::new(),
+            }),
+            capture_key: Vec::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("this gateway serves 'lgwan'"), "{e:?}");
+    // A device certificate may not name another device in its request.
+    let e = ep
+        .begin(pb::BeginRequest {
+            device: "lgwan-desk-17".into(),
+            user: "u036".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn lockout_after_n_failures_is_told_only_to_the_right_factors_and_ends() {
+    let gw = TestGateway::start(Tier::Internet, |c| c.lockout.lock_secs = 1).await;
+    gw.register("net-desk-01", "desktop", &["card"]).await;
+    gw.set_secret("u036", "password", "u036-password").await;
+    let good = gw.cards.issue("u036");
+    gw.enroll_card("u036", &good).await;
+    let mut ep = gw.endpoint("net-desk-01").await;
+
+    for _ in 0..3 {
+        let c = begin(&mut ep, "u036", "logon").await;
+        let r = complete(&mut ep, &c, vec![card(&c, &good), password("guess")]).await;
+        assert_eq!(r.reason, "factor_failed");
+        assert_eq!(r.locked_until_unix_ms, None);
+    }
+    // Locked now: a wrong guess still just fails (nothing said about the lock)...
+    let c = begin(&mut ep, "u036", "logon").await;
+    let r = complete(&mut ep, &c, vec![card(&c, &good), password("guess")]).await;
+    assert_eq!(
+        (r.reason.as_str(), r.locked_until_unix_ms),
+        ("factor_failed", None)
+    );
+    // ...and the right factors are told "locked until".
+    let c = begin(&mut ep, "u036", "logon").await;
+    let r = complete(
+        &mut ep,
+        &c,
+        vec![card(&c, &good), password("u036-password")],
+    )
+    .await;
+    assert!(!allowed(&r));
+    assert_eq!(r.reason, "locked");
+    let until = r.locked_until_unix_ms.expect("locked until");
+    let listed = gw
+        .admin()
+        .await
+        .list_enrollments(pb::ListEnrollmentsRequest {
+            user: "u036".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.locked_until_unix_ms, Some(until));
+
+    // The lock ends by itself (lock_secs = 1): wait until the instant it names.
+    let wait_ms = until - common::gateway::now_secs() as i64 * 1000 + 50;
+    tokio::time::sleep(std::time::Duration::from_millis(
+        wait_ms.clamp(0, 2_000) as u64
+    ))
+    .await;
+    let c = begin(&mut ep, "u036", "logon").await;
+    let r = complete(
+        &mut ep,
+        &c,
+        vec![card(&c, &good), password("u036-password")],
+    )
+    .await;
+    assert!(allowed(&r), "{r:?}");
+
+    // An administrator can end a lock early.
+    for _ in 0..3 {
+        let c = begin(&mut ep, "u036", "logon").await;
+        complete(&mut ep, &c, vec![card(&c, &good), password("guess")]).await;
+    }
+    let unlocked = gw
+        .admin()
+        .await
+        .unlock_user(pb::UnlockUserRequest {
+            user: "u036".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(unlocked.was_locked);
+    let c = begin(&mut ep, "u036", "logon").await;
+    let r = complete(
+        &mut ep,
+        &c,
+        vec![card(&c, &good), password("u036-password")],
+    )
+    .await;
+    assert!(allowed(&r), "{r:?}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn emergency_otp_works_once() {
+    let gw = TestGateway::start(Tier::Lgwan, |_| {}).await;
+    gw.register("lgwan-desk-01", "desktop", &["card"]).await;
+    gw.set_secret("u007", "password", "u007-password").await;
+    let mut admin = gw.admin().await;
+    let issued = admin
+        .issue_emergency_otp(pb::IssueEmergencyOtpRequest {
+            user: "u007".into(),
+            ttl_secs: 7200,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(issued.code.len(), 14, "XXXX-XXXX-XXXX");
+    let mut ep = gw.endpoint("lgwan-desk-01").await;
+
+    // No card enrolled: the plan offers the emergency code with the password.
+    let c = begin(&mut ep, "u007", "logon").await;
+    assert_eq!(
+        options(&c),
+        vec![vec!["emergency_otp".to_string(), "password".to_string()]]
+    );
+    let proofs = || {
+        vec![
+            pb::proof::Proof::EmergencyOtp(issued.code.to_lowercase()),
+            password("u007-password"),
+        ]
+    };
+    let ok = complete(&mut ep, &c, proofs()).await;
+    assert!(allowed(&ok), "{ok:?}");
+    assert_eq!(ok.policy_ids, vec!["lgwan-emergency-otp".to_string()]);
+
+    // Used: the plan no longer offers it, and presenting it again fails.
+    let c = begin(&mut ep, "u007", "logon").await;
+    assert!(options(&c).is_empty());
+    let r = complete(&mut ep, &c, proofs()).await;
+    assert_eq!(failures(&r), failed("emergency_otp", "replayed"));
+
+    let too_long = admin
+        .issue_emergency_otp(pb::IssueEmergencyOtpRequest {
+            user: "u007".into(),
+            ttl_secs: 3 * 86_400,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(too_long.code(), tonic::Code::InvalidArgument);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_user_looks_like_a_wrong_factor() {
+    let gw = TestGateway::start(Tier::Lgwan, |_| {}).await;
+    gw.register("lgwan-desk-22", "desktop", &["card"]).await;
+    gw.set_secret("u036", "password", "u036-password").await;
+    gw.enroll_card("u036", &gw.cards.issue("u036")).await;
+    let found_card = gw.cards.issue("somebody");
+    let mut ep = gw.endpoint("lgwan-desk-22").await;
+
+    let mut seen = Vec::new();
+    for user in ["u036", "nobody-by-this-name"] {
+        let c = begin(&mut ep, user, "logon").await;
+        let r = complete(
+            &mut ep,
+            &c,
+            vec![card(&c, &found_card), password("wrong-password")],
+        )
+        .await;
+        let mut nonces: Vec<&String> = c.nonces.keys().collect();
+        nonces.sort();
+        seen.push((
+            options(&c),
+            format!("{:?}", c.unavailable),
+            nonces.into_iter().cloned().collect::<Vec<_>>(),
+            c.policy_version.clone(),
+            r,
+        ));
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "the responses must not tell the users apart"
+    );
+    assert_eq!(
+        failures(&seen[1].4),
+        vec![
+            ("card".to_string(), "card_not_enrolled".to_string()),
+            ("password".to_string(), "mismatch".to_string()),
+        ]
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn devices_are_rate_limited() {
+    let gw = TestGateway::start(Tier::Internet, |c| {
+        c.rate_limit.burst = 2;
+        c.rate_limit.per_device_per_minute = 1.0;
+    })
+    .await;
+    gw.register("net-vdi-01", "vdi", &[]).await;
+    gw.register("net-desk-02", "desktop", &["card"]).await;
+    let mut ep = gw.endpoint("net-vdi-01").await;
+    begin(&mut ep, "u013", "logon").await;
+    begin(&mut ep, "u013", "logon").await;
+    let e = ep
+        .begin(pb::BeginRequest {
+            user: "u013".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+    let mut other = gw.endpoint("net-desk-02").await;
+    begin(&mut other, "u013", "logon").await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_credential_store_needs_its_key_and_works_on_postgresql() {
+    // PostgreSQL: the whole logon against a PG credential store.
+    let tenant = common::unique_tenant("gw");
+    let gw = TestGateway::start(Tier::Internet, |c| {
+        c.store = Some(common::pg_url());
+        c.tenant = tenant.clone();
+    })
+    .await;
+    assert_eq!(gw.running.gateway.store.db().backend(), "postgres");
+    gw.register("net-vdi-01", "vdi", &[]).await;
+    gw.set_secret("u013", "password", "u013-password").await;
+    let secret = gw.enroll_totp("u013").await;
+    let mut ep = gw.endpoint("net-vdi-01").await;
+    let c = begin(&mut ep, "u013", "logon").await;
+    let r = complete(
+        &mut ep,
+        &c,
+        vec![
+            password("u013-password"),
+            pb::proof::Proof::Totp(totp_now(&secret, 0)),
+        ],
+    )
+    .await;
+    assert!(allowed(&r), "{r:?}");
+
+    // Another key for the same store is refused at startup, naming the problem.
+    let config = gw.config.clone();
+    let dir = gw.dir.path().to_path_buf();
+    gw.running.shutdown().await;
+    std::fs::remove_file(&config.key_file).unwrap();
+    sekisho_gateway::crypto::SealingKey::write_new(&config.key_file).unwrap();
+    let resolved = config.resolve("test", &dir).unwrap();
+    let e = match sekisho_gateway::server::start(resolved).await {
+        Ok(_) => panic!("a wrong key must not start"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("credential key does not match"), "{e}");
+    gw.engine.stop().await;
+}
