@@ -880,6 +880,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let policy_dir = dir.path().join("policies");
     copy_policies(&policy_dir);
+    std::fs::create_dir_all(dir.path().join("engine")).expect("engine dir");
     let mut engine_config = EngineConfig {
         poll_interval_secs: 3600,
         ..EngineConfig::self_contained(&dir.path().join("engine"))
