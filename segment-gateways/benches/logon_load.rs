@@ -618,18 +618,25 @@ async fn enroll(
 // Parts: the gateway's own steps, timed one at a time and the durable writes and
 // engine calls at 64 in flight
 
-async fn time_n<F, Fut>(n: usize, mut f: F) -> Summary
+/// `f(0..n)` one at a time: latency summary and the process's CPU time per call
+/// (every thread: the caller, the gateway's runtime, SQLite's threads, the engine).
+async fn time_n<F, Fut>(n: usize, mut f: F) -> (Summary, String)
 where
     F: FnMut(usize) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     let mut samples = Vec::with_capacity(n);
+    let cpu0 = cpu_time();
     for i in 0..n {
         let t = Instant::now();
         f(i).await;
         samples.push(t.elapsed());
     }
-    Summary::of(&mut samples)
+    let cpu = (cpu_time() - cpu0) / n as u32;
+    (
+        Summary::of(&mut samples),
+        format!("{:.0} µs CPU/call", cpu.as_secs_f64() * 1e6),
+    )
 }
 
 /// `in_flight` tasks running `f(i)` for `secs`: (ops/s, latency summary).
@@ -686,7 +693,7 @@ async fn parts(
     println!();
     header("Gateway steps, one at a time (ms)");
     let g = &gw;
-    let s = time_n(N, |i| {
+    let (s, cpu) = time_n(N, |i| {
         let d = dev(i);
         async move {
             g.store.device(&d).await.unwrap().unwrap();
@@ -696,17 +703,17 @@ async fn parts(
     row(
         "store.device (read; Begin and Complete each do one)",
         &s,
-        "",
+        &cpu,
     );
-    let s = time_n(N, |i| {
+    let (s, cpu) = time_n(N, |i| {
         let u = uid(i);
         async move {
             g.store.enrollment(&u, false).await.unwrap();
         }
     })
     .await;
-    row("store.enrollment (read, Begin)", &s, "");
-    let s = time_n(N, |i| {
+    row("store.enrollment (read, Begin)", &s, &cpu);
+    let (s, cpu) = time_n(N, |i| {
         let (u, d) = (uid(i), dev(i));
         async move {
             let subject = Subject {
@@ -721,25 +728,25 @@ async fn parts(
         }
     })
     .await;
-    row("engine Plan over mTLS (Begin)", &s, "");
-    let s = time_n(N, |i| {
+    row("engine Plan over mTLS (Begin)", &s, &cpu);
+    let (s, cpu) = time_n(N, |i| {
         let u = uid(i);
         async move {
             g.store.totp(&u).await.unwrap().unwrap();
         }
     })
     .await;
-    row("store.totp (read + AES-GCM open, Complete)", &s, "");
-    let s = time_n(N, |i| {
+    row("store.totp (read + AES-GCM open, Complete)", &s, &cpu);
+    let (s, cpu) = time_n(N, |i| {
         let u = uid(i);
         async move {
             g.store.cards(&u).await.unwrap();
         }
     })
     .await;
-    row("store.cards (read, Complete)", &s, "");
+    row("store.cards (read, Complete)", &s, &cpu);
     let st = step.clone();
-    let s = time_n(N, |i| {
+    let (s, cpu) = time_n(N, |i| {
         let u = uid(i);
         let k = (*st)();
         async move {
@@ -747,8 +754,8 @@ async fn parts(
         }
     })
     .await;
-    row("store.accept_totp_step (durable write, Complete)", &s, "");
-    let s = time_n(N, |i| {
+    row("store.accept_totp_step (durable write, Complete)", &s, &cpu);
+    let (s, cpu) = time_n(N, |i| {
         let (u, d) = (uid(i), dev(i));
         async move {
             let subject = Subject {
@@ -769,16 +776,16 @@ async fn parts(
         }
     })
     .await;
-    row("engine Authorize over mTLS (Complete)", &s, "");
-    let s = time_n(N, |i| {
+    row("engine Authorize over mTLS (Complete)", &s, &cpu);
+    let (s, cpu) = time_n(N, |i| {
         let u = uid(i);
         async move {
             lockout::standing(g.store.db(), &u).await.unwrap();
         }
     })
     .await;
-    row("lockout::standing (read, Complete)", &s, "");
-    let s = time_n(N, |i| {
+    row("lockout::standing (read, Complete)", &s, &cpu);
+    let (s, cpu) = time_n(N, |i| {
         let (u, d) = (uid(i), dev(i));
         async move {
             session::open(g.store.db(), &d, &u, sekisho_gateway::db::now_ms())
@@ -790,7 +797,7 @@ async fn parts(
     row(
         "session::open (durable write transaction, Complete)",
         &s,
-        "",
+        &cpu,
     );
 
     println!();
