@@ -8,7 +8,7 @@
 //! another user's row does not open.
 
 use sekisho_policy_engine::store::StoreError;
-use sekisho_policy_engine::{Capabilities, DeviceKind, Factor, FactorSet, Tier};
+use sekisho_policy_engine::{Capabilities, DeviceKind, Factor, FactorSet};
 use sqlx::Row;
 
 use crate::crypto::{CryptoError, SealingKey};
@@ -28,12 +28,6 @@ pub enum CredentialError {
         what: &'static str,
         user: String,
         why: String,
-    },
-    #[error("device '{id}' is registered to tier '{registered}', not '{requested}'")]
-    OtherTier {
-        id: String,
-        registered: String,
-        requested: String,
     },
     #[error("cannot seal a credential: {0}")]
     Seal(CryptoError),
@@ -95,7 +89,16 @@ pub struct Enrollment {
 pub struct CredentialStore {
     db: Db,
     key: std::sync::Arc<SealingKey>,
+    devices: std::sync::Arc<DeviceCache>,
 }
+
+/// How long a device read from the store is trusted before it is read again: a
+/// registration changed through another replica is seen within this time.
+const DEVICE_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Registered devices, read twice per logon and changed almost never.
+type DeviceCache =
+    std::sync::RwLock<std::collections::HashMap<String, (GatewayDevice, std::time::Instant)>>;
 
 impl std::fmt::Debug for CredentialStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -114,6 +117,7 @@ impl CredentialStore {
         let store = CredentialStore {
             db,
             key: std::sync::Arc::new(key),
+            devices: std::sync::Arc::default(),
         };
         if store.key_check().await?.is_none() {
             let sealed = store
@@ -244,10 +248,36 @@ impl CredentialStore {
         .await
         .map_err(db_err("registering a device"))?;
         tx.commit().await.map_err(db_err("registering a device"))?;
+        self.devices
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&device.id);
         Ok(existed.is_none())
     }
 
     pub async fn device(&self, id: &str) -> Result<Option<GatewayDevice>, CredentialError> {
+        let cached = self
+            .devices
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .filter(|(_, read)| read.elapsed() < DEVICE_CACHE_TTL)
+            .map(|(d, _)| d.clone());
+        if cached.is_some() {
+            return Ok(cached);
+        }
+        let found = self.read_device(id).await?;
+        if let Some(d) = &found {
+            let mut cache = self.devices.write().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= 100_000 {
+                cache.clear();
+            }
+            cache.insert(id.to_string(), (d.clone(), std::time::Instant::now()));
+        }
+        Ok(found)
+    }
+
+    async fn read_device(&self, id: &str) -> Result<Option<GatewayDevice>, CredentialError> {
         let row = sqlx::query(
             "SELECT kind, capabilities, location, capture_key FROM gw_devices
              WHERE tenant = $1 AND tier = $2 AND id = $3",
@@ -701,22 +731,5 @@ fn card_kind_name(kind: CardKind) -> &'static str {
     match kind {
         CardKind::Card => "card",
         CardKind::MyNumber => "mynumber",
-    }
-}
-
-/// The tier a device must be registered to, checked before anything else.
-pub fn check_device_tier(
-    device: &str,
-    registered: Tier,
-    gateway: Tier,
-) -> Result<(), CredentialError> {
-    if registered == gateway {
-        Ok(())
-    } else {
-        Err(CredentialError::OtherTier {
-            id: device.to_string(),
-            registered: registered.name().into(),
-            requested: gateway.name().into(),
-        })
     }
 }
