@@ -197,15 +197,10 @@ impl CredentialStore {
         what: &'static str,
         stored: &str,
     ) -> Result<Vec<u8>, CredentialError> {
-        let corrupt = |why: String| CredentialError::Corrupt {
-            what,
-            user: user.to_string(),
-            why,
-        };
-        let sealed = hex::decode(stored).map_err(|e| corrupt(e.to_string()))?;
+        let sealed = hex::decode(stored).map_err(corrupt(what, user))?;
         self.key
             .open(&self.aad(user, what), &sealed)
-            .map_err(|e| corrupt(e.to_string()))
+            .map_err(corrupt(what, user))
     }
 
     // ---------------------------------------------------------------------------
@@ -289,28 +284,21 @@ impl CredentialStore {
         .await
         .map_err(db_err("reading a device"))?;
         let Some(row) = row else { return Ok(None) };
-        let corrupt = |why: String| CredentialError::Corrupt {
-            what: "device",
-            user: id.to_string(),
-            why,
-        };
-        let kind: String = row.try_get(0).map_err(|e| corrupt(e.to_string()))?;
-        let caps: String = row.try_get(1).map_err(|e| corrupt(e.to_string()))?;
-        let location: String = row.try_get(2).map_err(|e| corrupt(e.to_string()))?;
-        let key: String = row.try_get(3).map_err(|e| corrupt(e.to_string()))?;
-        let caps: Vec<String> = serde_json::from_str(&caps).map_err(|e| corrupt(e.to_string()))?;
+        let kind: String = row.try_get(0).map_err(corrupt("device", id))?;
+        let caps: String = row.try_get(1).map_err(corrupt("device", id))?;
+        let location: String = row.try_get(2).map_err(corrupt("device", id))?;
+        let key: String = row.try_get(3).map_err(corrupt("device", id))?;
+        let caps: Vec<String> = serde_json::from_str(&caps).map_err(corrupt("device", id))?;
         let capture_key = if key.is_empty() {
             None
         } else {
-            let der = hex::decode(&key).map_err(|e| corrupt(e.to_string()))?;
-            Some(DeviceKey::from_spki_der(&der).map_err(|e| corrupt(e.to_string()))?)
+            let der = hex::decode(&key).map_err(corrupt("device", id))?;
+            Some(DeviceKey::from_spki_der(&der).map_err(corrupt("device", id))?)
         };
         Ok(Some(GatewayDevice {
             id: id.to_string(),
-            kind: kind
-                .parse()
-                .map_err(|e: sekisho_policy_engine::model::UnknownName| corrupt(e.to_string()))?,
-            capabilities: Capabilities::parse_names(&caps).map_err(|e| corrupt(e.to_string()))?,
+            kind: kind.parse().map_err(corrupt("device", id))?,
+            capabilities: Capabilities::parse_names(&caps).map_err(corrupt("device", id))?,
             location,
             capture_key,
         }))
@@ -399,22 +387,21 @@ impl CredentialStore {
         .await
         .map_err(db_err("reading a TOTP secret"))?;
         let Some(row) = row else { return Ok(None) };
-        let corrupt = |why: String| CredentialError::Corrupt {
-            what: "totp",
-            user: user.to_string(),
-            why,
-        };
-        let sealed: String = row.try_get(0).map_err(|e| corrupt(e.to_string()))?;
-        let algorithm: String = row.try_get(1).map_err(|e| corrupt(e.to_string()))?;
-        let digits: i64 = row.try_get(2).map_err(|e| corrupt(e.to_string()))?;
-        let last_step: Option<i64> = row.try_get(3).map_err(|e| corrupt(e.to_string()))?;
+        let sealed: String = row.try_get(0).map_err(corrupt("totp", user))?;
+        let algorithm: String = row.try_get(1).map_err(corrupt("totp", user))?;
+        let digits: i64 = row.try_get(2).map_err(corrupt("totp", user))?;
+        let last_step: Option<i64> = row.try_get(3).map_err(corrupt("totp", user))?;
         let algorithm = match algorithm.as_str() {
             "sha1" => TotpAlgorithm::Sha1,
             "sha256" => TotpAlgorithm::Sha256,
-            other => return Err(corrupt(format!("unknown algorithm '{other}'"))),
+            other => {
+                return Err(corrupt("totp", user)(format!(
+                    "unknown algorithm '{other}'"
+                )))
+            }
         };
-        let digits = u32::try_from(digits).map_err(|e| corrupt(e.to_string()))?;
-        let params = TotpParams::new(algorithm, digits, 30).map_err(|e| corrupt(e.to_string()))?;
+        let digits = u32::try_from(digits).map_err(corrupt("totp", user))?;
+        let params = TotpParams::new(algorithm, digits, 30).map_err(corrupt("totp", user))?;
         Ok(Some(TotpCredential {
             secret: self.unseal(user, "totp", &sealed)?,
             params,
@@ -480,17 +467,12 @@ impl CredentialStore {
         .fetch_all(&self.db.pool)
         .await
         .map_err(db_err("reading cards"))?;
-        let corrupt = |why: String| CredentialError::Corrupt {
-            what: "card",
-            user: user.to_string(),
-            why,
-        };
         rows.iter()
             .map(|row| {
-                let kind: String = row.try_get(0).map_err(|e| corrupt(e.to_string()))?;
-                let cert: String = row.try_get(1).map_err(|e| corrupt(e.to_string()))?;
+                let kind: String = row.try_get(0).map_err(corrupt("card", user))?;
+                let cert: String = row.try_get(1).map_err(corrupt("card", user))?;
                 Ok(EnrolledCard {
-                    certificate: hex::decode(cert).map_err(|e| corrupt(e.to_string()))?,
+                    certificate: hex::decode(cert).map_err(corrupt("card", user))?,
                     kind: if kind == "mynumber" {
                         CardKind::MyNumber
                     } else {
@@ -637,15 +619,10 @@ impl CredentialStore {
         .await
         .map_err(db_err("reading an emergency OTP"))?;
         let Some(row) = row else { return Ok(None) };
-        let corrupt = |e: sqlx::Error| CredentialError::Corrupt {
-            what: "emergency_otp",
-            user: user.to_string(),
-            why: e.to_string(),
-        };
-        let used: Option<i64> = row.try_get(2).map_err(corrupt)?;
+        let used: Option<i64> = row.try_get(2).map_err(corrupt("emergency_otp", user))?;
         Ok(Some(EmergencyOtpRow {
-            code_hash: row.try_get(0).map_err(corrupt)?,
-            expires_at_ms: row.try_get(1).map_err(corrupt)?,
+            code_hash: row.try_get(0).map_err(corrupt("emergency_otp", user))?,
+            expires_at_ms: row.try_get(1).map_err(corrupt("emergency_otp", user))?,
             used: used.is_some(),
         }))
     }
@@ -724,6 +701,18 @@ impl CredentialStore {
             }
         }
         Ok(e)
+    }
+}
+
+/// A `map_err` adapter: a stored value of `user` that cannot be read, and why.
+fn corrupt<'a, E: std::fmt::Display>(
+    what: &'static str,
+    user: &'a str,
+) -> impl Fn(E) -> CredentialError + 'a {
+    move |e| CredentialError::Corrupt {
+        what,
+        user: user.to_string(),
+        why: e.to_string(),
     }
 }
 
