@@ -115,6 +115,12 @@ pub async fn clear(db: &Db, user: &str, now_ms: i64) -> Result<bool, StoreError>
     if before == Standing::default() {
         return Ok(false);
     }
+    forget(db, user).await?;
+    Ok(before.locked_at(now_ms).is_some())
+}
+
+/// Deletes a user's failure count, for callers that already read their standing.
+pub async fn forget(db: &Db, user: &str) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM gw_lockouts WHERE tenant = $1 AND tier = $2 AND user_id = $3")
         .bind(&*db.tenant)
         .bind(db.tier.name())
@@ -122,7 +128,7 @@ pub async fn clear(db: &Db, user: &str, now_ms: i64) -> Result<bool, StoreError>
         .execute(&db.pool)
         .await
         .map_err(db_err("clearing a lockout"))?;
-    Ok(before.locked_at(now_ms).is_some())
+    Ok(())
 }
 
 #[cfg(test)]

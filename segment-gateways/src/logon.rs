@@ -272,7 +272,7 @@ impl Gateway {
             return Ok(r);
         }
         if standing.failures > 0 {
-            lockout::clear(self.store.db(), user, now).await?;
+            lockout::forget(self.store.db(), user).await?;
         }
 
         let session = match challenge.action {

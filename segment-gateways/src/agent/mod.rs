@@ -179,11 +179,7 @@ impl Agent {
         challenge_id: &str,
         proofs: Vec<pb::Proof>,
     ) -> Result<pb::LogonResult, AgentError> {
-        let request = pb::CompleteRequest {
-            challenge_id: challenge_id.to_string(),
-            proofs,
-            request_id: String::new(),
-        };
+        let request = complete_request(challenge_id, proofs);
         Ok(self.client.complete(request).await?.into_inner())
     }
 
@@ -193,11 +189,7 @@ impl Agent {
         challenge_id: &str,
         proofs: Vec<pb::Proof>,
     ) -> Result<pb::LogonResult, AgentError> {
-        let request = pb::CompleteRequest {
-            challenge_id: challenge_id.to_string(),
-            proofs,
-            request_id: String::new(),
-        };
+        let request = complete_request(challenge_id, proofs);
         Ok(self.client.unlock(request).await?.into_inner())
     }
 
@@ -269,6 +261,14 @@ impl Agent {
     ) -> Result<pb::LogonResult, AgentError> {
         let args = BeginArgs::new(user, "unlock").via(via);
         Ok(self.authenticate(args, presented).await?.result)
+    }
+}
+
+fn complete_request(challenge_id: &str, proofs: Vec<pb::Proof>) -> pb::CompleteRequest {
+    pb::CompleteRequest {
+        challenge_id: challenge_id.to_string(),
+        proofs,
+        request_id: String::new(),
     }
 }
 
