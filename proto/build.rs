@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[
                 "proto/sekisho/v1/policy.proto",
                 "proto/sekisho/v1/logon.proto",
+                "proto/sekisho/v1/audit.proto",
             ],
             &["proto"],
         )?;

@@ -6,6 +6,7 @@
 //! [`engine`] (slice, plan, authorize) over the [`entities`] directory.
 
 pub mod analysis;
+pub mod audit;
 pub mod config;
 pub mod diagnostics;
 pub mod engine;
