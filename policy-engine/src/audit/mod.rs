@@ -6,8 +6,10 @@
 //! the auditor's `sekisho audit verify`.
 
 pub mod event;
+pub mod query;
 
 pub use event::{
     format_ts, parse_ts,
     verify_chain, AuditEvent, BrokenLink, ChainState, EventError, Outcome, GENESIS_HASH,
 };
+pub use query::{Cursor, Filter, Page};
