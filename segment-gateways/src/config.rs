@@ -25,7 +25,8 @@ pub const KEY_ENV: &str = "SEKISHO_GATEWAY_KEY";
 pub struct GatewayConfig {
     /// The tier this gateway serves: mynumber, lgwan, internet or telework.
     pub tier: Option<String>,
-    /// This gateway's name in logs and, later, audit events.
+    /// This gateway's name in logs and audit events: its journal's name, so every
+    /// replica needs its own. Default `TIER-gateway`.
     pub name: Option<String>,
     /// The municipality (every stored row carries it).
     pub tenant: String,
@@ -49,6 +50,7 @@ pub struct GatewayConfig {
     pub challenge: ChallengeConfig,
     pub biometric: BiometricConfig,
     pub totp: TotpConfig,
+    pub audit: AuditConfig,
 }
 
 impl Default for GatewayConfig {
@@ -70,6 +72,7 @@ impl Default for GatewayConfig {
             challenge: ChallengeConfig::default(),
             biometric: BiometricConfig::default(),
             totp: TotpConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -234,6 +237,34 @@ impl Default for TotpConfig {
     }
 }
 
+/// The audit journal and its shipping to the engine.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Ship the journal to the policy engine. `false` on a standalone tier: the
+    /// journal stays in this gateway's database, read there with `sekisho audit`.
+    pub forward: bool,
+    /// Events per message sent to the engine.
+    pub batch_size: usize,
+    /// Events sent before waiting for the engine to confirm them (one stream).
+    pub stream_records: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        let f = crate::forward::ForwardSettings::default();
+        AuditConfig {
+            forward: true,
+            batch_size: f.batch_size,
+            stream_records: f.stream_records,
+        }
+    }
+}
+
+/// Keeps one message well under gRPC's default 4 MiB limit (events are under 2 KiB).
+const MAX_AUDIT_BATCH: usize = 2000;
+const MAX_AUDIT_STREAM: usize = 100_000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: cannot read: {source}")]
@@ -373,6 +404,19 @@ impl GatewayConfig {
                 self.totp.digits
             )));
         }
+        let a = &self.audit;
+        if a.batch_size == 0 || a.batch_size > MAX_AUDIT_BATCH {
+            return Err(invalid(format!(
+                "audit.batch_size must be between 1 and {MAX_AUDIT_BATCH}, got {}",
+                a.batch_size
+            )));
+        }
+        if a.stream_records < a.batch_size || a.stream_records > MAX_AUDIT_STREAM {
+            return Err(invalid(format!(
+                "audit.stream_records must be between audit.batch_size ({}) and {MAX_AUDIT_STREAM}, got {}",
+                a.batch_size, a.stream_records
+            )));
+        }
         self.argon2
             .validate()
             .map_err(|e| invalid(format!("argon2: {e}")))?;
@@ -453,6 +497,14 @@ mod tests {
         assert_eq!(r.store, "sqlite:///etc/sekisho/gateway-lgwan.db");
         assert_eq!(r.config.key_file, Path::new("/etc/sekisho/gateway.key"));
         assert_eq!(r.config.lockout.max_failures, 5);
+        assert!(r.config.audit.forward);
+        assert_eq!(r.config.audit.batch_size, 500);
+    }
+
+    #[test]
+    fn a_standalone_tier_keeps_its_journal() {
+        let r = parse("tier = \"mynumber\"\n[audit]\nforward = false").unwrap();
+        assert!(!r.config.audit.forward);
     }
 
     #[test]
@@ -465,5 +517,11 @@ mod tests {
         assert!(e("tier = \"lgwan\"\n[tls]\ncert = \"a.pem\"").contains("go together"));
         assert!(e("tier = \"lgwan\"\nlisten = \"x\"").contains("listen"));
         assert!(e("tier = \"lgwan\"\nstroe = \"x\"").contains("unknown field `stroe`"));
+        assert!(e("tier = \"lgwan\"\n[audit]\nbatch_size = 0").contains("audit.batch_size"));
+        assert!(
+            e("tier = \"lgwan\"\n[audit]\nbatch_size = 900\nstream_records = 10")
+                .contains("audit.stream_records")
+        );
+        assert!(e("tier = \"lgwan\"\n[audit]\nfoward = false").contains("unknown field `foward`"));
     }
 }

@@ -80,29 +80,30 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-const GATEWAY: MigrationSet = MigrationSet {
+pub(crate) const GATEWAY: MigrationSet = MigrationSet {
     table: "gateway_migrations",
     // "sekishog" as ASCII.
     lock_key: 0x7365_6b69_7368_6f67,
     migrations: MIGRATIONS,
 };
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "devices, credentials, lockouts and sessions",
-    statements: &[
-        // `key_check` holds a value sealed with the credential key, so a wrong key
-        // is found at startup rather than as garbage at the first logon.
-        "CREATE TABLE gw_meta (
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "devices, credentials, lockouts and sessions",
+        statements: &[
+            // `key_check` holds a value sealed with the credential key, so a wrong key
+            // is found at startup rather than as garbage at the first logon.
+            "CREATE TABLE gw_meta (
             tenant TEXT NOT NULL,
             tier TEXT NOT NULL,
             name TEXT NOT NULL,
             value TEXT NOT NULL,
             PRIMARY KEY (tenant, tier, name)
         )",
-        // `capabilities` is a JSON array; `capture_key` the hex SPKI DER of the
-        // capture device's key ('' when it captures no biometrics).
-        "CREATE TABLE gw_devices (
+            // `capabilities` is a JSON array; `capture_key` the hex SPKI DER of the
+            // capture device's key ('' when it captures no biometrics).
+            "CREATE TABLE gw_devices (
             tenant TEXT NOT NULL,
             tier TEXT NOT NULL,
             id TEXT NOT NULL CHECK (length(id) BETWEEN 1 AND 256),
@@ -113,8 +114,8 @@ const MIGRATIONS: &[Migration] = &[Migration {
             registered_at BIGINT NOT NULL,
             PRIMARY KEY (tenant, tier, id)
         )",
-        // Argon2id PHC strings of PINs and standalone passwords.
-        "CREATE TABLE gw_secrets (
+            // Argon2id PHC strings of PINs and standalone passwords.
+            "CREATE TABLE gw_secrets (
             tenant TEXT NOT NULL,
             tier TEXT NOT NULL,
             user_id TEXT NOT NULL,
@@ -123,8 +124,8 @@ const MIGRATIONS: &[Migration] = &[Migration {
             updated_at BIGINT NOT NULL,
             PRIMARY KEY (tenant, tier, user_id, factor)
         )",
-        // `secret` is sealed (hex); `last_step` the last accepted time step.
-        "CREATE TABLE gw_totp (
+            // `secret` is sealed (hex); `last_step` the last accepted time step.
+            "CREATE TABLE gw_totp (
             tenant TEXT NOT NULL,
             tier TEXT NOT NULL,
             user_id TEXT NOT NULL,
@@ -135,8 +136,8 @@ const MIGRATIONS: &[Migration] = &[Migration {
             updated_at BIGINT NOT NULL,
             PRIMARY KEY (tenant, tier, user_id)
         )",
-        // `certificate` is hex DER; `kind` is 'card' or 'mynumber' (chains to JPKI).
-        "CREATE TABLE gw_cards (
+            // `certificate` is hex DER; `kind` is 'card' or 'mynumber' (chains to JPKI).
+            "CREATE TABLE gw_cards (
             tenant TEXT NOT NULL,
             tier TEXT NOT NULL,
             user_id TEXT NOT NULL,
@@ -147,8 +148,8 @@ const MIGRATIONS: &[Migration] = &[Migration {
             enrolled_at BIGINT NOT NULL,
             PRIMARY KEY (tenant, tier, user_id, fingerprint)
         )",
-        // `template` is a sealed, normalised little-endian f32 vector (hex).
-        "CREATE TABLE gw_biometrics (
+            // `template` is a sealed, normalised little-endian f32 vector (hex).
+            "CREATE TABLE gw_biometrics (
             tenant TEXT NOT NULL,
             tier TEXT NOT NULL,
             user_id TEXT NOT NULL,
@@ -158,8 +159,8 @@ const MIGRATIONS: &[Migration] = &[Migration {
             enrolled_at BIGINT NOT NULL,
             PRIMARY KEY (tenant, tier, user_id, factor, seq)
         )",
-        // At most one emergency OTP per user; issuing a new one replaces it.
-        "CREATE TABLE gw_emergency_otps (
+            // At most one emergency OTP per user; issuing a new one replaces it.
+            "CREATE TABLE gw_emergency_otps (
             tenant TEXT NOT NULL,
             tier TEXT NOT NULL,
             user_id TEXT NOT NULL,
@@ -169,9 +170,9 @@ const MIGRATIONS: &[Migration] = &[Migration {
             used_at BIGINT,
             PRIMARY KEY (tenant, tier, user_id)
         )",
-        // Kept for any user id that was tried, known or not, so that lockout
-        // behaves the same for both.
-        "CREATE TABLE gw_lockouts (
+            // Kept for any user id that was tried, known or not, so that lockout
+            // behaves the same for both.
+            "CREATE TABLE gw_lockouts (
             tenant TEXT NOT NULL,
             tier TEXT NOT NULL,
             user_id TEXT NOT NULL,
@@ -179,7 +180,7 @@ const MIGRATIONS: &[Migration] = &[Migration {
             locked_until BIGINT,
             PRIMARY KEY (tenant, tier, user_id)
         )",
-        "CREATE TABLE gw_sessions (
+            "CREATE TABLE gw_sessions (
             tenant TEXT NOT NULL,
             tier TEXT NOT NULL,
             id TEXT NOT NULL,
@@ -192,8 +193,37 @@ const MIGRATIONS: &[Migration] = &[Migration {
             end_reason TEXT NOT NULL,
             PRIMARY KEY (tenant, tier, id)
         )",
-        // A device has at most one session that has not ended.
-        "CREATE UNIQUE INDEX gw_sessions_one_per_device
+            // A device has at most one session that has not ended.
+            "CREATE UNIQUE INDEX gw_sessions_one_per_device
             ON gw_sessions (tenant, tier, device) WHERE state <> 'ended'",
-    ],
-}];
+        ],
+    },
+    Migration {
+        version: 2,
+        name: "audit journal and how far the engine has it",
+        statements: &[
+            // One hash-chained journal per gateway name (see `journal`). `event` is the
+            // exact JSON line that was hashed; `hash` repeats its chain hash so the head
+            // is found without parsing.
+            "CREATE TABLE gw_journal (
+            tenant TEXT NOT NULL,
+            tier TEXT NOT NULL,
+            gateway TEXT NOT NULL,
+            seq BIGINT NOT NULL CHECK (seq >= 1),
+            ts_ms BIGINT NOT NULL,
+            event TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            PRIMARY KEY (tenant, tier, gateway, seq)
+        )",
+            // The highest seq the engine confirmed it stores with every seq below it.
+            "CREATE TABLE gw_outbox (
+            tenant TEXT NOT NULL,
+            tier TEXT NOT NULL,
+            gateway TEXT NOT NULL,
+            acked_seq BIGINT NOT NULL CHECK (acked_seq >= 0),
+            updated_at BIGINT NOT NULL,
+            PRIMARY KEY (tenant, tier, gateway)
+        )",
+        ],
+    },
+];

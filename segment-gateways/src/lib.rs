@@ -1,5 +1,5 @@
 //! The per-tier segment gateway: endpoint-facing logon API, factor verifiers,
-//! credential store, sessions and lockout.
+//! credential store, sessions, lockout, and the audit journal shipped to the engine.
 //!
 //! It depends on `sekisho-policy-engine` so that offline decisions (a signed policy
 //! bundle, the engine unreachable) will use the very same plan/authorize code as the
@@ -13,8 +13,10 @@ pub mod crypto;
 pub mod db;
 pub mod decide;
 pub mod factors;
+pub mod forward;
 pub mod grpc;
 pub mod hashing;
+pub mod journal;
 pub mod lockout;
 pub mod logon;
 pub mod messages;

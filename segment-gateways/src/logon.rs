@@ -1,5 +1,6 @@
 //! The logon flow, top to bottom: Begin (plan → challenge), Complete and Unlock
-//! (each proof → its verifier → authorize → lockout → session), Lock and Logoff.
+//! (each proof → its verifier → authorize → lockout → session → journal), Lock and
+//! Logoff.
 //!
 //! Transport-free: the gRPC layer identifies the device from its certificate and
 //! maps [`LogonError`] to a status. Nothing here reaches back up.
@@ -8,12 +9,22 @@
 //! stand-in user from the engine, fails every proof the way a wrong credential fails
 //! (absence is `mismatch`, or `card_not_enrolled` for a card), is counted towards a
 //! lockout like anyone else, and is never told "locked".
+//!
+//! Every answer to a Complete, Unlock, Lock or Logoff is journaled before it is
+//! returned: one event per answer, built from the answer itself (so the trail says
+//! what the endpoint was told), plus a `lockout` event when a failure locked the
+//! user; an attempt that ends in an error is journaled as outcome `error`. When the
+//! journal cannot commit, the endpoint gets an error instead of the answer: the
+//! session or lockout change already made stays, but no one is let in without a
+//! record of it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use rustls_pki_types::UnixTime;
+use sekisho_policy_engine::audit::event::EventBody;
+use sekisho_policy_engine::audit::{format_ts, Outcome};
 use sekisho_policy_engine::{Action, DeviceKind, Factor, FactorSet, Via};
 use sekisho_proto::v1 as pb;
 
@@ -26,6 +37,7 @@ use crate::factors::card::{self, CardKind, CardTrust};
 use crate::factors::password::PasswordVerifier;
 use crate::factors::{emergency_otp, pin, totp, Failure};
 use crate::hashing::SecretHasher;
+use crate::journal::{AppendReceipt, Journal, JournalError};
 use crate::lockout::{self, LockoutPolicy};
 use crate::ratelimit::RateLimiter;
 use crate::session::{self, SessionState};
@@ -54,6 +66,28 @@ pub enum LogonError {
     Credentials(#[from] CredentialError),
     #[error(transparent)]
     Store(#[from] sekisho_policy_engine::store::StoreError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+impl LogonError {
+    /// The stable code an `error` audit event carries as its reason.
+    pub fn code(&self) -> &'static str {
+        match self {
+            LogonError::BadRequest(_) => "bad_request",
+            LogonError::DeviceNotRegistered { .. } => "device_not_registered",
+            LogonError::DeviceMismatch { .. } => "device_mismatch",
+            LogonError::RateLimited(_) => "rate_limited",
+            LogonError::NoSession(_) => "no_session",
+            LogonError::Busy => "busy",
+            LogonError::Decide(DecideError::UnknownDevice(_)) => "engine_unknown_device",
+            LogonError::Decide(DecideError::UnknownUser(_)) => "engine_unknown_user",
+            LogonError::Decide(DecideError::Refused(_)) => "engine_refused",
+            LogonError::Decide(DecideError::Unavailable(_)) => "engine_unavailable",
+            LogonError::Credentials(_) | LogonError::Store(_) => "store_failed",
+            LogonError::Journal(_) => "journal_failed",
+        }
+    }
 }
 
 /// Stable deny reasons (the `reason` field of a LogonResult).
@@ -64,6 +98,8 @@ pub mod reason {
     pub const CHALLENGE_INVALID: &str = "challenge_invalid";
     pub const NOT_SESSION_USER: &str = "not_session_user";
     pub const NO_SESSION: &str = "no_session";
+    /// The reason of a `lockout` audit event.
+    pub const TOO_MANY_FAILURES: &str = "too_many_failures";
 }
 
 /// Settings the flow needs, from the gateway's configuration.
@@ -77,6 +113,8 @@ pub struct FlowSettings {
 /// Everything a logon needs, shared by the gRPC services.
 pub struct Gateway {
     pub store: CredentialStore,
+    /// This gateway's audit journal; its name is the gateway's name.
+    pub journal: Journal,
     pub decider: Decider,
     pub challenges: Challenges,
     pub rate: RateLimiter,
@@ -84,6 +122,21 @@ pub struct Gateway {
     pub passwords: PasswordVerifier,
     pub cards: Option<Arc<CardTrust>>,
     pub settings: FlowSettings,
+}
+
+/// Who tried what where: the part of an attempt's audit event its answer does not
+/// carry.
+struct Attempt<'a> {
+    device: &'a str,
+    user: &'a str,
+    action: Action,
+    request_id: &'a str,
+}
+
+/// A Complete's answer, and whether its failure locked the user (when).
+struct Completed {
+    result: pb::LogonResult,
+    locked_out: Option<i64>,
 }
 
 /// One proof's outcome.
@@ -98,6 +151,88 @@ struct Checked {
 impl Gateway {
     fn tier_name(&self) -> &'static str {
         self.store.db().tier().name()
+    }
+
+    /// The configured name, which is also the journal's.
+    pub fn name(&self) -> &str {
+        self.journal.gateway()
+    }
+
+    /// An event of this gateway, to be filled in and [`Gateway::record`]ed.
+    pub fn event(&self, action: &str, outcome: Outcome) -> EventBody {
+        EventBody::new(self.name(), self.tier_name(), action, outcome)
+    }
+
+    /// Appends `event` and waits until it is durable.
+    pub async fn record(&self, event: EventBody) -> Result<AppendReceipt, JournalError> {
+        self.journal.append(event).await
+    }
+
+    /// The audit event of one Complete/Unlock answer: verified factors and failure
+    /// codes come from the answer's factor results, so the trail says exactly what
+    /// the endpoint was told.
+    fn attempt_event(&self, a: &Attempt<'_>, r: &pb::LogonResult) -> EventBody {
+        let outcome = if r.decision == pb::Decision::Allow as i32 {
+            Outcome::Allow
+        } else {
+            Outcome::Deny
+        };
+        let mut e = self.event(a.action.name(), outcome);
+        e.device = a.device.into();
+        e.user = a.user.into();
+        e.operator = if r.operator.is_empty() {
+            a.user.into()
+        } else {
+            r.operator.clone()
+        };
+        e.factors = r
+            .factors
+            .iter()
+            .filter(|f| f.ok)
+            .map(|f| f.factor.clone())
+            .collect();
+        e.factors.sort();
+        e.failed = r
+            .factors
+            .iter()
+            .filter(|f| !f.ok)
+            .map(|f| (f.factor.clone(), f.reason.clone()))
+            .collect();
+        e.reason.clone_from(&r.reason);
+        e.policy_version.clone_from(&r.policy_version);
+        e.policy_ids.clone_from(&r.policy_ids);
+        e.session.clone_from(&r.session_id);
+        e.request_id = a.request_id.into();
+        if let Some(until) = r.locked_until_unix_ms {
+            e.detail.insert("locked_until".into(), format_ts(until));
+        }
+        e
+    }
+
+    /// The audit event of an attempt that ended in an error rather than an answer.
+    fn error_event(&self, a: &Attempt<'_>, error: &LogonError) -> EventBody {
+        let mut e = self.event(a.action.name(), Outcome::Error);
+        e.device = a.device.into();
+        e.user = a.user.into();
+        e.operator = a.user.into();
+        e.reason = error.code().into();
+        e.request_id = a.request_id.into();
+        e
+    }
+
+    fn lockout_event(&self, a: &Attempt<'_>, until: i64) -> EventBody {
+        let mut e = self.event("lockout", Outcome::Deny);
+        e.device = a.device.into();
+        e.user = a.user.into();
+        e.operator = a.user.into();
+        e.reason = reason::TOO_MANY_FAILURES.into();
+        e.request_id = a.request_id.into();
+        e.detail.insert("locked_until".into(), format_ts(until));
+        e.detail.insert(
+            "max_failures".into(),
+            self.settings.lockout.max_failures.to_string(),
+        );
+        e
     }
 
     async fn registered_device(&self, device: &str) -> Result<GatewayDevice, LogonError> {
@@ -205,7 +340,7 @@ impl Gateway {
     }
 
     /// Complete (logon, elevate) or Unlock (unlock, switch_operator): verify, decide,
-    /// and apply the outcome to the lockout and the device's session.
+    /// apply the outcome to the lockout and the device's session, and journal it.
     pub async fn complete(
         &self,
         device_id: &str,
@@ -215,7 +350,64 @@ impl Gateway {
     ) -> Result<pb::LogonResult, LogonError> {
         let challenge = match self.challenges.take(&request.challenge_id, device_id) {
             Ok(c) if is_unlock(c.action) == unlock => c,
-            _ => return Ok(deny(reason::CHALLENGE_INVALID, String::new(), Vec::new())),
+            taken => {
+                // A challenge of the other kind is used up all the same; name whose.
+                let (user, action) = match taken {
+                    Ok(c) => (c.user, c.action),
+                    Err(_) if unlock => (String::new(), Action::Unlock),
+                    Err(_) => (String::new(), Action::Logon),
+                };
+                let r = deny(reason::CHALLENGE_INVALID, String::new(), Vec::new());
+                let attempt = Attempt {
+                    device: device_id,
+                    user: &user,
+                    action,
+                    request_id,
+                };
+                self.record(self.attempt_event(&attempt, &r)).await?;
+                return Ok(r);
+            }
+        };
+        let user = challenge.user.clone();
+        let attempt = Attempt {
+            device: device_id,
+            user: &user,
+            action: challenge.action,
+            request_id,
+        };
+        match self
+            .verify_and_decide(device_id, challenge, request, request_id)
+            .await
+        {
+            Ok(done) => {
+                self.record(self.attempt_event(&attempt, &done.result))
+                    .await?;
+                if let Some(until) = done.locked_out {
+                    self.record(self.lockout_event(&attempt, until)).await?;
+                }
+                Ok(done.result)
+            }
+            Err(e) => {
+                if let Err(j) = self.record(self.error_event(&attempt, &e)).await {
+                    tracing::error!(error = %j, failure = %e, "a failed attempt could not be journaled");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn verify_and_decide(
+        &self,
+        device_id: &str,
+        challenge: Challenge,
+        request: pb::CompleteRequest,
+        request_id: &str,
+    ) -> Result<Completed, LogonError> {
+        let answer = |result: pb::LogonResult| -> Result<Completed, LogonError> {
+            Ok(Completed {
+                result,
+                locked_out: None,
+            })
         };
         let device = self.registered_device(device_id).await?;
         let user = challenge.user.as_str();
@@ -227,7 +419,7 @@ impl Gateway {
         let results = factor_results(&checked);
         let version = challenge.policy_version.clone();
         if checked.is_empty() {
-            return Ok(deny(reason::INSUFFICIENT_FACTORS, version, results));
+            return answer(deny(reason::INSUFFICIENT_FACTORS, version, results));
         }
         if checked.iter().any(|c| c.result.is_err()) {
             let newly =
@@ -240,7 +432,10 @@ impl Gateway {
                     "user locked out after repeated failures"
                 );
             }
-            return Ok(deny(reason::FACTOR_FAILED, version, results));
+            return Ok(Completed {
+                result: deny(reason::FACTOR_FAILED, version, results),
+                locked_out: newly,
+            });
         }
         let verified = checked
             .iter()
@@ -261,7 +456,7 @@ impl Gateway {
                 results,
             );
             r.policy_ids = decision.policy_ids;
-            return Ok(r);
+            return answer(r);
         }
         // Only now, with a factor set that would have been accepted, is "locked"
         // said: a guesser never learns it.
@@ -269,7 +464,7 @@ impl Gateway {
         if let Some(until) = standing.locked_at(now) {
             let mut r = deny(reason::LOCKED, decision.policy_version, results);
             r.locked_until_unix_ms = Some(until);
-            return Ok(r);
+            return answer(r);
         }
         if standing.failures > 0 {
             lockout::forget(self.store.db(), user).await?;
@@ -279,7 +474,7 @@ impl Gateway {
             Action::Logon => Some(session::open(self.store.db(), device_id, user, now).await?),
             Action::Unlock | Action::SwitchOperator => {
                 let Some(current) = session::current(self.store.db(), device_id).await? else {
-                    return Ok(deny(reason::NO_SESSION, decision.policy_version, results));
+                    return answer(deny(reason::NO_SESSION, decision.policy_version, results));
                 };
                 // Another user may take over only a shared counter terminal; elsewhere
                 // the session's own user gets it back.
@@ -288,7 +483,7 @@ impl Gateway {
                 } else if device.kind == DeviceKind::Shared || user == current.user {
                     Some(user)
                 } else {
-                    return Ok(deny(
+                    return answer(deny(
                         reason::NOT_SESSION_USER,
                         decision.policy_version,
                         results,
@@ -308,7 +503,7 @@ impl Gateway {
             }
         };
         tracing::info!(user, device = device_id, action = challenge.action.name(), factors = ?verified.names(), policy_version = %decision.policy_version, "allowed");
-        Ok(pb::LogonResult {
+        answer(pb::LogonResult {
             decision: pb::Decision::Allow as i32,
             factors: results,
             policy_version: decision.policy_version,
@@ -322,12 +517,13 @@ impl Gateway {
         })
     }
 
-    /// Lock or Logoff a session of this device.
+    /// Lock or Logoff a session of this device, journaled.
     pub async fn set_session(
         &self,
         device_id: &str,
         session_id: &str,
         state: SessionState,
+        request_id: &str,
     ) -> Result<pb::SessionState, LogonError> {
         self.registered_device(device_id).await?;
         let no_session = || LogonError::NoSession(session_id.to_string());
@@ -338,6 +534,20 @@ impl Gateway {
         let s = session::update(self.store.db(), session_id, state, None, now_ms())
             .await?
             .ok_or_else(no_session)?;
+        let mut e = self.event(
+            match state {
+                SessionState::Locked => "lock",
+                SessionState::Ended => "logoff",
+                SessionState::Active => "resume",
+            },
+            Outcome::Allow,
+        );
+        e.device = s.device.clone();
+        e.user = s.user.clone();
+        e.operator = s.operator.clone();
+        e.session = s.id.clone();
+        e.request_id = request_id.into();
+        self.record(e).await?;
         Ok(pb::SessionState {
             session_id: s.id,
             device: s.device,

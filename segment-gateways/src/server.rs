@@ -1,4 +1,5 @@
-//! Starting a gateway: store and key → verifiers → engine link → TLS → listener.
+//! Starting a gateway: store and key → journal → verifiers → engine link (and the
+//! journal's forwarder) → TLS → listener.
 //!
 //! [`start`] returns a handle rather than blocking, so `sekisho gateway serve`, the
 //! demo and every integration test start a real gateway the same way.
@@ -12,7 +13,7 @@ use sekisho_policy_engine::pki::{PkiError, PkiFiles, Usage};
 use sekisho_policy_engine::store::StoreError;
 use sekisho_policy_engine::Tier;
 use sekisho_proto::v1 as pb;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
@@ -24,9 +25,11 @@ use crate::db::Db;
 use crate::decide::Decider;
 use crate::factors::card::{CardTrust, CardTrustError};
 use crate::factors::password::{DirectoryConfigError, PasswordVerifier};
+use crate::forward::{ForwardSettings, Forwarder};
 use crate::grpc::admin::AdminService;
 use crate::grpc::logon::LogonService;
 use crate::hashing::{HashError, SecretHasher};
+use crate::journal::{Journal, JournalError};
 use crate::lockout::LockoutPolicy;
 use crate::logon::{FlowSettings, Gateway};
 use crate::ratelimit::RateLimiter;
@@ -43,6 +46,8 @@ pub enum GatewayError {
     Credentials(#[from] CredentialError),
     #[error("credential key: {0}")]
     Key(#[from] KeyError),
+    #[error("audit journal: {0}")]
+    Journal(#[from] JournalError),
     #[error("argon2: {0}")]
     Hash(#[from] HashError),
     #[error("cards: {0}")]
@@ -71,13 +76,22 @@ pub struct RunningGateway {
     /// The development PKI in use, when no certificates were configured.
     pub pki: Option<PkiFiles>,
     pub gateway: Arc<Gateway>,
+    /// Ships the journal to the engine; `None` with `audit.forward = false`.
+    forwarder: Option<Forwarder>,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
 impl RunningGateway {
+    /// The seq through which the engine has confirmed this gateway's journal, as it
+    /// changes; `None` when the journal is kept local (`audit.forward = false`).
+    pub fn forwarded_through(&self) -> Option<watch::Receiver<u64>> {
+        self.forwarder.as_ref().map(Forwarder::forwarded_through)
+    }
+
     /// Stops accepting calls and lets calls in flight finish for up to
-    /// [`SHUTDOWN_GRACE`].
+    /// [`SHUTDOWN_GRACE`], then commits what the journal still holds. Events not yet
+    /// shipped stay in the journal for the next start.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -92,6 +106,10 @@ impl RunningGateway {
                 self.server.abort();
             }
         }
+        if let Some(f) = self.forwarder.take() {
+            f.stop().await;
+        }
+        self.gateway.journal.close().await;
         self.gateway.store.db().close().await;
     }
 }
@@ -131,6 +149,7 @@ pub async fn start(resolved: Resolved) -> Result<RunningGateway, GatewayError> {
     let key = load_key(&config.key_file)?;
     let store = CredentialStore::open(db, key).await?;
     tracing::info!(store = %sekisho_policy_engine::store::redact_url(&store_url), backend = store.db().backend(), tier = tier.name(), "credential store open");
+    let journal = Journal::start(store.db().clone(), name.clone()).await?;
 
     let hasher = SecretHasher::new(config.argon2.clone())?;
     let passwords = match &config.directory {
@@ -203,9 +222,24 @@ pub async fn start(resolved: Resolved) -> Result<RunningGateway, GatewayError> {
         Duration::from_millis(config.engine.timeout_ms),
     )?
     .connect_lazy();
+    let forwarder = if config.audit.forward {
+        Some(Forwarder::spawn(
+            store.db().clone(),
+            &journal,
+            channel.clone(),
+            ForwardSettings {
+                batch_size: config.audit.batch_size,
+                stream_records: config.audit.stream_records,
+            },
+        ))
+    } else {
+        tracing::info!("audit.forward = false: the audit journal stays in this gateway's store");
+        None
+    };
 
     let gateway = Arc::new(Gateway {
         store,
+        journal,
         decider: Decider::remote(channel),
         challenges: Challenges::new(
             Duration::from_secs(config.challenge.ttl_secs),
@@ -265,6 +299,7 @@ pub async fn start(resolved: Resolved) -> Result<RunningGateway, GatewayError> {
         tier,
         pki,
         gateway,
+        forwarder,
         stop: Some(stop),
         server,
     })

@@ -1,15 +1,19 @@
 //! `sekisho.v1.GatewayAdmin`: enrollment and registration on this tier, for
 //! administrator certificates only. Every call checks its input completely before
-//! writing, so a refused call changes nothing.
+//! writing, so a refused call changes nothing. Every change is journaled (the
+//! administrator's certificate name as `operator`) before it is confirmed; secrets,
+//! codes and templates never are, only which factor changed.
 
 use std::sync::Arc;
 
 use rustls_pki_types::UnixTime;
+use sekisho_policy_engine::audit::{format_ts, Outcome};
 use sekisho_policy_engine::{Capabilities, DeviceKind, Factor, Tier};
 use sekisho_proto::v1 as pb;
+use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
-use super::peer_name;
+use super::{peer_name, request_id};
 use crate::config::TotpConfig;
 use crate::credentials::{CredentialError, GatewayDevice};
 use crate::db::now_ms;
@@ -55,6 +59,32 @@ impl AdminService {
                 "admin calls need a client certificate naming an administrator",
             )),
         }
+    }
+
+    /// Journals a change made by `admin`; the caller answers only when this succeeds.
+    async fn record(
+        &self,
+        admin: &str,
+        action: &str,
+        user: &str,
+        device: &str,
+        detail: &[(&str, String)],
+    ) -> Result<(), Status> {
+        let mut e = self.gateway.event(action, Outcome::Allow);
+        e.user = user.into();
+        e.operator = admin.into();
+        e.device = device.into();
+        e.request_id = request_id("");
+        e.detail = detail
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), v.clone()))
+            .collect();
+        self.gateway.record(e).await.map(|_| ()).map_err(|e| {
+            tracing::error!(error = %e, %admin, action, "audit journal failed");
+            Status::internal(format!(
+                "the change was made but could not be recorded in the audit journal: {e}"
+            ))
+        })
     }
 
     async fn enrolled(&self, user: &str, detail: String) -> Result<pb::EnrollmentResponse, Status> {
@@ -120,6 +150,18 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
             .await
             .map_err(store_status)?;
         tracing::info!(%admin, user = %r.user, "TOTP enrolled");
+        self.record(
+            &admin,
+            "enroll",
+            &r.user,
+            "",
+            &[
+                ("factor", "totp".into()),
+                ("algorithm", algorithm.uri_name().to_ascii_lowercase()),
+                ("digits", digits.to_string()),
+            ],
+        )
+        .await?;
         Ok(Response::new(pb::EnrollTotpResponse {
             otpauth_uri: totp::otpauth_uri(&self.totp.issuer, &r.user, &secret, &params),
             secret_base32: totp::secret_base32(&secret),
@@ -157,6 +199,25 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
             card::CardKind::Card => "card",
         };
         tracing::info!(%admin, user = %r.user, kind = what, added, "card enrolled");
+        let factor = match kind {
+            card::CardKind::MyNumber => Factor::MynumberCard,
+            card::CardKind::Card => Factor::Card,
+        };
+        self.record(
+            &admin,
+            "enroll",
+            &r.user,
+            "",
+            &[
+                ("factor", factor.name().into()),
+                (
+                    "certificate_sha256",
+                    hex::encode(Sha256::digest(&r.certificate)),
+                ),
+                ("added", added.to_string()),
+            ],
+        )
+        .await?;
         let detail = if added {
             format!("{what} enrolled")
         } else {
@@ -211,6 +272,18 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
             .await
             .map_err(store_status)?;
         tracing::info!(%admin, user = %r.user, factor = factor.name(), templates = n, replace = r.replace, "templates enrolled");
+        self.record(
+            &admin,
+            "enroll",
+            &r.user,
+            "",
+            &[
+                ("factor", factor.name().into()),
+                ("templates", n.to_string()),
+                ("replace", r.replace.to_string()),
+            ],
+        )
+        .await?;
         let verb = if r.replace { "replaced with" } else { "added" };
         Ok(Response::new(
             self.enrolled(&r.user, format!("{} {verb} {n} template(s)", factor.name()))
@@ -262,6 +335,14 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
             .await
             .map_err(store_status)?;
         tracing::info!(%admin, user = %r.user, factor = factor.name(), "secret set");
+        self.record(
+            &admin,
+            "enroll",
+            &r.user,
+            "",
+            &[("factor", factor.name().into())],
+        )
+        .await?;
         Ok(Response::new(
             self.enrolled(&r.user, format!("{} set", factor.name()))
                 .await?,
@@ -293,6 +374,18 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
             .await
             .map_err(store_status)?;
         tracing::info!(%admin, user = %r.user, ttl_secs = ttl, "emergency OTP issued");
+        // The code itself is never journaled: only that one exists, and until when.
+        self.record(
+            &admin,
+            "emergency_otp_issue",
+            &r.user,
+            "",
+            &[
+                ("expires_at", format_ts(expires)),
+                ("ttl_secs", ttl.to_string()),
+            ],
+        )
+        .await?;
         Ok(Response::new(pb::IssueEmergencyOtpResponse {
             code: issued.code.clone(),
             expires_at_unix_ms: expires,
@@ -360,6 +453,23 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
             .await
             .map_err(store_status)?;
         tracing::info!(%admin, device = %d.id, created, "device registered");
+        self.record(
+            &admin,
+            "device_register",
+            "",
+            &d.id,
+            &[
+                ("kind", kind.name().into()),
+                ("capabilities", d.capabilities.join(",")),
+                ("location", d.location.clone()),
+                (
+                    "biometric_capture",
+                    device.capture_key.is_some().to_string(),
+                ),
+                ("created", created.to_string()),
+            ],
+        )
+        .await?;
         Ok(Response::new(pb::RegisterDeviceResponse {
             device: Some(d),
             created,
@@ -377,6 +487,14 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
             .await
             .map_err(|e| store_status(e.into()))?;
         tracing::info!(%admin, user = %r.user, was_locked, "lockout cleared");
+        self.record(
+            &admin,
+            "unlock_user",
+            &r.user,
+            "",
+            &[("was_locked", was_locked.to_string())],
+        )
+        .await?;
         Ok(Response::new(pb::UnlockUserResponse { was_locked }))
     }
 

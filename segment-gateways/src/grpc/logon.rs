@@ -117,7 +117,7 @@ impl LogonService {
             tracing::info_span!("session", request_id = %id, device = %device, to = state.name());
         let s = self
             .gateway
-            .set_session(&device, &r.session_id, state)
+            .set_session(&device, &r.session_id, state, &id)
             .instrument(span.clone())
             .await
             .map_err(status)?;

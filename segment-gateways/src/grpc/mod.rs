@@ -45,6 +45,12 @@ pub(crate) fn status(e: LogonError) -> Status {
             Status::failed_precondition(e.to_string())
         }
         LogonError::Decide(_) => Status::unavailable(e.to_string()),
+        LogonError::Journal(_) => {
+            tracing::error!(error = %e, "audit journal failed");
+            Status::internal(
+                "the gateway could not record this in its audit journal, so it does not answer; see the gateway log",
+            )
+        }
         LogonError::Credentials(_) | LogonError::Store(_) => {
             tracing::error!(error = %e, "gateway store failed");
             Status::internal("the gateway's credential store failed; see the gateway log")

@@ -1,0 +1,404 @@
+//! Ships the journal to the policy engine's audit store (`AuditSink.Ship`).
+//!
+//! The journal is the outbox: nothing is queued in memory, so nothing is lost when
+//! the engine is down or either side restarts. One task reads the events after the
+//! position the engine last confirmed (`gw_outbox.acked_seq`), sends them as one
+//! client stream of batches, and stores the `stored_through` the engine answers as
+//! the new position. Sending again after a lost acknowledgement is harmless: the
+//! engine stores each (gateway, seq) once.
+//!
+//! It wakes when the journal commits and every [`IDLE_RECHECK`] otherwise. On
+//! failure it retries after 100 ms, doubling to 30 s, and logs when the state
+//! changes (failing, failing differently, recovered), not on every retry.
+
+use std::time::Duration;
+
+use sekisho_proto::v1 as pb;
+use sekisho_proto::v1::audit_sink_client::AuditSinkClient;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+use crate::db::Db;
+use crate::journal::{self, Journal, JournalError};
+
+pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Look again this often even without a commit (e.g. rows left by an earlier run).
+pub const IDLE_RECHECK: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardSettings {
+    /// Records per `AuditBatch` message.
+    pub batch_size: usize,
+    /// Records per `Ship` stream (one acknowledgement).
+    pub stream_records: usize,
+}
+
+impl Default for ForwardSettings {
+    fn default() -> Self {
+        ForwardSettings {
+            batch_size: 500,
+            stream_records: 5000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ForwardError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("the policy engine refused or did not answer: {0}")]
+    Rpc(#[from] tonic::Status),
+    #[error("the policy engine's acknowledgement does not name gateway '{0}'")]
+    NoAck(String),
+    #[error("the policy engine stores gateway '{gateway}' only through seq {stored} of the {sent} sent (a gap in the journal, or a refused event?)")]
+    Incomplete {
+        gateway: String,
+        stored: u64,
+        sent: u64,
+    },
+}
+
+impl ForwardError {
+    /// What kind of trouble, for logging state changes rather than every retry.
+    fn kind(&self) -> String {
+        match self {
+            ForwardError::Journal(_) => "journal".into(),
+            ForwardError::Rpc(s) => format!("rpc:{:?}", s.code()),
+            ForwardError::NoAck(_) => "no_ack".into(),
+            ForwardError::Incomplete { .. } => "incomplete".into(),
+        }
+    }
+}
+
+/// The running forwarder of one gateway's journal.
+pub struct Forwarder {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+    through: watch::Receiver<u64>,
+}
+
+impl Forwarder {
+    /// Starts shipping `journal` (stored in `db`) to the engine behind `channel`.
+    pub fn spawn(
+        db: Db,
+        journal: &Journal,
+        channel: Channel,
+        settings: ForwardSettings,
+    ) -> Forwarder {
+        let (stop, stopped) = oneshot::channel();
+        let (through_tx, through) = watch::channel(0);
+        let shipper = Shipper {
+            db,
+            gateway: journal.gateway().to_string(),
+            client: AuditSinkClient::new(channel),
+            settings: ForwardSettings {
+                batch_size: settings.batch_size.max(1),
+                stream_records: settings.stream_records.max(1),
+            },
+            through: through_tx,
+        };
+        let task = tokio::spawn(shipper.run(journal.subscribe(), stopped));
+        Forwarder {
+            stop: Some(stop),
+            task,
+            through,
+        }
+    }
+
+    /// The seq through which the engine has confirmed the journal; changes as it
+    /// does (`wait_for(|s| *s >= n)` in tests).
+    pub fn forwarded_through(&self) -> watch::Receiver<u64> {
+        self.through.clone()
+    }
+
+    /// Stops at once; a stream in flight is dropped and sent again at the next start.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Err(e) = (&mut self.task).await {
+            tracing::error!(error = %e, "audit forwarder ended abnormally");
+        }
+    }
+}
+
+struct Shipper {
+    db: Db,
+    gateway: String,
+    client: AuditSinkClient<Channel>,
+    settings: ForwardSettings,
+    through: watch::Sender<u64>,
+}
+
+impl Shipper {
+    async fn run(mut self, mut head: watch::Receiver<u64>, mut stop: oneshot::Receiver<()>) {
+        let mut backoff = MIN_BACKOFF;
+        let mut failing: Option<String> = None;
+        let mut acked: Option<u64> = None;
+        loop {
+            let shipped = tokio::select! {
+                _ = &mut stop => return,
+                r = self.ship_once(&mut acked) => r,
+            };
+            match shipped {
+                Ok(more) => {
+                    if failing.take().is_some() {
+                        tracing::info!(gateway = %self.gateway, through = acked.unwrap_or(0), "audit forwarding resumed");
+                    }
+                    backoff = MIN_BACKOFF;
+                    if more {
+                        continue;
+                    }
+                    let through = acked.unwrap_or(0);
+                    let committed = async {
+                        // A closed journal commits nothing more: wait for the timer.
+                        if head.wait_for(|h| *h > through).await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = &mut stop => return,
+                        _ = committed => {}
+                        _ = tokio::time::sleep(IDLE_RECHECK) => {}
+                    }
+                }
+                Err(e) => {
+                    let kind = e.kind();
+                    if failing.as_deref() != Some(kind.as_str()) {
+                        tracing::warn!(gateway = %self.gateway, error = %e, retry_ms = backoff.as_millis() as u64, "audit forwarding failed; the journal keeps the events until the engine takes them (retrying, logged again when this changes)");
+                        failing = Some(kind);
+                    }
+                    tokio::select! {
+                        _ = &mut stop => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Sends what the engine lacks, up to one stream's worth. `Ok(true)` when more
+    /// is waiting.
+    async fn ship_once(&mut self, acked: &mut Option<u64>) -> Result<bool, ForwardError> {
+        let from = match *acked {
+            Some(a) => a,
+            None => {
+                let a = journal::acked_seq(&self.db, &self.gateway).await?;
+                *acked = Some(a);
+                self.through.send_replace(a);
+                a
+            }
+        };
+        let rows =
+            journal::read(&self.db, &self.gateway, from, self.settings.stream_records).await?;
+        let Some(&(last, _)) = rows.last() else {
+            return Ok(false);
+        };
+        let full = rows.len() == self.settings.stream_records;
+        let sent = rows.len();
+        let batches: Vec<pb::AuditBatch> = rows
+            .chunks(self.settings.batch_size)
+            .map(|chunk| pb::AuditBatch {
+                records: chunk
+                    .iter()
+                    .map(|(seq, json)| pb::AuditRecord {
+                        gateway: self.gateway.clone(),
+                        seq: *seq,
+                        json: json.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let ack = self
+            .client
+            .ship(tokio_stream::iter(batches))
+            .await?
+            .into_inner();
+        let stored = *ack
+            .stored_through
+            .get(&self.gateway)
+            .ok_or_else(|| ForwardError::NoAck(self.gateway.clone()))?;
+        tracing::debug!(gateway = %self.gateway, sent, inserted = ack.inserted, stored, "audit events shipped");
+        let now = if stored > last {
+            // The engine holds more of this name than the journal: a journal restored
+            // from an older backup, or two gateways sharing one name. Keep shipping
+            // our own events; the engine keeps the first it got for each seq.
+            tracing::error!(gateway = %self.gateway, engine_through = stored, journal_through = last, "the policy engine holds events of this gateway beyond its journal: restored from a backup, or two gateways with one name?");
+            last
+        } else {
+            // Lower than before: the engine lost events (restored store); the
+            // journal still has them, so send them again from there.
+            stored
+        };
+        if now != from {
+            journal::set_acked_seq(&self.db, &self.gateway, now).await?;
+            *acked = Some(now);
+            self.through.send_replace(now);
+        }
+        if stored < last {
+            return Err(ForwardError::Incomplete {
+                gateway: self.gateway.clone(),
+                stored,
+                sent: last,
+            });
+        }
+        Ok(full)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::{Arc, Mutex};
+
+    use sekisho_policy_engine::audit::event::EventBody;
+    use sekisho_policy_engine::audit::Outcome;
+    use sekisho_policy_engine::Tier;
+    use sekisho_proto::v1::audit_sink_server::{AuditSink, AuditSinkServer};
+    use tokio_stream::StreamExt;
+    use tonic::{Request, Response, Status, Streaming};
+
+    use super::*;
+
+    /// An engine's audit sink in miniature: stores (gateway, seq) once, answers the
+    /// contiguous prefix.
+    #[derive(Clone, Default)]
+    struct Sink {
+        stored: Arc<Mutex<BTreeSet<u64>>>,
+        streams: Arc<Mutex<Vec<Vec<u64>>>>,
+    }
+
+    #[tonic::async_trait]
+    impl AuditSink for Sink {
+        async fn ship(
+            &self,
+            request: Request<Streaming<pb::AuditBatch>>,
+        ) -> Result<Response<pb::ShipAck>, Status> {
+            let mut stream = request.into_inner();
+            let mut got = Vec::new();
+            let mut gateway = String::new();
+            while let Some(batch) = stream.next().await {
+                for r in batch?.records {
+                    assert!(r.json.contains(&format!("\"seq\":{}", r.seq)));
+                    gateway = r.gateway;
+                    got.push(r.seq);
+                }
+            }
+            let mut stored = self.stored.lock().unwrap();
+            let mut inserted = 0;
+            for s in &got {
+                inserted += u64::from(stored.insert(*s));
+            }
+            let mut through = 0;
+            while stored.contains(&(through + 1)) {
+                through += 1;
+            }
+            self.streams.lock().unwrap().push(got);
+            Ok(Response::new(pb::ShipAck {
+                stored_through: [(gateway, through)].into(),
+                inserted,
+            }))
+        }
+    }
+
+    async fn serve(sink: Sink, listener: tokio::net::TcpListener) -> oneshot::Sender<()> {
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(AuditSinkServer::new(sink))
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    async {
+                        let _ = stopped.await;
+                    },
+                ),
+        );
+        stop
+    }
+
+    async fn append(journal: &Journal, n: usize) {
+        for i in 0..n {
+            let mut b = EventBody::new("", "", "logon", Outcome::Allow);
+            b.user = format!("u{i}");
+            journal.append(b).await.unwrap();
+        }
+    }
+
+    async fn wait(through: &mut watch::Receiver<u64>, n: u64) {
+        tokio::time::timeout(Duration::from_secs(20), through.wait_for(|s| *s >= n))
+            .await
+            .expect("forwarded in time")
+            .expect("forwarder alive");
+    }
+
+    #[tokio::test]
+    async fn ships_resumes_after_restart_and_waits_out_an_absent_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("gw.db").display());
+        let db = Db::open(&url, "city", Tier::Lgwan).await.unwrap();
+        let journal = Journal::start(db.clone(), "lgwan-gateway".into())
+            .await
+            .unwrap();
+        append(&journal, 1200).await;
+
+        // The engine is not there yet: the forwarder retries until it is.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        let settings = ForwardSettings {
+            batch_size: 100,
+            stream_records: 500,
+        };
+        let forwarder = Forwarder::spawn(db.clone(), &journal, channel.clone(), settings);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(*forwarder.forwarded_through().borrow(), 0);
+
+        let sink = Sink::default();
+        let stop_sink = serve(
+            sink.clone(),
+            tokio::net::TcpListener::bind(addr).await.unwrap(),
+        )
+        .await;
+        let mut through = forwarder.forwarded_through();
+        wait(&mut through, 1200).await;
+        {
+            let streams = sink.streams.lock().unwrap();
+            assert!(
+                streams.iter().all(|s| s.len() <= 500),
+                "streams are bounded"
+            );
+            assert_eq!(sink.stored.lock().unwrap().len(), 1200);
+        }
+        // New events are shipped when they commit.
+        append(&journal, 5).await;
+        wait(&mut through, 1205).await;
+        forwarder.stop().await;
+        assert_eq!(
+            journal::acked_seq(&db, "lgwan-gateway").await.unwrap(),
+            1205
+        );
+
+        // A restart resumes from the stored position: nothing is sent twice.
+        append(&journal, 10).await;
+        let before = sink.streams.lock().unwrap().len();
+        let forwarder = Forwarder::spawn(db.clone(), &journal, channel, settings);
+        let mut through = forwarder.forwarded_through();
+        wait(&mut through, 1215).await;
+        let resent: Vec<u64> = sink.streams.lock().unwrap()[before..]
+            .iter()
+            .flatten()
+            .copied()
+            .collect();
+        assert_eq!(resent, (1206..=1215).collect::<Vec<_>>());
+        forwarder.stop().await;
+        let _ = stop_sink.send(());
+        journal.close().await;
+        db.close().await;
+    }
+}

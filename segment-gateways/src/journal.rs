@@ -1,0 +1,1267 @@
+//! The gateway's audit journal: every attempt and every administrative change as a
+//! hash-chained event (DESIGN.md §4), stored in the gateway's own database before the
+//! caller hears the answer. The journal is also the outbox: [`crate::forward`] ships
+//! it to the engine and records how far the engine has it (`gw_outbox`).
+//!
+//! **One writer.** A single task owns the head of the chain (last seq and hash), so
+//! numbering and linking need no locks and cannot race. [`Journal::append`] queues
+//! the body with a reply slot and waits.
+//!
+//! **Group commit.** The writer takes everything queued (up to [`MAX_BATCH`]),
+//! numbers and seals it after the previous hash, inserts it in one transaction
+//! (multi-row INSERTs of up to [`ROWS_PER_INSERT`] rows, far below SQLite's bind
+//! limit), commits, and only then answers every waiter of that batch. While one
+//! commit waits for the disk the next batch gathers, so the cost of a sync is shared
+//! by everything that arrived meanwhile. Throughput therefore grows with the number
+//! of concurrent appenders; one appender alone waits for one sync per event.
+//!
+//! **Failure.** A failed commit answers every waiter of the batch with an error and
+//! does not move the in-memory head: it is read again from the database before the
+//! next batch, so the chain never has a gap or a fork, even when a commit reported
+//! failure after all. Two processes appending under one gateway name would fork the
+//! chain; the primary key refuses the second one's rows instead (its callers get
+//! errors), so give every gateway replica its own `name`.
+//!
+//! **Durable means committed.** On PostgreSQL, a commit with the default
+//! `synchronous_commit = on`. On SQLite the shared connector sets WAL and leaves
+//! `synchronous` at the library default, FULL (sqlx does not override it, the
+//! bundled SQLite is built without `SQLITE_DEFAULT_WAL_SYNCHRONOUS`), so every commit
+//! syncs the WAL: an answered event survives a killed process and a power loss (on
+//! disks that honour fsync). [`Journal::start`] reads the setting and warns when a
+//! database runs with less; with NORMAL an answered event still survives a killed
+//! process, but the last commits before a power loss may be lost.
+//!
+//! **Reading.** [`Journals`] reads every journal in a database, across tenants and
+//! tiers: what `sekisho audit` opens on a gateway's database file ([`Journals::open`]).
+//! The free functions ([`read`], [`gateways`], [`read_events`], [`verify`]) read the
+//! tenant and tier a [`Db`] is bound to: what the running gateway uses.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use sekisho_policy_engine::audit::event::EventBody;
+use sekisho_policy_engine::audit::{
+    format_ts, parse_ts, AuditEvent, BrokenLink, ChainState, GENESIS_HASH,
+};
+use sekisho_policy_engine::store::{self, Backend, StoreError};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyPool, Connection, Row};
+use tokio::sync::{mpsc, oneshot, watch, Mutex};
+use tokio::task::JoinHandle;
+
+use crate::db::{db_err, now_ms, Db, GATEWAY};
+
+/// Most events sealed and committed in one transaction.
+pub const MAX_BATCH: usize = 2048;
+/// Most rows per INSERT statement: 7 binds each, 1,792 in all, under any SQLite's
+/// limit. A batch is inserted in power-of-two chunks up to this, so a handful of
+/// statements, each prepared once per connection, serve every batch size.
+pub const ROWS_PER_INSERT: usize = 256;
+/// Appends waiting for the writer before `append` itself waits (back-pressure).
+const QUEUE: usize = 8192;
+/// Rows per query when a journal is read through.
+const PAGE: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("the audit journal is closed")]
+    Closed,
+    #[error("the audit journal could not commit; the event was not recorded: {message}")]
+    Write { message: String },
+    #[error("invalid gateway name '{name}' for the audit journal: {why}")]
+    InvalidName { name: String, why: &'static str },
+    #[error("no journal database at '{path}'")]
+    NoFile { path: String },
+    #[error("journal of gateway '{gateway}', seq {seq}: unreadable row: {why}")]
+    Corrupt {
+        gateway: String,
+        seq: u64,
+        why: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Which journal: its rows are keyed by these three (plus seq).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JournalId {
+    pub tenant: String,
+    pub tier: String,
+    pub gateway: String,
+}
+
+impl JournalId {
+    fn of(db: &Db, gateway: &str) -> JournalId {
+        JournalId {
+            tenant: db.tenant().to_string(),
+            tier: db.tier().name().to_string(),
+            gateway: gateway.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for JournalId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.tenant, self.tier, self.gateway)
+    }
+}
+
+/// Where an appended event landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendReceipt {
+    pub seq: u64,
+    pub hash: String,
+}
+
+/// Counters since [`Journal::start`], for benchmarks and diagnostics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    pub events: u64,
+    pub batches: u64,
+    pub failed_batches: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    events: AtomicU64,
+    batches: AtomicU64,
+    failed_batches: AtomicU64,
+}
+
+type Reply = oneshot::Sender<Result<AppendReceipt, JournalError>>;
+
+enum Msg {
+    Append(Box<EventBody>, Reply),
+    Flush(oneshot::Sender<()>),
+    Close,
+}
+
+/// The append side of one gateway's journal. Cheap to clone; every clone feeds the
+/// same writer.
+#[derive(Clone)]
+pub struct Journal {
+    tx: mpsc::Sender<Msg>,
+    id: Arc<JournalId>,
+    committed: watch::Receiver<u64>,
+    counters: Arc<Counters>,
+    task: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn check_name(name: &str) -> Result<(), JournalError> {
+    let why = if name.is_empty() {
+        "empty"
+    } else if name.len() > 256 {
+        "longer than 256 bytes"
+    } else if name.chars().any(char::is_control) {
+        "contains a control character"
+    } else if name.trim() != name {
+        "has leading or trailing white space"
+    } else {
+        return Ok(());
+    };
+    Err(JournalError::InvalidName {
+        name: name.to_string(),
+        why,
+    })
+}
+
+impl Journal {
+    /// Loads the head of `gateway`'s chain in `db`'s tenant and tier and starts its
+    /// writer.
+    pub async fn start(db: Db, gateway: String) -> Result<Journal, JournalError> {
+        check_name(&gateway)?;
+        let id = JournalId::of(&db, &gateway);
+        if let Some(level) = sqlite_synchronous(&db).await? {
+            if level < 2 {
+                tracing::warn!(
+                    synchronous = level,
+                    "SQLite runs with synchronous below FULL: journaled events survive a killed process but the last ones may be lost on power failure"
+                );
+            }
+        }
+        let head = load_head(&db.pool, &id).await?;
+        tracing::info!(journal = %id, seq = head.seq, "audit journal open");
+        let (committed_tx, committed) = watch::channel(head.seq);
+        let counters = Arc::new(Counters::default());
+        let writer = Writer {
+            insert_sql: (0..=ROWS_PER_INSERT.ilog2())
+                .map(|k| insert_sql(db.backend, 1 << k))
+                .collect(),
+            conn: None,
+            pool: db.pool.clone(),
+            backend: db.backend,
+            id: id.clone(),
+            head: Some(head),
+            committed: committed_tx,
+            counters: counters.clone(),
+        };
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(writer.run(rx));
+        Ok(Journal {
+            tx,
+            id: Arc::new(id),
+            committed,
+            counters,
+            task: Arc::new(Mutex::new(Some(task))),
+        })
+    }
+
+    /// Appends `body` and returns once it is committed. The journal sets `seq`,
+    /// `gateway` and `tier` (they are its own), and `ts` when it is empty or not
+    /// RFC 3339.
+    pub async fn append(&self, body: EventBody) -> Result<AppendReceipt, JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Msg::Append(Box::new(body), reply))
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        answer.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Returns once everything appended before the call has been committed (or
+    /// refused).
+    pub async fn flush(&self) -> Result<(), JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Msg::Flush(reply))
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        answer.await.map_err(|_| JournalError::Closed)
+    }
+
+    /// Stops accepting appends, commits what is queued and ends the writer. Appends
+    /// after this fail with [`JournalError::Closed`]. Idempotent.
+    pub async fn close(&self) {
+        let _ = self.tx.send(Msg::Close).await;
+        let task = self.task.lock().await.take();
+        if let Some(task) = task {
+            if let Err(e) = task.await {
+                tracing::error!(journal = %self.id, error = %e, "audit journal writer ended abnormally");
+            }
+        }
+    }
+
+    pub fn gateway(&self) -> &str {
+        &self.id.gateway
+    }
+
+    pub fn id(&self) -> &JournalId {
+        &self.id
+    }
+
+    /// The last committed seq, updated after every commit: what the forwarder waits on.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.committed.clone()
+    }
+
+    pub fn stats(&self) -> JournalStats {
+        JournalStats {
+            events: self.counters.events.load(Ordering::Relaxed),
+            batches: self.counters.batches.load(Ordering::Relaxed),
+            failed_batches: self.counters.failed_batches.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// SQLite's `synchronous` level of one pooled connection (every connection comes
+/// from the same connector), `None` on PostgreSQL.
+pub(crate) async fn sqlite_synchronous(db: &Db) -> Result<Option<i64>, JournalError> {
+    if db.backend != Backend::Sqlite {
+        return Ok(None);
+    }
+    let level: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(&db.pool)
+        .await
+        .map_err(db_err("reading PRAGMA synchronous"))?;
+    Ok(Some(level))
+}
+
+#[derive(Debug, Clone)]
+struct Head {
+    seq: u64,
+    hash: String,
+}
+
+async fn load_head(pool: &AnyPool, id: &JournalId) -> Result<Head, JournalError> {
+    let row = sqlx::query(
+        "SELECT seq, hash FROM gw_journal WHERE tenant = $1 AND tier = $2 AND gateway = $3
+         ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(id.tenant.as_str())
+    .bind(id.tier.as_str())
+    .bind(id.gateway.as_str())
+    .fetch_optional(pool)
+    .await
+    .map_err(db_err("reading the head of the audit journal"))?;
+    let Some(row) = row else {
+        return Ok(Head {
+            seq: 0,
+            hash: GENESIS_HASH.into(),
+        });
+    };
+    let seq = get_seq(&row, id)?;
+    let hash: String = row.try_get(1).map_err(|e| JournalError::Corrupt {
+        gateway: id.gateway.clone(),
+        seq,
+        why: format!("hash: {e}"),
+    })?;
+    Ok(Head { seq, hash })
+}
+
+fn get_seq(row: &sqlx::any::AnyRow, id: &JournalId) -> Result<u64, JournalError> {
+    let seq: i64 = row.try_get(0).map_err(|e| JournalError::Corrupt {
+        gateway: id.gateway.clone(),
+        seq: 0,
+        why: format!("seq: {e}"),
+    })?;
+    u64::try_from(seq).map_err(|_| JournalError::Corrupt {
+        gateway: id.gateway.clone(),
+        seq: 0,
+        why: format!("negative seq {seq}"),
+    })
+}
+
+fn insert_sql(backend: Backend, rows: usize) -> String {
+    use std::fmt::Write;
+    let mut sql = String::with_capacity(80 + rows * 40);
+    sql.push_str("INSERT INTO gw_journal (tenant, tier, gateway, seq, ts_ms, event, hash) VALUES ");
+    let mut n = 0;
+    for r in 0..rows {
+        if r > 0 {
+            sql.push(',');
+        }
+        sql.push('(');
+        for c in 0..7 {
+            if c > 0 {
+                sql.push(',');
+            }
+            n += 1;
+            // SQLite looks numbered parameters up linearly (see the engine's store):
+            // anonymous ones keep a long statement cheap. Writing to a String cannot fail.
+            match backend {
+                Backend::Sqlite => sql.push('?'),
+                Backend::Postgres => {
+                    let _ = write!(sql, "${n}");
+                }
+            }
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+struct NewRow {
+    seq: u64,
+    ts_ms: i64,
+    json: String,
+    hash: String,
+}
+
+struct Writer {
+    pool: AnyPool,
+    backend: Backend,
+    id: JournalId,
+    /// `None` after a failed commit until it has been read again.
+    head: Option<Head>,
+    committed: watch::Sender<u64>,
+    counters: Arc<Counters>,
+    /// INSERTs of 1, 2, 4, … [`ROWS_PER_INSERT`] rows.
+    insert_sql: Vec<String>,
+    /// Held while batches follow each other, which saves a pool check-out (and its
+    /// liveness ping) per commit; given back whenever the writer goes idle, so
+    /// closing the pool never waits on an idle journal.
+    conn: Option<PoolConnection<Any>>,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let mut batch: Vec<(Box<EventBody>, Reply)> = Vec::new();
+        let mut flushes = Vec::new();
+        loop {
+            let first = match rx.try_recv() {
+                Ok(msg) => msg,
+                Err(_) => {
+                    self.conn = None;
+                    match rx.recv().await {
+                        Some(msg) => msg,
+                        None => break,
+                    }
+                }
+            };
+            let mut next = Some(first);
+            while let Some(msg) = next {
+                match msg {
+                    Msg::Append(body, reply) => batch.push((body, reply)),
+                    Msg::Flush(reply) => flushes.push(reply),
+                    // New sends fail from now on; what is queued is still received.
+                    Msg::Close => rx.close(),
+                }
+                next = if batch.len() < MAX_BATCH {
+                    rx.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            if !batch.is_empty() {
+                self.write(std::mem::take(&mut batch)).await;
+            }
+            for f in flushes.drain(..) {
+                let _ = f.send(());
+            }
+        }
+        tracing::debug!(journal = %self.id, "audit journal writer stopped");
+    }
+
+    async fn write(&mut self, batch: Vec<(Box<EventBody>, Reply)>) {
+        let head = match self.head.take() {
+            Some(h) => h,
+            None => match load_head(&self.pool, &self.id).await {
+                Ok(h) => h,
+                Err(e) => {
+                    self.fail(batch.into_iter().map(|(_, r)| r), &e.to_string());
+                    return;
+                }
+            },
+        };
+        let now = now_ms();
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut seq = head.seq;
+        let mut prev = head.hash.clone();
+        for (body, reply) in batch {
+            let mut body = *body;
+            seq += 1;
+            body.seq = seq;
+            body.gateway.clone_from(&self.id.gateway);
+            body.tier.clone_from(&self.id.tier);
+            let ts_ms = match parse_ts(&body.ts) {
+                Some(t) => t,
+                None => {
+                    body.ts = format_ts(now);
+                    now
+                }
+            };
+            let event = body.seal(&prev);
+            prev.clone_from(&event.hash);
+            rows.push(NewRow {
+                seq,
+                ts_ms,
+                json: event.to_json(),
+                hash: event.hash,
+            });
+            replies.push(reply);
+        }
+        match self.insert(&rows).await {
+            Ok(()) => {
+                self.head = Some(Head { seq, hash: prev });
+                self.counters
+                    .events
+                    .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                self.counters.batches.fetch_add(1, Ordering::Relaxed);
+                self.committed.send_replace(seq);
+                for (reply, row) in replies.into_iter().zip(rows) {
+                    let _ = reply.send(Ok(AppendReceipt {
+                        seq: row.seq,
+                        hash: row.hash,
+                    }));
+                }
+            }
+            Err(e) => {
+                // The connection may be what failed.
+                self.conn = None;
+                tracing::error!(journal = %self.id, events = rows.len(), error = %e, "audit journal commit failed; the events of this batch were refused");
+                self.fail(replies, &e.to_string());
+                // The head is whatever the database holds now: unchanged, or the
+                // batch after all if only the report of its commit failed.
+                match load_head(&self.pool, &self.id).await {
+                    Ok(h) => {
+                        if h.seq != head.seq {
+                            tracing::warn!(journal = %self.id, seq = h.seq, "a batch reported as failed was committed");
+                            self.committed.send_replace(h.seq);
+                        }
+                        self.head = Some(h);
+                    }
+                    Err(_) => self.head = None,
+                }
+            }
+        }
+    }
+
+    fn fail(&self, replies: impl IntoIterator<Item = Reply>, message: &str) {
+        self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+        for reply in replies {
+            let _ = reply.send(Err(JournalError::Write {
+                message: message.to_string(),
+            }));
+        }
+    }
+
+    async fn insert(&mut self, rows: &[NewRow]) -> Result<(), StoreError> {
+        let conn = match &mut self.conn {
+            Some(c) => c,
+            None => self.conn.insert(
+                self.pool
+                    .acquire()
+                    .await
+                    .map_err(db_err("connecting for an audit journal write"))?,
+            ),
+        };
+        let mut tx = conn
+            .begin_with(self.backend.begin_write())
+            .await
+            .map_err(db_err("starting an audit journal write"))?;
+        let mut rest = rows;
+        while !rest.is_empty() {
+            let k = rest.len().ilog2().min(ROWS_PER_INSERT.ilog2());
+            let (chunk, tail) = rest.split_at(1 << k);
+            rest = tail;
+            let mut q = sqlx::query(&self.insert_sql[k as usize]);
+            for r in chunk {
+                q = q
+                    .bind(self.id.tenant.as_str())
+                    .bind(self.id.tier.as_str())
+                    .bind(self.id.gateway.as_str())
+                    // Past i64::MAX (never) the clamped seq collides and the batch fails.
+                    .bind(i64::try_from(r.seq).unwrap_or(i64::MAX))
+                    .bind(r.ts_ms)
+                    .bind(r.json.as_str())
+                    .bind(r.hash.as_str());
+            }
+            q.execute(&mut *tx)
+                .await
+                .map_err(db_err("appending to the audit journal"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(db_err("committing the audit journal"))
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Reading
+
+/// How a journal in the database checked out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    pub journal: JournalId,
+    /// Events that verified, from seq 1, before the first broken link.
+    pub checked: u64,
+    /// The hash of the last verified event (the genesis hash when none).
+    pub head_hash: String,
+    /// The first link that does not hold, if any.
+    pub broken: Option<BrokenLink>,
+}
+
+/// Read access to every journal in one database, whatever its tenant and tier.
+#[derive(Clone)]
+pub struct Journals {
+    pool: AnyPool,
+}
+
+impl std::fmt::Debug for Journals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journals").finish_non_exhaustive()
+    }
+}
+
+impl Journals {
+    /// Opens a gateway's database: a SQLite file path, a `sqlite://` URL or a
+    /// `postgres://` URL. A SQLite file must exist (a mistyped path is an error, not
+    /// a new empty journal). Opening brings the gateway schema up to date, like a
+    /// gateway start would; nothing else is written.
+    pub async fn open(url_or_path: &str) -> Result<Journals, JournalError> {
+        let url =
+            if url_or_path.starts_with("postgres://") || url_or_path.starts_with("postgresql://") {
+                url_or_path.to_string()
+            } else {
+                let (path, url) = match url_or_path.strip_prefix("sqlite://") {
+                    Some(rest) => (
+                        rest.split('?').next().unwrap_or(rest).to_string(),
+                        url_or_path.to_string(),
+                    ),
+                    None => (
+                        url_or_path.to_string(),
+                        format!("sqlite://{}", encode_path(url_or_path)),
+                    ),
+                };
+                if !Path::new(&path).is_file() {
+                    return Err(JournalError::NoFile { path });
+                }
+                url
+            };
+        let (pool, _) = store::connect(&url, &GATEWAY).await?;
+        Ok(Journals { pool })
+    }
+
+    /// The journals of the database a gateway runs on.
+    pub fn of(db: &Db) -> Journals {
+        Journals {
+            pool: db.pool.clone(),
+        }
+    }
+
+    /// Every journal in the database, ordered by tenant, tier and gateway.
+    pub async fn list(&self) -> Result<Vec<JournalId>, JournalError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT tenant, tier, gateway FROM gw_journal ORDER BY tenant, tier, gateway",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("listing audit journals"))?;
+        rows.iter()
+            .map(|r| {
+                let get = |i| {
+                    r.try_get::<String, _>(i)
+                        .map_err(db_err("listing audit journals"))
+                };
+                Ok(JournalId {
+                    tenant: get(0)?,
+                    tier: get(1)?,
+                    gateway: get(2)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Up to `limit` events after `after_seq`, in seq order: `(seq, JSON line)`,
+    /// the line exactly as it was hashed.
+    pub async fn read(
+        &self,
+        id: &JournalId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String)>, JournalError> {
+        Ok(self
+            .rows(id, after_seq, limit)
+            .await?
+            .into_iter()
+            .map(|r| (r.seq, r.json))
+            .collect())
+    }
+
+    /// Like [`Journals::read`], parsed. A row that is not an audit event is an error
+    /// naming its seq ([`Journals::verify`] reports it as a broken link instead).
+    pub async fn events(
+        &self,
+        id: &JournalId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, JournalError> {
+        self.rows(id, after_seq, limit)
+            .await?
+            .into_iter()
+            .map(|r| {
+                AuditEvent::from_json(&r.json).map_err(|e| JournalError::Corrupt {
+                    gateway: id.gateway.clone(),
+                    seq: r.seq,
+                    why: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Every event of one journal, parsed.
+    pub async fn all_events(&self, id: &JournalId) -> Result<Vec<AuditEvent>, JournalError> {
+        let mut out = Vec::new();
+        loop {
+            let after = out.last().map_or(0, |e: &AuditEvent| e.body.seq);
+            let page = self.events(id, after, PAGE).await?;
+            let done = page.len() < PAGE;
+            out.extend(page);
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// How far the engine has confirmed this journal (0 when never).
+    pub async fn acked_seq(&self, id: &JournalId) -> Result<u64, JournalError> {
+        let acked: Option<i64> = sqlx::query_scalar(
+            "SELECT acked_seq FROM gw_outbox WHERE tenant = $1 AND tier = $2 AND gateway = $3",
+        )
+        .bind(id.tenant.as_str())
+        .bind(id.tier.as_str())
+        .bind(id.gateway.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err("reading the audit outbox"))?;
+        Ok(acked.map_or(0, i64::unsigned_abs))
+    }
+
+    /// Records that the engine stores this journal through `seq`.
+    pub async fn set_acked_seq(&self, id: &JournalId, seq: u64) -> Result<(), JournalError> {
+        let seq = i64::try_from(seq).map_err(|_| JournalError::Corrupt {
+            gateway: id.gateway.clone(),
+            seq,
+            why: "seq out of range".into(),
+        })?;
+        sqlx::query(
+            "INSERT INTO gw_outbox (tenant, tier, gateway, acked_seq, updated_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (tenant, tier, gateway) DO UPDATE SET acked_seq = excluded.acked_seq, updated_at = excluded.updated_at",
+        )
+        .bind(id.tenant.as_str())
+        .bind(id.tier.as_str())
+        .bind(id.gateway.as_str())
+        .bind(seq)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("recording the audit outbox position"))?;
+        Ok(())
+    }
+
+    /// Checks one journal link by link from seq 1, reading it page by page: each
+    /// stored line must parse, sit at its own seq, link to the previous hash and
+    /// hash to what it says. A journal that ends before the seq the engine confirmed
+    /// (`gw_outbox`) lost its tail, which the chain alone cannot show.
+    pub async fn verify(&self, id: &JournalId) -> Result<Verification, JournalError> {
+        let mut state = ChainState::start(&id.gateway);
+        let broken = 'check: loop {
+            let page = self.rows(id, state.seq, PAGE).await?;
+            let done = page.len() < PAGE;
+            for row in page {
+                if let Err(b) = check_row(&mut state, &row) {
+                    break 'check Some(b);
+                }
+            }
+            if done {
+                break None;
+            }
+        };
+        let broken = match broken {
+            Some(b) => Some(b),
+            None => {
+                let acked = self.acked_seq(id).await?;
+                (acked > state.seq).then(|| BrokenLink {
+                    gateway: id.gateway.clone(),
+                    seq: state.seq + 1,
+                    why: format!(
+                        "missing: the policy engine confirmed events through seq {acked}, the journal ends at seq {} (deleted events?)",
+                        state.seq
+                    ),
+                })
+            }
+        };
+        Ok(Verification {
+            journal: id.clone(),
+            checked: state.seq,
+            head_hash: state.hash,
+            broken,
+        })
+    }
+
+    /// [`Journals::verify`] for every journal in the database.
+    pub async fn verify_all(&self) -> Result<Vec<Verification>, JournalError> {
+        let mut out = Vec::new();
+        for id in self.list().await? {
+            out.push(self.verify(&id).await?);
+        }
+        Ok(out)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn rows(
+        &self,
+        id: &JournalId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredRow>, JournalError> {
+        let rows = sqlx::query(
+            "SELECT seq, event, hash FROM gw_journal
+             WHERE tenant = $1 AND tier = $2 AND gateway = $3 AND seq > $4
+             ORDER BY seq LIMIT $5",
+        )
+        .bind(id.tenant.as_str())
+        .bind(id.tier.as_str())
+        .bind(id.gateway.as_str())
+        .bind(i64::try_from(after_seq).unwrap_or(i64::MAX))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("reading the audit journal"))?;
+        rows.iter()
+            .map(|r| {
+                let seq = get_seq(r, id)?;
+                let text = |i: usize, column: &str| {
+                    r.try_get::<String, _>(i)
+                        .map_err(|e| JournalError::Corrupt {
+                            gateway: id.gateway.clone(),
+                            seq,
+                            why: format!("{column}: {e}"),
+                        })
+                };
+                Ok(StoredRow {
+                    seq,
+                    json: text(1, "event")?,
+                    hash: text(2, "hash")?,
+                })
+            })
+            .collect()
+    }
+}
+
+struct StoredRow {
+    seq: u64,
+    json: String,
+    hash: String,
+}
+
+fn check_row(state: &mut ChainState, row: &StoredRow) -> Result<(), BrokenLink> {
+    let expected = state.seq + 1;
+    let gateway = state.gateway.clone();
+    let broken = |why: String| BrokenLink {
+        gateway: gateway.clone(),
+        seq: expected,
+        why,
+    };
+    if row.seq != expected {
+        return Err(broken(format!(
+            "missing: the next stored event is seq {} (deleted events?)",
+            row.seq
+        )));
+    }
+    let event = AuditEvent::from_json(&row.json).map_err(|e| broken(e.to_string()))?;
+    state.check_next(&event)?;
+    if row.hash != event.hash {
+        return Err(broken(
+            "the row's hash column differs from the event's hash (altered?)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A bare path as the connector's URL expects it (it percent-decodes the path).
+fn encode_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '?' => out.push_str("%3F"),
+            '#' => out.push_str("%23"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+// The same, for the tenant and tier a running gateway's `Db` is bound to.
+
+/// Up to `limit` `(seq, JSON line)` of `gateway`'s journal after `after_seq`.
+pub async fn read(
+    db: &Db,
+    gateway: &str,
+    after_seq: u64,
+    limit: usize,
+) -> Result<Vec<(u64, String)>, JournalError> {
+    Journals::of(db)
+        .read(&JournalId::of(db, gateway), after_seq, limit)
+        .await
+}
+
+/// The gateways with a journal in `db`'s tenant and tier.
+pub async fn gateways(db: &Db) -> Result<Vec<String>, JournalError> {
+    Ok(Journals::of(db)
+        .list()
+        .await?
+        .into_iter()
+        .filter(|j| j.tenant == db.tenant() && j.tier == db.tier().name())
+        .map(|j| j.gateway)
+        .collect())
+}
+
+/// Every event of `gateway`'s journal, parsed.
+pub async fn read_events(db: &Db, gateway: &str) -> Result<Vec<AuditEvent>, JournalError> {
+    Journals::of(db)
+        .all_events(&JournalId::of(db, gateway))
+        .await
+}
+
+/// Verifies `gateway`'s journal in `db`'s tenant and tier.
+pub async fn verify(db: &Db, gateway: &str) -> Result<Verification, JournalError> {
+    Journals::of(db).verify(&JournalId::of(db, gateway)).await
+}
+
+/// How far the engine has confirmed `gateway`'s journal.
+pub async fn acked_seq(db: &Db, gateway: &str) -> Result<u64, JournalError> {
+    Journals::of(db)
+        .acked_seq(&JournalId::of(db, gateway))
+        .await
+}
+
+pub async fn set_acked_seq(db: &Db, gateway: &str, seq: u64) -> Result<(), JournalError> {
+    Journals::of(db)
+        .set_acked_seq(&JournalId::of(db, gateway), seq)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sekisho_policy_engine::audit::Outcome;
+    use sekisho_policy_engine::Tier;
+
+    const GW: &str = "lgwan-gateway";
+
+    /// A temp SQLite file, and the PostgreSQL test database when
+    /// `SEKISHO_TEST_PG_URL` is set (with a tenant of its own per test).
+    struct Target {
+        url: String,
+        tenant: String,
+        _dir: Option<tempfile::TempDir>,
+    }
+
+    fn targets(test: &str) -> Vec<Target> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut out = vec![Target {
+            url: format!("sqlite://{}", dir.path().join("gw.db").display()),
+            tenant: "city".into(),
+            _dir: Some(dir),
+        }];
+        match std::env::var("SEKISHO_TEST_PG_URL") {
+            Ok(url) if !url.is_empty() => out.push(Target {
+                url,
+                tenant: format!(
+                    "{test}-{}-{}",
+                    std::process::id(),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos())
+                        .unwrap_or(0)
+                ),
+                _dir: None,
+            }),
+            _ => eprintln!("{test}: SEKISHO_TEST_PG_URL not set, PostgreSQL skipped"),
+        }
+        out
+    }
+
+    impl Target {
+        async fn db(&self) -> Db {
+            Db::open(&self.url, &self.tenant, Tier::Lgwan)
+                .await
+                .expect("open db")
+        }
+    }
+
+    fn body(user: &str) -> EventBody {
+        let mut b = EventBody::new("ignored", "ignored", "logon", Outcome::Allow);
+        b.device = "lg-desk-01".into();
+        b.user = user.into();
+        b.operator = user.into();
+        b.factors = vec!["card".into(), "password".into()];
+        b
+    }
+
+    async fn append_concurrently(journal: &Journal, tasks: usize, each: usize) {
+        let mut handles = Vec::new();
+        for t in 0..tasks {
+            let j = journal.clone();
+            handles.push(tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for i in 0..each {
+                    seqs.push(
+                        j.append(body(&format!("u{t}-{i}")))
+                            .await
+                            .expect("append")
+                            .seq,
+                    );
+                }
+                seqs
+            }));
+        }
+        for h in handles {
+            let seqs = h.await.expect("task");
+            assert!(
+                seqs.windows(2).all(|w| w[0] < w[1]),
+                "one task's seqs ascend"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_are_numbered_without_gaps_and_verify() {
+        for t in targets("journal-concurrent") {
+            let db = t.db().await;
+            let journal = Journal::start(db.clone(), GW.into()).await.unwrap();
+            // More appenders than one INSERT takes: batches span several statements.
+            append_concurrently(&journal, 400, 3).await;
+            let stats = journal.stats();
+            assert_eq!(stats.events, 1200);
+            assert!(stats.batches < 1200, "appends were grouped: {stats:?}");
+            assert_eq!(*journal.subscribe().borrow(), 1200);
+            journal.close().await;
+
+            let events = read_events(&db, GW).await.unwrap();
+            let seqs: Vec<u64> = events.iter().map(|e| e.body.seq).collect();
+            assert_eq!(seqs, (1..=1200).collect::<Vec<_>>(), "{}", t.url);
+            assert!(events
+                .iter()
+                .all(|e| e.body.gateway == GW && e.body.tier == "lgwan"));
+            assert!(events.iter().all(|e| parse_ts(&e.body.ts).is_some()));
+            let v = verify(&db, GW).await.unwrap();
+            assert_eq!((v.checked, v.broken), (1200, None), "{}", t.url);
+            assert_eq!(v.head_hash, events[1199].hash);
+            assert_eq!(gateways(&db).await.unwrap(), vec![GW.to_string()]);
+            let rows = read(&db, GW, 1198, 10).await.unwrap();
+            assert_eq!(rows.len(), 2);
+            assert_eq!(rows[0].0, 1199);
+            assert_eq!(
+                rows[0].1,
+                events[1198].to_json(),
+                "the stored line is the hashed line"
+            );
+            db.close().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_restart_continues_the_chain() {
+        for t in targets("journal-restart") {
+            let db = t.db().await;
+            let journal = Journal::start(db.clone(), GW.into()).await.unwrap();
+            for i in 0..3 {
+                journal.append(body(&format!("a{i}"))).await.unwrap();
+            }
+            // Dropped without close: the writer ends when the last sender goes.
+            drop(journal);
+            db.close().await;
+
+            let db = t.db().await;
+            let journal = Journal::start(db.clone(), GW.into()).await.unwrap();
+            let r = journal.append(body("b")).await.unwrap();
+            assert_eq!(r.seq, 4);
+            let other = Journal::start(db.clone(), "other-gateway".into())
+                .await
+                .unwrap();
+            assert_eq!(
+                other.append(body("c")).await.unwrap().seq,
+                1,
+                "one chain per gateway"
+            );
+            journal.close().await;
+            other.close().await;
+            let v = verify(&db, GW).await.unwrap();
+            assert_eq!((v.checked, v.broken), (4, None));
+            assert_eq!(v.head_hash, r.hash);
+            let mut names = gateways(&db).await.unwrap();
+            names.sort();
+            assert_eq!(names, vec![GW.to_string(), "other-gateway".to_string()]);
+            db.close().await;
+        }
+    }
+
+    async fn exec(db: &Db, sql: &str, seq: i64) {
+        sqlx::query(sql)
+            .bind(db.tenant())
+            .bind(seq)
+            .execute(&db.pool)
+            .await
+            .expect("tamper");
+    }
+
+    #[tokio::test]
+    async fn tampered_and_deleted_rows_are_named() {
+        for t in targets("journal-tamper") {
+            let db = t.db().await;
+            let journal = Journal::start(db.clone(), GW.into()).await.unwrap();
+            for i in 0..6 {
+                journal.append(body(&format!("u{i}"))).await.unwrap();
+            }
+            journal.close().await;
+
+            exec(
+                &db,
+                "UPDATE gw_journal SET event = REPLACE(event, '\"u2\"', '\"mallory\"')
+                 WHERE tenant = $1 AND seq = $2",
+                3,
+            )
+            .await;
+            let b = verify(&db, GW).await.unwrap().broken.expect("broken");
+            assert_eq!((b.gateway.as_str(), b.seq), (GW, 3), "{b}");
+            assert!(b.why.contains("altered"), "{b}");
+
+            exec(
+                &db,
+                "UPDATE gw_journal SET event = '{not json' WHERE tenant = $1 AND seq = $2",
+                3,
+            )
+            .await;
+            let b = verify(&db, GW).await.unwrap().broken.expect("broken");
+            assert_eq!(b.seq, 3, "{b}");
+            assert!(matches!(
+                read_events(&db, GW).await,
+                Err(JournalError::Corrupt { seq: 3, .. })
+            ));
+
+            exec(
+                &db,
+                "DELETE FROM gw_journal WHERE tenant = $1 AND seq <= $2",
+                3,
+            )
+            .await;
+            let v = verify(&db, GW).await.unwrap();
+            let b = v.broken.expect("broken");
+            assert_eq!((b.seq, v.checked), (1, 0), "{b}");
+            assert!(b.why.contains("missing"), "{b}");
+
+            // A lost tail shows against what the engine confirmed.
+            exec(
+                &db,
+                "DELETE FROM gw_journal WHERE tenant = $1 AND seq <= $2",
+                6,
+            )
+            .await;
+            set_acked_seq(&db, GW, 6).await.unwrap();
+            let v = verify(&db, GW).await.unwrap();
+            let b = v.broken.expect("broken");
+            assert_eq!(b.seq, 1, "{b}");
+            assert!(b.why.contains("confirmed"), "{b}");
+            db.close().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn appends_after_close_fail_and_close_drains() {
+        for t in targets("journal-close") {
+            let db = t.db().await;
+            let journal = Journal::start(db.clone(), GW.into()).await.unwrap();
+            let pending: Vec<_> = (0..20)
+                .map(|i| {
+                    let j = journal.clone();
+                    tokio::spawn(async move { j.append(body(&format!("u{i}"))).await })
+                })
+                .collect();
+            journal.flush().await.unwrap();
+            journal.close().await;
+            journal.close().await;
+            let mut ok = 0;
+            for p in pending {
+                match p.await.unwrap() {
+                    Ok(_) => ok += 1,
+                    Err(JournalError::Closed) => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            assert!(matches!(
+                journal.append(body("late")).await,
+                Err(JournalError::Closed)
+            ));
+            assert!(matches!(journal.flush().await, Err(JournalError::Closed)));
+            let v = verify(&db, GW).await.unwrap();
+            assert_eq!(
+                (v.checked, v.broken),
+                (ok, None),
+                "every answered event is there"
+            );
+            db.close().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_refuses_its_batch_and_leaves_no_gap() {
+        for t in targets("journal-fail") {
+            let db = t.db().await;
+            let journal = Journal::start(db.clone(), GW.into()).await.unwrap();
+            let first = journal.append(body("a")).await.unwrap();
+            // Another writer takes seq 2 behind the journal's back (a second process
+            // under the same name): the next batch collides and is refused.
+            let mut intruder = body("intruder");
+            intruder.seq = 2;
+            intruder.gateway = GW.into();
+            intruder.tier = "lgwan".into();
+            intruder.ts = format_ts(now_ms());
+            let sealed = intruder.seal(&first.hash);
+            sqlx::query(
+                "INSERT INTO gw_journal (tenant, tier, gateway, seq, ts_ms, event, hash)
+                 VALUES ($1, 'lgwan', $2, 2, 0, $3, $4)",
+            )
+            .bind(db.tenant())
+            .bind(GW)
+            .bind(sealed.to_json())
+            .bind(sealed.hash.as_str())
+            .execute(&db.pool)
+            .await
+            .unwrap();
+            let refused = journal.append(body("b")).await;
+            assert!(
+                matches!(refused, Err(JournalError::Write { .. })),
+                "{refused:?}"
+            );
+            assert_eq!(journal.stats().failed_batches, 1);
+            // The head was read again: the chain continues after the row it found.
+            let next = journal.append(body("c")).await.unwrap();
+            assert_eq!(next.seq, 3);
+            journal.close().await;
+            let v = verify(&db, GW).await.unwrap();
+            assert_eq!((v.checked, v.broken), (3, None));
+            let users: Vec<String> = read_events(&db, GW)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.body.user)
+                .collect();
+            assert_eq!(users, ["a", "intruder", "c"]);
+            db.close().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn sqlite_commits_are_full_sync_and_files_open_across_tenants() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gw.db");
+        let url = format!("sqlite://{}", file.display());
+        let a = Db::open(&url, "city-a", Tier::Lgwan).await.unwrap();
+        assert_eq!(sqlite_synchronous(&a).await.unwrap(), Some(2), "FULL");
+        let b = Db::open(&url, "city-b", Tier::Internet).await.unwrap();
+        for (db, n) in [(&a, 2), (&b, 3)] {
+            let j = Journal::start(db.clone(), GW.into()).await.unwrap();
+            for i in 0..n {
+                j.append(body(&format!("u{i}"))).await.unwrap();
+            }
+            j.close().await;
+        }
+        a.close().await;
+        b.close().await;
+
+        let missing = Journals::open(&dir.path().join("nope.db").display().to_string()).await;
+        assert!(matches!(missing, Err(JournalError::NoFile { .. })));
+        let journals = Journals::open(&file.display().to_string()).await.unwrap();
+        let ids = journals.list().await.unwrap();
+        assert_eq!(
+            ids.iter().map(|i| format!("{i}")).collect::<Vec<_>>(),
+            [
+                "city-a/lgwan/lgwan-gateway",
+                "city-b/internet/lgwan-gateway"
+            ]
+        );
+        let checked: Vec<u64> = journals
+            .verify_all()
+            .await
+            .unwrap()
+            .iter()
+            .map(|v| v.checked)
+            .collect();
+        assert_eq!(checked, [2, 3]);
+        assert_eq!(
+            journals.all_events(&ids[1]).await.unwrap()[2].body.user,
+            "u2"
+        );
+        journals.close().await;
+        assert!(matches!(
+            Journal::start(Db::open(&url, "c", Tier::Lgwan).await.unwrap(), " x".into()).await,
+            Err(JournalError::InvalidName { .. })
+        ));
+    }
+}
