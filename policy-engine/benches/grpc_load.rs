@@ -8,6 +8,8 @@
 //! machine's cores. `SEKISHO_BENCH_CALLS` (default 20000) sets the one-at-a-time calls,
 //! `SEKISHO_BENCH_SECS` (default 10) the length of each 64-in-flight run.
 //! `SEKISHO_BENCH_ONLY=plan|authorize` measures only one kind of call (for profiling).
+//! `SEKISHO_BENCH_DECISION_SAMPLE` sets `audit.decision_sample` (default 1, the
+//! engine's default: every decision is written to the decision log).
 //!
 //! Order: Plan's first pass (each attribute class's tables computed as its first
 //! request arrives; a class's first Authorize costs the same), then Plan and
@@ -230,6 +232,11 @@ fn main() {
         ..EngineConfig::default()
     };
     config.tls.generate_dir = dir.path().join("tls");
+    config.audit.decision_sample = env("SEKISHO_BENCH_DECISION_SAMPLE", 1.0);
+    println!(
+        "decision log: audit.decision_sample = {}",
+        config.audit.decision_sample
+    );
 
     // The engine gets its own runtime (its default: one worker per core).
     let server_rt = tokio::runtime::Builder::new_multi_thread()
@@ -339,7 +346,11 @@ fn main() {
         mib(hwm_end),
         engine.state.engine.plan_fallbacks()
     );
+    let dropped = engine.state.decisions.dropped();
+    let store = engine.state.store.audit();
     server_rt.block_on(engine.shutdown()).expect("shutdown");
+    let logged = server_rt.block_on(store.decision_count()).unwrap_or(0);
+    println!("decision log: {logged} decisions written, {dropped} dropped (queue full)");
 }
 
 /// 64 calls in flight over 1 and then 4 channels, after a 2 s warm-up of each.

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::pki::DEFAULT_ADMIN_NAME;
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
     /// Address to listen on.
@@ -25,6 +25,7 @@ pub struct EngineConfig {
     pub tls: TlsConfig,
     pub cache: CacheConfig,
     pub bootstrap: BootstrapConfig,
+    pub audit: AuditConfig,
 }
 
 impl Default for EngineConfig {
@@ -37,6 +38,28 @@ impl Default for EngineConfig {
             tls: TlsConfig::default(),
             cache: CacheConfig::default(),
             bootstrap: BootstrapConfig::default(),
+            audit: AuditConfig::default(),
+        }
+    }
+}
+
+/// The decision log (`audit_decisions`): which plans and authorizations are kept.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Share of decisions recorded, 0 to 1 (1: every decision; 0: none). Lower it
+    /// when the log's volume matters more than a complete answer to "why".
+    pub decision_sample: f64,
+    /// Decisions waiting for the background writer at most; beyond it they are
+    /// dropped (and counted) rather than slowing decisions down.
+    pub decision_queue: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            decision_sample: 1.0,
+            decision_queue: 10_000,
         }
     }
 }
@@ -169,6 +192,15 @@ impl EngineConfig {
         if self.poll_interval_secs == 0 {
             return Err("poll_interval_secs must be at least 1".into());
         }
+        let sample = self.audit.decision_sample;
+        if !(0.0..=1.0).contains(&sample) {
+            return Err(format!(
+                "audit.decision_sample must be between 0 and 1 (got {sample})"
+            ));
+        }
+        if self.audit.decision_queue == 0 {
+            return Err("audit.decision_queue must be at least 1".into());
+        }
         if !(self.store.starts_with("sqlite:")
             || self.store.starts_with("postgres://")
             || self.store.starts_with("postgresql://"))
@@ -215,5 +247,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("mysql://x"), "{e}");
+    }
+
+    #[test]
+    fn decision_sample_is_checked() {
+        let c = EngineConfig::parse("e.toml", "[audit]\ndecision_sample = 0.25").unwrap();
+        assert_eq!(c.audit.decision_sample, 0.25);
+        assert_eq!(EngineConfig::default().audit.decision_sample, 1.0);
+        for bad in ["1.5", "-0.1", "nan"] {
+            let e = EngineConfig::parse("e.toml", &format!("[audit]\ndecision_sample = {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("audit.decision_sample"), "{bad}: {e}");
+        }
+        let e = EngineConfig::parse("e.toml", "[audit]\ndecision_queue = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("audit.decision_queue"), "{e}");
     }
 }

@@ -1,7 +1,11 @@
-//! The engine's gRPC services: `sekisho.v1.PolicyDecision` and `sekisho.v1.PolicyAdmin`.
+//! The engine's gRPC services: `sekisho.v1.PolicyDecision`, `sekisho.v1.PolicyAdmin`
+//! and `sekisho.v1.AuditSink` ([`audit`]).
 //!
 //! Handlers translate wire types into engine calls and engine errors into statuses;
-//! they decide nothing themselves.
+//! they decide nothing themselves. Every plan and authorization answered is offered
+//! to the decision log ([`crate::audit::decisions`]) without waiting for it.
+
+pub mod audit;
 
 use std::pin::Pin;
 use std::str::FromStr;
@@ -14,6 +18,7 @@ use tokio::sync::{watch, Mutex};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::audit::decisions::{Decided, Decision, DecisionLog};
 use crate::diagnostics::{Diagnostic, Severity};
 use crate::engine::{current_hour, DecisionRequest, Engine, EngineError, PlanInputs};
 use crate::entities::{
@@ -33,6 +38,8 @@ pub struct EngineState {
     /// Client certificate common names allowed to administer. `None` when the
     /// listener has no TLS (a loopback test bed), where there is nobody to check.
     pub admin_names: Option<Vec<String>>,
+    /// Where answered decisions are recorded (sampled, never waited for).
+    pub decisions: DecisionLog,
     /// The store's entity generation the in-memory directory reflects.
     entity_generation: AtomicU64,
     /// Serialises publishes and entity changes so store and memory move together.
@@ -51,6 +58,7 @@ impl EngineState {
         version: Option<VersionInfo>,
         entity_generation: u64,
         admin_names: Option<Vec<String>>,
+        decisions: DecisionLog,
     ) -> Arc<Self> {
         Arc::new(EngineState {
             engine,
@@ -58,6 +66,7 @@ impl EngineState {
             version: watch::channel(version).0,
             entity_generation: AtomicU64::new(entity_generation),
             admin_names,
+            decisions,
             admin_lock: Mutex::new(()),
             closing: watch::channel(false).0,
         })
@@ -262,25 +271,36 @@ impl pb::policy_decision_server::PolicyDecision for DecisionService {
             enrolled,
             mask_unknown_user: r.mask_unknown_user,
         };
-        let plan = self
-            .0
-            .engine
-            .plan_for(&req, &inputs)
-            .map_err(engine_status)?;
-        tracing::debug!(options = plan.options.len(), version = %plan.policy_version, "planned");
-        Ok(Response::new(pb::PlanResponse {
-            options: plan.options.into_iter().map(factor_set).collect(),
-            unavailable: plan
-                .unavailable
-                .into_iter()
-                .map(|u| pb::UnavailableSet {
-                    factors: u.factors.names().into_iter().map(String::from).collect(),
-                    missing: u.missing.names().into_iter().map(String::from).collect(),
-                    why: u.why.name().into(),
-                })
-                .collect(),
-            policy_version: plan.policy_version,
-        }))
+        let outcome = self.0.engine.plan_for(&req, &inputs);
+        let response = outcome.as_ref().map(|plan| {
+            tracing::debug!(options = plan.options.len(), version = %plan.policy_version, "planned");
+            pb::PlanResponse {
+                options: plan.options.iter().copied().map(factor_set).collect(),
+                unavailable: plan
+                    .unavailable
+                    .iter()
+                    .map(|u| pb::UnavailableSet {
+                        factors: u.factors.names().into_iter().map(String::from).collect(),
+                        missing: u.missing.names().into_iter().map(String::from).collect(),
+                        why: u.why.name().into(),
+                    })
+                    .collect(),
+                policy_version: plan.policy_version.clone(),
+            }
+        });
+        let response = response.map_err(|e| engine_status(e.clone()));
+        if self.0.decisions.sampled() {
+            self.0.decisions.record(Decision {
+                ts_ms: chrono::Utc::now().timestamp_millis(),
+                request_id: id,
+                request: req,
+                decided: Decided::Plan {
+                    inputs,
+                    outcome: outcome.map_err(|e| e.to_string()),
+                },
+            });
+        }
+        Ok(Response::new(response?))
     }
 
     async fn authorize(
@@ -294,22 +314,35 @@ impl pb::policy_decision_server::PolicyDecision for DecisionService {
         let factors =
             FactorSet::parse_names(&r.factors).map_err(|e| invalid(format!("factors: {e}")))?;
         let req = decision_request(r.user, r.device, &r.action, r.context)?;
-        let out = self
-            .0
-            .engine
-            .authorize(&req, factors)
-            .map_err(engine_status)?;
-        tracing::debug!(allowed = out.allowed, version = %out.policy_version, "authorized");
-        Ok(Response::new(pb::AuthorizeResponse {
-            decision: if out.allowed {
-                pb::Decision::Allow
-            } else {
-                pb::Decision::Deny
-            } as i32,
-            policy_ids: out.policy_ids,
-            policy_version: out.policy_version,
-            errors: out.errors,
-        }))
+        let outcome = self.0.engine.authorize(&req, factors);
+        let response = match &outcome {
+            Ok(out) => {
+                tracing::debug!(allowed = out.allowed, version = %out.policy_version, "authorized");
+                Ok(pb::AuthorizeResponse {
+                    decision: if out.allowed {
+                        pb::Decision::Allow
+                    } else {
+                        pb::Decision::Deny
+                    } as i32,
+                    policy_ids: out.policy_ids.clone(),
+                    policy_version: out.policy_version.clone(),
+                    errors: out.errors.clone(),
+                })
+            }
+            Err(e) => Err(engine_status(e.clone())),
+        };
+        if self.0.decisions.sampled() {
+            self.0.decisions.record(Decision {
+                ts_ms: chrono::Utc::now().timestamp_millis(),
+                request_id: id,
+                request: req,
+                decided: Decided::Authorize {
+                    factors,
+                    outcome: outcome.map_err(|e| e.to_string()),
+                },
+            });
+        }
+        Ok(Response::new(response?))
     }
 
     type WatchPolicyStream = VersionStream;

@@ -13,10 +13,12 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
+use crate::audit::decisions::{DecisionLog, DecisionWriter};
 use crate::config::EngineConfig;
 use crate::diagnostics::InvalidPolicies;
 use crate::engine::{CacheLimits, Engine};
 use crate::entities::{parse_entities_json, Directory, EntityError};
+use crate::grpc::audit::AuditSinkService;
 use crate::grpc::{AdminService, DecisionService, EngineState};
 use crate::pki::{PkiError, PkiFiles};
 use crate::policies::{CompiledPolicies, LoadError, PolicySources};
@@ -72,17 +74,27 @@ pub struct RunningEngine {
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     poller: JoinHandle<()>,
+    decision_writer: Option<DecisionWriter>,
 }
 
 impl RunningEngine {
     /// Stops accepting calls, ends `WatchPolicy` streams, lets calls in flight finish
-    /// for up to [`SHUTDOWN_GRACE`], then stops regardless.
+    /// for up to [`SHUTDOWN_GRACE`], then stops regardless; finally writes the
+    /// decisions still queued for the decision log.
     pub async fn shutdown(mut self) -> Result<(), ServeError> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         self.state.close_streams();
         self.poller.abort();
+        let served = self.stop_server().await;
+        if let Some(writer) = self.decision_writer.take() {
+            writer.flush_and_stop(SHUTDOWN_GRACE).await;
+        }
+        served
+    }
+
+    async fn stop_server(&mut self) -> Result<(), ServeError> {
         match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.server).await {
             Ok(Ok(r)) => r.map_err(ServeError::from),
             Ok(Err(e)) if e.is_cancelled() => Ok(()),
@@ -212,7 +224,20 @@ pub async fn start(config: &EngineConfig) -> Result<RunningEngine, ServeError> {
         Some(config.tls.admin_names.clone())
     };
 
-    let state = EngineState::new(engine, store, version, entity_generation, admin_names);
+    let (decisions, decision_writer) = DecisionLog::start(
+        store.audit(),
+        config.audit.decision_sample,
+        config.audit.decision_queue,
+    );
+    let audit_sink = AuditSinkService::new(store.audit());
+    let state = EngineState::new(
+        engine,
+        store,
+        version,
+        entity_generation,
+        admin_names,
+        decisions,
+    );
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -231,7 +256,8 @@ pub async fn start(config: &EngineConfig) -> Result<RunningEngine, ServeError> {
         .add_service(
             pb::policy_admin_server::PolicyAdminServer::new(AdminService(state.clone()))
                 .max_decoding_message_size(MAX_ADMIN_MESSAGE),
-        );
+        )
+        .add_service(audit_sink.server());
     let server = tokio::spawn(router.serve_with_incoming_shutdown(
         // Without NODELAY some answers wait ~40 ms for the client's delayed ACK.
         tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -259,5 +285,6 @@ pub async fn start(config: &EngineConfig) -> Result<RunningEngine, ServeError> {
         stop: Some(stop),
         server,
         poller,
+        decision_writer: Some(decision_writer),
     })
 }

@@ -103,6 +103,79 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         )",
         ],
     },
+    Migration {
+        version: 3,
+        name: "audit store and decision log",
+        statements: &[
+            // Every gateway's journal, one row per event. `event` is the JSON line
+            // exactly as the gateway hashed and shipped it (verification reads only
+            // it); the other columns are copies of its fields for indexed queries,
+            // and verification checks that they still agree with it.
+            "CREATE TABLE audit_events (
+            tenant TEXT NOT NULL,
+            gateway TEXT NOT NULL,
+            seq BIGINT NOT NULL CHECK (seq >= 1),
+            ts_ms BIGINT NOT NULL,
+            tier TEXT NOT NULL,
+            device TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            operator TEXT NOT NULL,
+            action TEXT NOT NULL,
+            outcome TEXT NOT NULL CHECK (outcome IN ('allow', 'deny', 'error')),
+            event TEXT NOT NULL,
+            received_at BIGINT NOT NULL,
+            PRIMARY KEY (tenant, gateway, seq)
+        )",
+            // Time order: unfiltered listings, time windows, tier/gateway filters.
+            "CREATE INDEX audit_events_time ON audit_events (tenant, ts_ms, gateway, seq)",
+            // `--user` (newest first or in a window), and the dormant-accounts report:
+            // the distinct users are walked through this index, and each user's last
+            // allowed logon is found by reading it backwards.
+            "CREATE INDEX audit_events_user ON audit_events (tenant, user_id, ts_ms)",
+            // `--device`, and the timeline of one terminal (who was at it when).
+            "CREATE INDEX audit_events_device ON audit_events (tenant, device, ts_ms)",
+            // `--action` with or without `--outcome` (lockouts, denied logons) in
+            // time order, and the logon counts the terminal-usage report groups by
+            // device and day. Outcome is left out of the key so `--action` alone is
+            // still in time order; checking it per row costs little, as each action
+            // is mostly one outcome.
+            "CREATE INDEX audit_events_action ON audit_events (tenant, action, ts_ms)",
+            // How far each gateway's journal is stored without a gap (what `Ship`
+            // acknowledges), and how many events it has sent.
+            "CREATE TABLE audit_gateways (
+            tenant TEXT NOT NULL,
+            gateway TEXT NOT NULL,
+            stored_through BIGINT NOT NULL CHECK (stored_through >= 0),
+            received BIGINT NOT NULL CHECK (received >= 0),
+            last_received_at BIGINT NOT NULL,
+            PRIMARY KEY (tenant, gateway)
+        )",
+            // Every plan and authorization the engine answered (sampled), with its
+            // inputs (factor names only: the engine never sees a secret) and result.
+            // `upstream`, `factors` are JSON lists; `inputs` and `result` JSON objects.
+            "CREATE TABLE audit_decisions (
+            tenant TEXT NOT NULL,
+            id TEXT NOT NULL,
+            ts_ms BIGINT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('plan', 'authorize')),
+            user_id TEXT NOT NULL,
+            device TEXT NOT NULL,
+            action TEXT NOT NULL,
+            via TEXT NOT NULL,
+            upstream TEXT NOT NULL,
+            hour BIGINT NOT NULL,
+            factors TEXT NOT NULL,
+            inputs TEXT NOT NULL,
+            result TEXT NOT NULL,
+            policy_version TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            PRIMARY KEY (tenant, id)
+        )",
+            "CREATE INDEX audit_decisions_time ON audit_decisions (tenant, ts_ms)",
+            "CREATE INDEX audit_decisions_user ON audit_decisions (tenant, user_id, ts_ms)",
+            "CREATE INDEX audit_decisions_request ON audit_decisions (tenant, request_id)",
+        ],
+    },
 ];
 
 /// Brings the database up to the newest embedded migration.

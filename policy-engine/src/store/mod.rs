@@ -39,7 +39,7 @@ use crate::policies::{PolicyFile, PolicySources};
 
 /// Upper bound on bind parameters in one statement. SQLite's default limit is 32,766
 /// and PostgreSQL's is 65,535; staying under both keeps one code path.
-const MAX_BINDS: usize = 30_000;
+pub(crate) const MAX_BINDS: usize = 30_000;
 
 /// How long a SQLite writer waits for another writer before giving up.
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 15_000;
@@ -123,7 +123,7 @@ impl Backend {
     }
 
     /// Starts a read transaction that sees one snapshot for all its statements.
-    fn begin_snapshot(self) -> &'static str {
+    pub(crate) fn begin_snapshot(self) -> &'static str {
         match self {
             Backend::Sqlite => "BEGIN",
             Backend::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
@@ -136,7 +136,7 @@ impl Backend {
     /// (`$n`, `?n`) up in a linear list, both when preparing and when binding, which
     /// makes a statement with thousands of them quadratic (18 s instead of about a
     /// second for 100,000 users); anonymous `?` parameters avoid that.
-    fn push_placeholder(self, sql: &mut String, n: usize) {
+    pub(crate) fn push_placeholder(self, sql: &mut String, n: usize) {
         match self {
             Backend::Sqlite => sql.push('?'),
             Backend::Postgres => {
@@ -199,9 +199,17 @@ impl Store {
     }
 
     /// The connection pool, for other parts of the store (audit) that share it.
-    #[allow(dead_code)]
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    pub(crate) fn kind(&self) -> Backend {
+        self.backend
+    }
+
+    /// The audit store of the same database and tenant (shares the pool).
+    pub fn audit(&self) -> crate::audit::AuditStore {
+        crate::audit::AuditStore::from_store(self.clone())
     }
 
     /// Closes the pool's connections (waits for checked-out ones to come back).
@@ -859,7 +867,7 @@ pub fn check_tenant(tenant: &str) -> Result<(), StoreError> {
 }
 
 /// A stable advisory-lock key per purpose and tenant.
-fn lock_key(purpose: &str, tenant: &str) -> i64 {
+pub(crate) fn lock_key(purpose: &str, tenant: &str) -> i64 {
     let mut h = Sha256::new();
     h.update(b"sekisho.");
     h.update(purpose.as_bytes());

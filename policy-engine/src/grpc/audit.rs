@@ -1,0 +1,117 @@
+//! `sekisho.v1.AuditSink`: gateways ship their journals here.
+//!
+//! Any client with a valid certificate may ship (gateways use non-admin
+//! certificates; the TLS layer already refused everyone else). What a gateway ships
+//! is stored as received and judged later by `audit verify`: refusing an altered
+//! event here would only stop the forwarder and hide the evidence. Refused are
+//! records that are not events at all, or that do not say what they are shipped
+//! as; the error names the gateway and seq.
+
+use std::collections::BTreeMap;
+
+use sekisho_proto::v1 as pb;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::audit::store::{AuditError, AuditStore, Record};
+
+/// Most records accepted in one `AuditBatch`. Forwarders send a few hundred; the
+/// bound keeps one message from tying up the store (one transaction per batch).
+pub const MAX_BATCH_RECORDS: usize = 10_000;
+
+/// Largest `AuditBatch` message accepted (a full batch of long events fits).
+pub const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+
+/// Records of a stream stored per transaction. The acknowledgement only comes at the
+/// end of the stream, so batches can be gathered into larger transactions without
+/// acknowledging anything uncommitted; on SQLite each transaction rewrites the
+/// index pages its rows touch, so 10 batches of 500 in one cost about what one does.
+pub const GROUP_RECORDS: usize = 5_000;
+
+/// `sekisho.v1.AuditSink` over the engine's audit store.
+#[derive(Clone, Debug)]
+pub struct AuditSinkService {
+    audit: AuditStore,
+}
+
+impl AuditSinkService {
+    pub fn new(audit: AuditStore) -> Self {
+        AuditSinkService { audit }
+    }
+
+    /// The service wrapped for a tonic router, with the batch size limit set.
+    pub fn server(self) -> pb::audit_sink_server::AuditSinkServer<Self> {
+        pb::audit_sink_server::AuditSinkServer::new(self).max_decoding_message_size(MAX_BATCH_BYTES)
+    }
+}
+
+fn audit_status(e: AuditError) -> Status {
+    match e {
+        AuditError::Malformed { .. }
+        | AuditError::Mismatch { .. }
+        | AuditError::InvalidRecord { .. } => Status::invalid_argument(e.to_string()),
+        other => {
+            tracing::error!(error = %other, "audit store failure");
+            Status::unavailable(format!("audit store: {other}"))
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::audit_sink_server::AuditSink for AuditSinkService {
+    async fn ship(
+        &self,
+        request: Request<Streaming<pb::AuditBatch>>,
+    ) -> Result<Response<pb::ShipAck>, Status> {
+        let client = request
+            .peer_certs()
+            .and_then(|certs| {
+                certs
+                    .first()
+                    .and_then(|c| crate::pki::common_name(c.as_ref()))
+            })
+            .unwrap_or_default();
+        let mut stream = request.into_inner();
+        let mut stored_through: BTreeMap<String, u64> = BTreeMap::new();
+        let mut inserted = 0u64;
+        let mut batches = 0u64;
+        let mut pending: Vec<Record> = Vec::new();
+        loop {
+            let next = stream.message().await?;
+            let done = next.is_none();
+            if let Some(batch) = next {
+                batches += 1;
+                if batch.records.len() > MAX_BATCH_RECORDS {
+                    return Err(Status::invalid_argument(format!(
+                        "batch {batches} has {} records; at most {MAX_BATCH_RECORDS} per batch",
+                        batch.records.len()
+                    )));
+                }
+                pending.extend(batch.records.into_iter().map(|r| Record {
+                    gateway: r.gateway,
+                    seq: r.seq,
+                    json: r.json,
+                }));
+            }
+            if !pending.is_empty() && (done || pending.len() >= GROUP_RECORDS) {
+                let out = self
+                    .audit
+                    .ingest(std::mem::take(&mut pending))
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(client = %client, batch = batches, error = %e, "audit records refused");
+                        audit_status(e)
+                    })?;
+                inserted += out.inserted;
+                stored_through.extend(out.stored_through);
+            }
+            if done {
+                break;
+            }
+        }
+        tracing::debug!(client = %client, batches, inserted, "audit shipment stored");
+        Ok(Response::new(pb::ShipAck {
+            stored_through: stored_through.into_iter().collect(),
+            inserted,
+        }))
+    }
+}
