@@ -71,6 +71,15 @@ pub enum Command {
     /// a change). Exit 0 allowed, 1 refused, 2 could not ask.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Search, verify and export the audit trail: who did what, on which terminal,
+    /// when, and whether the record has been tampered with.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Reports for the yearly security month: dormant accounts, terminal usage,
+    /// failures and lockouts, who was at a terminal at a given moment. Plain tables,
+    /// and with --html a page with charts that opens offline.
+    #[command(subcommand)]
+    Report(ReportCommand),
 }
 
 #[derive(Debug, Args)]
@@ -485,4 +494,161 @@ mod tests {
         assert!(parse("25h").is_err());
         assert!(parse("2").is_err());
     }
+}
+
+/// Where the trail is read from: the engine's store (default), or a file.
+#[derive(Debug, Clone, Args)]
+pub struct AuditSourceArgs {
+    /// The engine's database (read only): sqlite://FILE or postgres://…
+    #[arg(
+        long,
+        env = "SEKISHO_STORE",
+        default_value = "sqlite://sekisho-engine.db",
+        value_name = "URL",
+        conflicts_with = "journal"
+    )]
+    pub store: String,
+    /// The municipality (tenant) in the engine's store.
+    #[arg(long, env = "SEKISHO_TENANT", default_value = "default", value_name = "ID")]
+    pub tenant: String,
+    /// Read a gateway's journal instead: its database (the file gateway-TIER.db, or
+    /// a sqlite:// or postgres:// URL; the journals of --tenant) or an export made
+    /// with `audit export --format jsonl`.
+    #[arg(long, value_name = "FILE|URL")]
+    pub journal: Option<PathBuf>,
+}
+
+/// Which events: every given condition must hold.
+#[derive(Debug, Clone, Args)]
+pub struct AuditFilterArgs {
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
+    /// mynumber, lgwan, internet or telework.
+    #[arg(long, value_name = "TIER")]
+    pub tier: Option<String>,
+    /// logon, unlock, switch_operator, elevate, lock, logoff, lockout, enroll,
+    /// emergency_otp_issue, device_register, unlock_user.
+    #[arg(long, value_name = "ACTION")]
+    pub action: Option<String>,
+    /// allow, deny or error.
+    #[arg(long, value_name = "OUTCOME", value_parser = PossibleValuesParser::new(["allow", "deny", "error"]))]
+    pub outcome: Option<String>,
+    #[arg(long, value_name = "GATEWAY")]
+    pub gateway: Option<String>,
+    /// From this time on: 2026-11-22, "2026-11-22 14:00" (local time), RFC 3339,
+    /// or a period back from now such as 7d or 12h.
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Before this time (same forms as --since).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// List events in time order, a page at a time.
+    Query {
+        #[command(flatten)]
+        source: AuditSourceArgs,
+        #[command(flatten)]
+        filter: AuditFilterArgs,
+        #[arg(long, default_value = "table", value_parser = PossibleValuesParser::new(["table", "json", "csv"]))]
+        format: String,
+        /// Events per page.
+        #[arg(long, default_value_t = 100, value_name = "N")]
+        limit: usize,
+        /// Continue after this cursor (printed at the end of the previous page).
+        #[arg(long, value_name = "CURSOR")]
+        after: Option<String>,
+    },
+    /// Check every gateway's hash chain. Exit 0 when all are intact, 1 naming the
+    /// first broken link (gateway, seq) of each chain that is not.
+    Verify {
+        #[command(flatten)]
+        source: AuditSourceArgs,
+    },
+    /// Write events for a SIEM or an archive: JSON lines (as chained) or CSV.
+    Export {
+        #[command(flatten)]
+        source: AuditSourceArgs,
+        #[command(flatten)]
+        filter: AuditFilterArgs,
+        #[arg(long, default_value = "jsonl", value_parser = PossibleValuesParser::new(["jsonl", "csv"]))]
+        format: String,
+        /// Write here instead of standard output (replaced only when complete).
+        #[arg(long, short, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Bring a journal export from a standalone tier (no network path) into the
+    /// engine's store. Importing the same file again adds nothing.
+    Import {
+        /// A file written by `audit export --format jsonl`.
+        file: PathBuf,
+        /// The engine's database: sqlite://FILE or postgres://…
+        #[arg(long, env = "SEKISHO_STORE", default_value = "sqlite://sekisho-engine.db", value_name = "URL")]
+        store: String,
+        #[arg(long, env = "SEKISHO_TENANT", default_value = "default", value_name = "ID")]
+        tenant: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Accounts with no successful logon for --days (candidates to disable).
+    Dormant {
+        #[arg(long, default_value_t = 90, value_name = "N")]
+        days: u32,
+        #[command(flatten)]
+        source: AuditSourceArgs,
+        #[command(flatten)]
+        output: ReportOutputArgs,
+    },
+    /// Successful logons per terminal, per day and per hour of the day.
+    Devices {
+        #[command(flatten)]
+        source: AuditSourceArgs,
+        #[command(flatten)]
+        period: ReportPeriodArgs,
+        #[command(flatten)]
+        output: ReportOutputArgs,
+    },
+    /// Refused logons and unlocks by tier, factor and reason, and the lockouts.
+    Failures {
+        #[command(flatten)]
+        source: AuditSourceArgs,
+        #[command(flatten)]
+        period: ReportPeriodArgs,
+        #[command(flatten)]
+        output: ReportOutputArgs,
+    },
+    /// Who was using a terminal at a given moment (shared counter terminals), and
+    /// the logons, switches and locks around it.
+    Operators {
+        #[arg(long, value_name = "DEVICE")]
+        device: String,
+        /// The moment: "2026-11-22 14:02" (local time) or RFC 3339.
+        #[arg(long, value_name = "TIME")]
+        at: String,
+        #[command(flatten)]
+        source: AuditSourceArgs,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReportPeriodArgs {
+    /// From (default: 30 days ago). Same forms as `audit query --since`.
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Until (default: now).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReportOutputArgs {
+    /// Also write the report as an HTML page with charts.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 }

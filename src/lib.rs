@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod cmd;
 pub mod reference;
+pub mod report;
 
 /// How a command ended, mapped to the process exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,8 +9,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sekisho::cli::{
-    AgentCommand, Cli, Command, DeviceCommand, EmergencyOtpCommand, EngineCommand, EnrollCommand,
-    EntitiesCommand, GatewayCommand, PolicyCommand,
+    AgentCommand, AuditCommand, Cli, Command, DeviceCommand, EmergencyOtpCommand, EngineCommand, EnrollCommand,
+    EntitiesCommand, GatewayCommand, PolicyCommand, ReportCommand,
 };
 use sekisho::{cmd, Outcome};
 
@@ -111,5 +111,42 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Agent(AgentCommand::Unlock(a)) => cmd::agent::authenticate("unlock", &a).await,
         Command::Agent(AgentCommand::Lock(a)) => cmd::agent::session("lock", &a).await,
         Command::Agent(AgentCommand::Logoff(a)) => cmd::agent::session("logoff", &a).await,
+        Command::Audit(AuditCommand::Query {
+            source,
+            filter,
+            format,
+            limit,
+            after,
+        }) => cmd::audit::query(&source, &filter, &format, limit, after.as_deref()).await,
+        Command::Audit(AuditCommand::Verify { source }) => cmd::audit::verify(&source).await,
+        Command::Audit(AuditCommand::Export {
+            source,
+            filter,
+            format,
+            out,
+        }) => cmd::audit::export(&source, &filter, &format, out.as_deref()).await,
+        Command::Audit(AuditCommand::Import {
+            file,
+            store,
+            tenant,
+        }) => cmd::audit::import(&file, &store, &tenant).await,
+        Command::Report(ReportCommand::Dormant {
+            days,
+            source,
+            output,
+        }) => cmd::report::dormant(days, &source, &output).await,
+        Command::Report(ReportCommand::Devices {
+            source,
+            period,
+            output,
+        }) => cmd::report::devices(&source, &period, &output).await,
+        Command::Report(ReportCommand::Failures {
+            source,
+            period,
+            output,
+        }) => cmd::report::failures(&source, &period, &output).await,
+        Command::Report(ReportCommand::Operators { device, at, source }) => {
+            cmd::report::operators(&device, &at, &source).await
+        }
     }
 }

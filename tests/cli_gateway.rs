@@ -3,36 +3,10 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use common::gateway::{now_secs, TestGateway};
+use common::sekisho;
 use sekisho_gateway::factors::totp::{code_at, TotpParams};
 use sekisho_policy_engine::Tier;
-
-/// Runs the binary with `stdin`, returning (exit code, stdout, stderr).
-fn sekisho(args: &[&str], stdin: &str) -> (i32, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sekisho"))
-        .args(args)
-        .env("LANG", "C")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run sekisho");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
-    let out = child.wait_with_output().expect("sekisho ends");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 // The binary runs synchronously, so the in-process gateway needs its own worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

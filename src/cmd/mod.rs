@@ -1,6 +1,7 @@
 //! One module per command family.
 
 pub mod agent;
+pub mod audit;
 pub mod decide;
 pub mod demo;
 pub mod device;
@@ -9,6 +10,7 @@ pub mod enroll;
 pub mod entities;
 pub mod gateway;
 pub mod policy;
+pub mod report;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;

@@ -88,7 +88,18 @@ pub struct TestGateway {
 impl TestGateway {
     /// Starts both on SQLite, with `adjust` applied to the gateway config.
     pub async fn start(tier: Tier, adjust: impl FnOnce(&mut GatewayConfig)) -> TestGateway {
-        let engine = TestEngine::start(Backend::Sqlite, "gw").await;
+        Self::start_on(Backend::Sqlite, tier, adjust).await
+    }
+
+    /// As [`TestGateway::start`], with the engine and the gateway both on `backend`
+    /// (each on a tenant of its own on PostgreSQL).
+    pub async fn start_on(
+        backend: Backend,
+        tier: Tier,
+        adjust: impl FnOnce(&mut GatewayConfig),
+    ) -> TestGateway {
+        let postgres = matches!(backend, Backend::Postgres);
+        let engine = TestEngine::start(backend, "gw").await;
         engine.load_reference().await;
         let dir = tempfile::tempdir().expect("temp dir");
         let cards = CardCa::new("test card CA", dir.path());
@@ -102,6 +113,10 @@ impl TestGateway {
         // Low cost so the many PIN and password checks of the tests stay quick.
         config.argon2.memory_kib = 8_192;
         config.argon2.iterations = 5;
+        if postgres {
+            config.store = Some(super::pg_url());
+            config.tenant = super::unique_tenant("gw");
+        }
         adjust(&mut config);
         let running = Self::launch(&config, dir.path()).await;
         TestGateway {

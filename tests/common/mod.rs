@@ -5,6 +5,7 @@
 
 pub mod gateway;
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -133,6 +134,30 @@ impl TestEngine {
     pub async fn stop(self) {
         self.running.shutdown().await.expect("clean shutdown");
     }
+}
+
+/// Runs the binary with `stdin`, returning (exit code, stdout, stderr).
+pub fn sekisho(args: &[&str], stdin: &str) -> (i32, String, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sekisho"))
+        .args(args)
+        .env("LANG", "C")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run sekisho");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("sekisho ends");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 pub fn publish_request(dir: &std::path::Path) -> pb::PublishRequest {

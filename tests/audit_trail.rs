@@ -1,0 +1,582 @@
+//! The audit trail end to end: gateways journal every attempt durably before they
+//! answer, ship the journal to the engine exactly once across outages and restarts,
+//! and `sekisho audit verify` finds any changed or deleted event. On SQLite and
+//! PostgreSQL; the SIGKILL test runs the real binary.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::gateway::{TestCard, TestGateway};
+use common::{sekisho, Backend, TestEngine};
+use sekisho_gateway::factors::card::sign_nonce;
+use sekisho_gateway::journal::Journals;
+use sekisho_gateway::tls::ClientTls;
+use sekisho_policy_engine::pki::Usage;
+use sekisho_policy_engine::audit::store::AuditStore;
+use sekisho_policy_engine::audit::{AuditEvent, Filter, Outcome, Page};
+use sekisho_policy_engine::Tier;
+use sekisho_proto::v1 as pb;
+use tonic::transport::Channel;
+
+type Endpoint = pb::logon_client::LogonClient<Channel>;
+
+const PASSWORD: &str = "Kasumigaseki-7-pass";
+const WRONG: &str = "guess-Otemachi-1";
+
+/// One logon (Begin + Complete) with a card and a password, tagged `request_id`.
+async fn logon(
+    ep: &mut Endpoint,
+    user: &str,
+    card: &TestCard,
+    password: &str,
+    request_id: &str,
+) -> Result<pb::LogonResult, tonic::Status> {
+    let c = ep
+        .begin(pb::BeginRequest {
+            user: user.into(),
+            action: "logon".into(),
+            request_id: request_id.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let nonce = c.nonces.get("card").cloned().unwrap_or_default();
+    let proofs = vec![
+        pb::proof::Proof::Card(pb::CardProof {
+            certificate: card.der.clone(),
+            signature: sign_nonce(&card.key_pem, &nonce).expect("sign"),
+        }),
+        pb::proof::Proof::Password(password.into()),
+    ];
+    ep.complete(pb::CompleteRequest {
+        challenge_id: c.challenge_id,
+        proofs: proofs
+            .into_iter()
+            .map(|p| pb::Proof { proof: Some(p) })
+            .collect(),
+        request_id: request_id.into(),
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+async fn session_call(ep: &mut Endpoint, session: &str, lock: bool) {
+    let r = pb::SessionRequest {
+        session_id: session.into(),
+        request_id: String::new(),
+    };
+    let done = if lock {
+        ep.lock(r).await
+    } else {
+        ep.logoff(r).await
+    };
+    done.expect("lock/logoff");
+}
+
+/// A lgwan gateway with user u007 (card + standalone password) and `devices`.
+async fn city(backend: Backend, devices: &[&str]) -> (TestGateway, TestCard) {
+    let gw = TestGateway::start_on(backend, Tier::Lgwan, |_| {}).await;
+    for d in devices {
+        gw.register(d, "desktop", &["card"]).await;
+    }
+    let card = gw.cards.issue("u007");
+    gw.enroll_card("u007", &card).await;
+    gw.set_secret("u007", "password", PASSWORD).await;
+    (gw, card)
+}
+
+/// The last seq the gateway's journal has committed.
+fn journal_head(gw: &TestGateway) -> u64 {
+    *gw.running.gateway.journal.subscribe().borrow()
+}
+
+/// Waits until the gateway has shipped its journal through `seq` to the engine.
+async fn shipped(gw: &TestGateway, seq: u64) {
+    let mut through = gw
+        .running
+        .forwarded_through()
+        .expect("forwarding is on by default");
+    tokio::time::timeout(Duration::from_secs(60), through.wait_for(|s| *s >= seq))
+        .await
+        .unwrap_or_else(|_| panic!("journal not shipped through {seq} within 60 s"))
+        .expect("forwarder running");
+}
+
+async fn engine_audit(engine: &TestEngine) -> AuditStore {
+    AuditStore::open(&engine.config.store, &engine.config.tenant)
+        .await
+        .expect("engine audit store")
+}
+
+async fn all_events(store: &AuditStore, gateway: &str) -> Vec<AuditEvent> {
+    store
+        .query(
+            &Filter {
+                gateway: Some(gateway.into()),
+                ..Filter::default()
+            },
+            &Page {
+                after: None,
+                limit: 10_000,
+            },
+        )
+        .await
+        .expect("query")
+}
+
+async fn journal_events(gw: &TestGateway) -> Vec<AuditEvent> {
+    let journals = Journals::of(gw.running.gateway.store.db());
+    let ids: Vec<_> = journals
+        .list()
+        .await
+        .expect("journals")
+        .into_iter()
+        .filter(|id| id.tenant == gw.config.tenant)
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    journals.all_events(&ids[0]).await.expect("journal events")
+}
+
+fn store_args(engine: &TestEngine) -> Vec<String> {
+    vec![
+        "--store".into(),
+        engine.config.store.clone(),
+        "--tenant".into(),
+        engine.config.tenant.clone(),
+    ]
+}
+
+fn run(args: &[String]) -> (i32, String, String) {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    sekisho(&args, "")
+}
+
+async fn trail(backend: Backend) {
+    let (gw, card) = city(backend, &["lgwan-desk-01", "lgwan-desk-17"]).await;
+    let gateway = gw.running.gateway.journal.gateway().to_string();
+    let mut ep = gw.endpoint("lgwan-desk-01").await;
+    let mut sessions = Vec::new();
+    for i in 0..4 {
+        let r = logon(&mut ep, "u007", &card, PASSWORD, &format!("ok-{i}"))
+            .await
+            .expect("logon");
+        assert_eq!(r.decision, pb::Decision::Allow as i32, "{r:?}");
+        sessions.push(r.session_id);
+    }
+    let r = logon(&mut ep, "u007", &card, WRONG, "bad-1").await.expect("logon");
+    assert_eq!(r.reason, "factor_failed");
+    let last = sessions.last().cloned().unwrap_or_default();
+    session_call(&mut ep, &last, true).await;
+    session_call(&mut ep, &last, false).await;
+
+    let head = journal_head(&gw);
+    shipped(&gw, head).await;
+    let store = engine_audit(&gw.engine).await;
+    let stored = all_events(&store, &gateway).await;
+    let journal = journal_events(&gw).await;
+    assert_eq!(stored.len() as u64, head, "every journaled event arrived");
+    let mut by_seq = stored.clone();
+    by_seq.sort_by_key(|e| e.body.seq);
+    assert_eq!(by_seq, journal, "the engine holds the journal's very events");
+
+    // What an auditor reads: enrollments by the admin, each logon with its factors
+    // and version, the failure with its factor and reason, the lock and logoff.
+    let enrolled: Vec<&AuditEvent> = journal.iter().filter(|e| e.body.action == "enroll").collect();
+    assert!(enrolled.len() >= 2, "card and password enrollments: {enrolled:?}");
+    assert!(enrolled.iter().all(|e| e.body.operator == "sekisho-admin" && e.body.user == "u007"));
+    let logons: Vec<&AuditEvent> = journal
+        .iter()
+        .filter(|e| e.body.action == "logon" && e.body.outcome == Outcome::Allow)
+        .collect();
+    assert_eq!(logons.len(), 4);
+    for (e, s) in logons.iter().zip(&sessions) {
+        assert_eq!(e.body.session, *s);
+        assert_eq!(e.body.factors, ["card", "password"]);
+        assert_eq!(e.body.policy_version, "v1");
+        assert_eq!(e.body.policy_ids, ["lgwan-desktop-logon"]);
+        assert_eq!((e.body.device.as_str(), e.body.operator.as_str()), ("lgwan-desk-01", "u007"));
+        assert_eq!(e.body.tier, "lgwan");
+    }
+    let failed = journal
+        .iter()
+        .find(|e| e.body.request_id == "bad-1")
+        .expect("the failed logon is journaled");
+    assert_eq!(failed.body.outcome, Outcome::Deny);
+    assert_eq!(failed.body.reason, "factor_failed");
+    assert_eq!(failed.body.failed.get("password").map(String::as_str), Some("mismatch"));
+    for action in ["lock", "logoff"] {
+        assert!(journal.iter().any(|e| e.body.action == action && e.body.session == last), "{action}");
+    }
+    for e in &journal {
+        let line = e.to_json();
+        assert!(!line.contains(PASSWORD) && !line.contains(WRONG), "a secret in {line}");
+    }
+
+    // The CLI against the engine's store.
+    let src = store_args(&gw.engine);
+    let (code, out, err) = run(&[&["audit".to_string(), "verify".into()][..], &src].concat());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("ok      {gateway}: {head} events")), "{out}");
+    let (code, out, err) = run(
+        &[
+            &["audit", "query", "--user", "u007", "--action", "logon", "--format", "json"]
+                .map(String::from)[..],
+            &src,
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 5, "four allowed and one refused logon: {out}");
+    let (code, out, _) = run(
+        &[
+            &["audit", "query", "--outcome", "deny", "--format", "csv"].map(String::from)[..],
+            &src,
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 0);
+    assert!(out.starts_with("time,tier,gateway,seq,"), "{out}");
+    assert!(out.contains("password:mismatch"), "{out}");
+    // Paging: two at a time reaches every logon once.
+    let mut after: Option<String> = None;
+    let mut seen = BTreeSet::new();
+    loop {
+        let mut args: Vec<String> = ["audit", "query", "--action", "logon", "--limit", "2", "--format", "json"]
+            .map(String::from)
+            .to_vec();
+        if let Some(a) = &after {
+            args.extend(["--after".into(), a.clone()]);
+        }
+        let (code, out, err) = run(&[&args[..], &src].concat());
+        assert_eq!(code, 0, "{err}");
+        for line in out.lines() {
+            assert!(seen.insert(AuditEvent::from_json(line).expect("json").body.seq));
+        }
+        match err.split("--after ").nth(1) {
+            Some(cursor) => after = Some(cursor.trim().to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 5);
+
+    let out_dir = tempfile::tempdir().expect("temp dir");
+    let html = out_dir.path().join("failures.html");
+    let (code, out, err) = run(
+        &[
+            &["report".to_string(), "failures".into(), "--html".into(), html.display().to_string()][..],
+            &src,
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("lgwan") && out.contains("mismatch"), "{out}");
+    let page = std::fs::read_to_string(&html).expect("html written");
+    assert!(page.contains("<svg") && !page.contains("src="));
+    let (code, out, err) = run(&[&["report", "devices"].map(String::from)[..], &src].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("lgwan-desk-01"), "{out}");
+    let (code, out, err) = run(&[&["report", "dormant", "--days", "90"].map(String::from)[..], &src].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.lines().any(|l| l.starts_with("u007 ")), "u007 logged on today: {out}");
+    assert!(out.lines().any(|l| l.starts_with("u001 ")), "u001 never did: {out}");
+
+    // Tampering with the engine's copy: one event changed is named by its seq.
+    let changed = stored
+        .iter()
+        .find(|e| e.body.request_id == "ok-1")
+        .expect("ok-1 stored")
+        .body
+        .seq;
+    tamper_engine(&gw.engine, &gateway, changed).await;
+    let (code, out, _) = run(&[&["audit".to_string(), "verify".into()][..], &src].concat());
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("BROKEN  {gateway}: first broken link at seq {changed}")), "{out}");
+
+    // And the gateway's own journal: one row deleted is named too.
+    let journal_url = gw.config.store.clone().unwrap_or_else(|| {
+        format!("sqlite://{}", gw.dir.path().join("gateway-lgwan.db").display())
+    });
+    delete_journal_row(&journal_url, &gw.config.tenant, &gateway, 3).await;
+    let (code, out, _) = run(
+        &["audit", "verify", "--journal", &journal_url, "--tenant", &gw.config.tenant]
+            .map(String::from),
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("first broken link at seq 3") && out.contains("missing"), "{out}");
+    gw.stop().await;
+}
+
+async fn tamper_engine(engine: &TestEngine, gateway: &str, seq: u64) {
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&engine.config.store)
+        .await
+        .expect("engine db");
+    let done = sqlx::query(
+        "UPDATE audit_events SET event = REPLACE(event, '\"lgwan-desk-01\"', '\"lgwan-desk-99\"')
+         WHERE tenant = $1 AND gateway = $2 AND seq = $3",
+    )
+    .bind(&engine.config.tenant)
+    .bind(gateway)
+    .bind(seq as i64)
+    .execute(&mut conn)
+    .await
+    .expect("tamper");
+    assert_eq!(done.rows_affected(), 1);
+}
+
+async fn delete_journal_row(url: &str, tenant: &str, gateway: &str, seq: i64) {
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(url)
+        .await
+        .expect("gateway db");
+    let done = sqlx::query("DELETE FROM gw_journal WHERE tenant = $1 AND gateway = $2 AND seq = $3")
+        .bind(tenant)
+        .bind(gateway)
+        .bind(seq)
+        .execute(&mut conn)
+        .await
+        .expect("delete");
+    assert_eq!(done.rows_affected(), 1);
+}
+
+// The CLI runs synchronously while the in-process servers answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journaled_shipped_queried_and_tampering_found_on_sqlite() {
+    trail(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journaled_shipped_queried_and_tampering_found_on_postgresql() {
+    trail(Backend::Postgres).await;
+}
+
+/// The engine goes away under traffic and comes back; the gateway restarts while
+/// it is away, with events not yet shipped. Afterwards the engine holds every
+/// journaled event exactly once.
+#[tokio::test]
+async fn an_engine_outage_and_restarts_lose_nothing_and_store_nothing_twice() {
+    let devices = ["lgwan-desk-01", "lgwan-desk-17", "lgwan-desk-22"];
+    let (gw, card) = city(Backend::Sqlite, &devices).await;
+    let gateway = gw.running.gateway.journal.gateway().to_string();
+    let mut sessions = Vec::new();
+    for d in devices {
+        let mut ep = gw.endpoint(d).await;
+        let r = logon(&mut ep, "u007", &card, PASSWORD, d).await.expect("logon");
+        assert_eq!(r.decision, pb::Decision::Allow as i32, "{r:?}");
+        sessions.push((ep, r.session_id));
+    }
+    shipped(&gw, journal_head(&gw)).await;
+    let mut admin = gw.admin().await;
+
+    // The engine stops (its store and certificates stay).
+    let TestGateway {
+        engine,
+        running,
+        dir,
+        cards,
+        jpki,
+        mut config,
+    } = gw;
+    let TestEngine {
+        running: engine_running,
+        dir: engine_dir,
+        config: mut engine_config,
+    } = engine;
+    engine_config.listen = engine_running.addr;
+    engine_running.shutdown().await.expect("engine stops");
+
+    // Logons cannot be decided and are refused; locks and enrollments go on. All of
+    // it is journaled, to be shipped later.
+    for (ep, session) in sessions.iter_mut() {
+        session_call(ep, session, true).await;
+    }
+    let refused = logon(&mut sessions[0].0, "u007", &card, PASSWORD, "during-outage").await;
+    assert!(
+        refused
+            .as_ref()
+            .map_or(true, |r| r.decision != pb::Decision::Allow as i32),
+        "no engine, no allow: {refused:?}"
+    );
+    admin
+        .enroll_totp(pb::EnrollTotpRequest {
+            user: "u007".into(),
+            algorithm: String::new(),
+            digits: 0,
+        })
+        .await
+        .expect("enrollment needs no engine");
+    let backlog = *running.gateway.journal.subscribe().borrow();
+
+    // The gateway restarts (same address, so the terminals reconnect) with that
+    // backlog unshipped; then the engine comes back.
+    config.listen = running.addr;
+    running.shutdown().await;
+    let running = TestGateway::launch(&config, dir.path()).await;
+    for (ep, session) in sessions.iter_mut() {
+        session_call(ep, session, false).await;
+    }
+    let engine = TestEngine::start_with(engine_config, engine_dir).await;
+    let gw = TestGateway {
+        engine,
+        running,
+        dir,
+        cards,
+        jpki,
+        config,
+    };
+    for (i, d) in devices.iter().enumerate() {
+        let mut ep = gw.endpoint(d).await;
+        let r = logon(&mut ep, "u007", &card, PASSWORD, &format!("after-{i}"))
+            .await
+            .expect("logon");
+        assert_eq!(r.decision, pb::Decision::Allow as i32, "{r:?}");
+    }
+    let head = journal_head(&gw);
+    assert!(head > backlog);
+    shipped(&gw, head).await;
+
+    let store = engine_audit(&gw.engine).await;
+    let mut stored = all_events(&store, &gateway).await;
+    stored.sort_by_key(|e| e.body.seq);
+    let seqs: Vec<u64> = stored.iter().map(|e| e.body.seq).collect();
+    assert_eq!(seqs, (1..=head).collect::<Vec<u64>>(), "each event exactly once");
+    assert_eq!(stored, journal_events(&gw).await);
+    assert!(stored
+        .iter()
+        .filter(|e| e.body.request_id == "during-outage")
+        .all(|e| e.body.outcome != Outcome::Allow));
+    assert_eq!(stored.iter().filter(|e| e.body.action == "lock").count(), 3);
+    assert_eq!(stored.iter().filter(|e| e.body.action == "logoff").count(), 3);
+    let reports = store.verify().await.expect("verify");
+    assert!(reports.iter().all(|r| r.broken.is_none()), "{reports:?}");
+    gw.stop().await;
+}
+
+/// A free loopback port for a child process to listen on.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Kills the gateway process with SIGKILL while logons stream in: every logon that
+/// got an answer (allowed or refused) is in its journal afterwards, and the chain
+/// verifies. Its log lines hold no secret either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_logons_loses_no_answered_logon() {
+    let devices = ["lgwan-desk-01", "lgwan-desk-17", "lgwan-desk-22", "lgwan-desk-30"];
+    let (gw, card) = city(Backend::Sqlite, &devices).await;
+    let gateway = gw.running.gateway.journal.gateway().to_string();
+    // The in-process gateway enrolled everything; the real binary takes over its
+    // store, key and journal.
+    let TestGateway {
+        engine,
+        running,
+        dir,
+        cards,
+        jpki,
+        config,
+    } = gw;
+    running.shutdown().await;
+    let port = free_port();
+    let store_file = dir.path().join("gateway-lgwan.db");
+    let toml = format!(
+        "tier = \"lgwan\"\nlisten = \"127.0.0.1:{port}\"\nstore = \"sqlite://{store}\"\nkey_file = {key:?}\n\
+         [engine]\nurl = \"{engine}\"\n[tls]\ngenerate_dir = {pki:?}\n[cards]\nca = [{ca:?}]\n\
+         [argon2]\nmemory_kib = 8192\niterations = 5\n[rate_limit]\nburst = 100000\nper_device_per_minute = 100000\n",
+        store = store_file.display(),
+        key = config.key_file,
+        engine = engine.url(),
+        pki = config.tls.generate_dir,
+        ca = cards.pem_file,
+    );
+    let config_file = dir.path().join("gateway.toml");
+    std::fs::write(&config_file, toml).expect("write config");
+    let log_file = dir.path().join("gateway.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sekisho"))
+        .args(["--log", "debug", "gateway", "serve", "--config"])
+        .arg(&config_file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_file).expect("log file"))
+        .spawn()
+        .expect("start the gateway binary");
+
+    let url = format!("https://127.0.0.1:{port}");
+    let mut endpoints = Vec::new();
+    let pki = engine.running.pki.as_ref().expect("dev PKI");
+    for d in devices {
+        let (cert, key) = pki
+            .ensure_leaf(&format!("device-{d}"), d, &[], Usage::Client)
+            .expect("device certificate");
+        let tls = ClientTls {
+            ca: pki.ca(),
+            cert,
+            key,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let channel = loop {
+            match sekisho_gateway::tls::connect(&url, &tls, Some("localhost"), Duration::from_secs(5)).await {
+                Ok(c) => break c,
+                Err(e) if std::time::Instant::now() > deadline => panic!("the gateway binary did not come up: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        endpoints.push(pb::logon_client::LogonClient::new(channel));
+    }
+
+    let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let (enough_tx, enough_rx) = tokio::sync::watch::channel(0usize);
+    let mut tasks = Vec::new();
+    for (t, mut ep) in endpoints.into_iter().enumerate() {
+        let card = card.clone();
+        let answered = answered.clone();
+        let enough_tx = enough_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0.. {
+                let id = format!("t{t}-{i}");
+                let password = if i % 4 == 3 { WRONG } else { PASSWORD };
+                match logon(&mut ep, "u007", &card, password, &id).await {
+                    Ok(_) => {
+                        let mut a = answered.lock().expect("lock");
+                        a.push(id);
+                        enough_tx.send_replace(a.len());
+                    }
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    let mut enough = enough_rx;
+    tokio::time::timeout(Duration::from_secs(120), enough.wait_for(|n| *n >= 60))
+        .await
+        .expect("60 logons answered within 2 minutes")
+        .expect("traffic running");
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let answered = answered.lock().expect("lock").clone();
+    assert!(answered.len() >= 60);
+
+    let journals = Journals::open(&store_file.display().to_string()).await.expect("journal");
+    let ids = journals.list().await.expect("list");
+    let id = ids.iter().find(|i| i.gateway == gateway).expect("the gateway's journal");
+    let verdict = journals.verify(id).await.expect("verify");
+    assert!(verdict.broken.is_none(), "{verdict:?}");
+    let events = journals.all_events(id).await.expect("events");
+    let journaled: BTreeSet<&str> = events.iter().map(|e| e.body.request_id.as_str()).collect();
+    let missing: Vec<&String> = answered.iter().filter(|a| !journaled.contains(a.as_str())).collect();
+    assert!(missing.is_empty(), "answered but not journaled: {missing:?}");
+    let refused = events.iter().filter(|e| e.body.reason == "factor_failed").count();
+    assert!(refused > 0, "refused logons are journaled too");
+
+    let log = std::fs::read_to_string(&log_file).expect("log");
+    assert!(log.contains("listening"), "the binary logged: {log}");
+    assert!(!log.contains(PASSWORD) && !log.contains(WRONG), "a password in the log");
+    drop((dir, jpki));
+    engine.stop().await;
+}
