@@ -509,7 +509,12 @@ pub struct AuditSourceArgs {
     )]
     pub store: String,
     /// The municipality (tenant) in the engine's store.
-    #[arg(long, env = "SEKISHO_TENANT", default_value = "default", value_name = "ID")]
+    #[arg(
+        long,
+        env = "SEKISHO_TENANT",
+        default_value = "default",
+        value_name = "ID"
+    )]
     pub tenant: String,
     /// Read a gateway's journal instead: its database (the file gateway-TIER.db, or
     /// a sqlite:// or postgres:// URL; the journals of --tenant) or an export made
@@ -587,9 +592,19 @@ pub enum AuditCommand {
         /// A file written by `audit export --format jsonl`.
         file: PathBuf,
         /// The engine's database: sqlite://FILE or postgres://…
-        #[arg(long, env = "SEKISHO_STORE", default_value = "sqlite://sekisho-engine.db", value_name = "URL")]
+        #[arg(
+            long,
+            env = "SEKISHO_STORE",
+            default_value = "sqlite://sekisho-engine.db",
+            value_name = "URL"
+        )]
         store: String,
-        #[arg(long, env = "SEKISHO_TENANT", default_value = "default", value_name = "ID")]
+        #[arg(
+            long,
+            env = "SEKISHO_TENANT",
+            default_value = "default",
+            value_name = "ID"
+        )]
         tenant: String,
     },
 }

@@ -9,8 +9,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sekisho::cli::{
-    AgentCommand, AuditCommand, Cli, Command, DeviceCommand, EmergencyOtpCommand, EngineCommand, EnrollCommand,
-    EntitiesCommand, GatewayCommand, PolicyCommand, ReportCommand,
+    AgentCommand, AuditCommand, Cli, Command, DeviceCommand, EmergencyOtpCommand, EngineCommand,
+    EnrollCommand, EntitiesCommand, GatewayCommand, PolicyCommand, ReportCommand,
 };
 use sekisho::{cmd, Outcome};
 

@@ -13,9 +13,9 @@ use common::{sekisho, Backend, TestEngine};
 use sekisho_gateway::factors::card::sign_nonce;
 use sekisho_gateway::journal::Journals;
 use sekisho_gateway::tls::ClientTls;
-use sekisho_policy_engine::pki::Usage;
 use sekisho_policy_engine::audit::store::AuditStore;
 use sekisho_policy_engine::audit::{AuditEvent, Filter, Outcome, Page};
+use sekisho_policy_engine::pki::Usage;
 use sekisho_policy_engine::Tier;
 use sekisho_proto::v1 as pb;
 use tonic::transport::Channel;
@@ -165,7 +165,9 @@ async fn trail(backend: Backend) {
         assert_eq!(r.decision, pb::Decision::Allow as i32, "{r:?}");
         sessions.push(r.session_id);
     }
-    let r = logon(&mut ep, "u007", &card, WRONG, "bad-1").await.expect("logon");
+    let r = logon(&mut ep, "u007", &card, WRONG, "bad-1")
+        .await
+        .expect("logon");
     assert_eq!(r.reason, "factor_failed");
     let last = sessions.last().cloned().unwrap_or_default();
     session_call(&mut ep, &last, true).await;
@@ -179,13 +181,24 @@ async fn trail(backend: Backend) {
     assert_eq!(stored.len() as u64, head, "every journaled event arrived");
     let mut by_seq = stored.clone();
     by_seq.sort_by_key(|e| e.body.seq);
-    assert_eq!(by_seq, journal, "the engine holds the journal's very events");
+    assert_eq!(
+        by_seq, journal,
+        "the engine holds the journal's very events"
+    );
 
     // What an auditor reads: enrollments by the admin, each logon with its factors
     // and version, the failure with its factor and reason, the lock and logoff.
-    let enrolled: Vec<&AuditEvent> = journal.iter().filter(|e| e.body.action == "enroll").collect();
-    assert!(enrolled.len() >= 2, "card and password enrollments: {enrolled:?}");
-    assert!(enrolled.iter().all(|e| e.body.operator == "sekisho-admin" && e.body.user == "u007"));
+    let enrolled: Vec<&AuditEvent> = journal
+        .iter()
+        .filter(|e| e.body.action == "enroll")
+        .collect();
+    assert!(
+        enrolled.len() >= 2,
+        "card and password enrollments: {enrolled:?}"
+    );
+    assert!(enrolled
+        .iter()
+        .all(|e| e.body.operator == "sekisho-admin" && e.body.user == "u007"));
     let logons: Vec<&AuditEvent> = journal
         .iter()
         .filter(|e| e.body.action == "logon" && e.body.outcome == Outcome::Allow)
@@ -196,7 +209,10 @@ async fn trail(backend: Backend) {
         assert_eq!(e.body.factors, ["card", "password"]);
         assert_eq!(e.body.policy_version, "v1");
         assert_eq!(e.body.policy_ids, ["lgwan-desktop-logon"]);
-        assert_eq!((e.body.device.as_str(), e.body.operator.as_str()), ("lgwan-desk-01", "u007"));
+        assert_eq!(
+            (e.body.device.as_str(), e.body.operator.as_str()),
+            ("lgwan-desk-01", "u007")
+        );
         assert_eq!(e.body.tier, "lgwan");
     }
     let failed = journal
@@ -205,37 +221,53 @@ async fn trail(backend: Backend) {
         .expect("the failed logon is journaled");
     assert_eq!(failed.body.outcome, Outcome::Deny);
     assert_eq!(failed.body.reason, "factor_failed");
-    assert_eq!(failed.body.failed.get("password").map(String::as_str), Some("mismatch"));
+    assert_eq!(
+        failed.body.failed.get("password").map(String::as_str),
+        Some("mismatch")
+    );
     for action in ["lock", "logoff"] {
-        assert!(journal.iter().any(|e| e.body.action == action && e.body.session == last), "{action}");
+        assert!(
+            journal
+                .iter()
+                .any(|e| e.body.action == action && e.body.session == last),
+            "{action}"
+        );
     }
     for e in &journal {
         let line = e.to_json();
-        assert!(!line.contains(PASSWORD) && !line.contains(WRONG), "a secret in {line}");
+        assert!(
+            !line.contains(PASSWORD) && !line.contains(WRONG),
+            "a secret in {line}"
+        );
     }
 
     // The CLI against the engine's store.
     let src = store_args(&gw.engine);
     let (code, out, err) = run(&[&["audit".to_string(), "verify".into()][..], &src].concat());
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains(&format!("ok      {gateway}: {head} events")), "{out}");
-    let (code, out, err) = run(
-        &[
-            &["audit", "query", "--user", "u007", "--action", "logon", "--format", "json"]
-                .map(String::from)[..],
-            &src,
-        ]
-        .concat(),
+    assert!(
+        out.contains(&format!("ok      {gateway}: {head} events")),
+        "{out}"
     );
+    let (code, out, err) = run(&[
+        &[
+            "audit", "query", "--user", "u007", "--action", "logon", "--format", "json",
+        ]
+        .map(String::from)[..],
+        &src,
+    ]
+    .concat());
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out.lines().count(), 5, "four allowed and one refused logon: {out}");
-    let (code, out, _) = run(
-        &[
-            &["audit", "query", "--outcome", "deny", "--format", "csv"].map(String::from)[..],
-            &src,
-        ]
-        .concat(),
+    assert_eq!(
+        out.lines().count(),
+        5,
+        "four allowed and one refused logon: {out}"
     );
+    let (code, out, _) = run(&[
+        &["audit", "query", "--outcome", "deny", "--format", "csv"].map(String::from)[..],
+        &src,
+    ]
+    .concat());
     assert_eq!(code, 0);
     assert!(out.starts_with("time,tier,gateway,seq,"), "{out}");
     assert!(out.contains("password:mismatch"), "{out}");
@@ -243,9 +275,11 @@ async fn trail(backend: Backend) {
     let mut after: Option<String> = None;
     let mut seen = BTreeSet::new();
     loop {
-        let mut args: Vec<String> = ["audit", "query", "--action", "logon", "--limit", "2", "--format", "json"]
-            .map(String::from)
-            .to_vec();
+        let mut args: Vec<String> = [
+            "audit", "query", "--action", "logon", "--limit", "2", "--format", "json",
+        ]
+        .map(String::from)
+        .to_vec();
         if let Some(a) = &after {
             args.extend(["--after".into(), a.clone()]);
         }
@@ -263,13 +297,16 @@ async fn trail(backend: Backend) {
 
     let out_dir = tempfile::tempdir().expect("temp dir");
     let html = out_dir.path().join("failures.html");
-    let (code, out, err) = run(
+    let (code, out, err) = run(&[
         &[
-            &["report".to_string(), "failures".into(), "--html".into(), html.display().to_string()][..],
-            &src,
-        ]
-        .concat(),
-    );
+            "report".to_string(),
+            "failures".into(),
+            "--html".into(),
+            html.display().to_string(),
+        ][..],
+        &src,
+    ]
+    .concat());
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("lgwan") && out.contains("mismatch"), "{out}");
     let page = std::fs::read_to_string(&html).expect("html written");
@@ -277,10 +314,20 @@ async fn trail(backend: Backend) {
     let (code, out, err) = run(&[&["report", "devices"].map(String::from)[..], &src].concat());
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("lgwan-desk-01"), "{out}");
-    let (code, out, err) = run(&[&["report", "dormant", "--days", "90"].map(String::from)[..], &src].concat());
+    let (code, out, err) = run(&[
+        &["report", "dormant", "--days", "90"].map(String::from)[..],
+        &src,
+    ]
+    .concat());
     assert_eq!(code, 0, "{err}");
-    assert!(!out.lines().any(|l| l.starts_with("u007 ")), "u007 logged on today: {out}");
-    assert!(out.lines().any(|l| l.starts_with("u001 ")), "u001 never did: {out}");
+    assert!(
+        !out.lines().any(|l| l.starts_with("u007 ")),
+        "u007 logged on today: {out}"
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with("u001 ")),
+        "u001 never did: {out}"
+    );
 
     // Tampering with the engine's copy: one event changed is named by its seq.
     let changed = stored
@@ -292,19 +339,35 @@ async fn trail(backend: Backend) {
     tamper_engine(&gw.engine, &gateway, changed).await;
     let (code, out, _) = run(&[&["audit".to_string(), "verify".into()][..], &src].concat());
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains(&format!("BROKEN  {gateway}: first broken link at seq {changed}")), "{out}");
+    assert!(
+        out.contains(&format!(
+            "BROKEN  {gateway}: first broken link at seq {changed}"
+        )),
+        "{out}"
+    );
 
     // And the gateway's own journal: one row deleted is named too.
     let journal_url = gw.config.store.clone().unwrap_or_else(|| {
-        format!("sqlite://{}", gw.dir.path().join("gateway-lgwan.db").display())
+        format!(
+            "sqlite://{}",
+            gw.dir.path().join("gateway-lgwan.db").display()
+        )
     });
     delete_journal_row(&journal_url, &gw.config.tenant, &gateway, 3).await;
-    let (code, out, _) = run(
-        &["audit", "verify", "--journal", &journal_url, "--tenant", &gw.config.tenant]
-            .map(String::from),
-    );
+    let (code, out, _) = run(&[
+        "audit",
+        "verify",
+        "--journal",
+        &journal_url,
+        "--tenant",
+        &gw.config.tenant,
+    ]
+    .map(String::from));
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("first broken link at seq 3") && out.contains("missing"), "{out}");
+    assert!(
+        out.contains("first broken link at seq 3") && out.contains("missing"),
+        "{out}"
+    );
     gw.stop().await;
 }
 
@@ -331,13 +394,14 @@ async fn delete_journal_row(url: &str, tenant: &str, gateway: &str, seq: i64) {
     let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(url)
         .await
         .expect("gateway db");
-    let done = sqlx::query("DELETE FROM gw_journal WHERE tenant = $1 AND gateway = $2 AND seq = $3")
-        .bind(tenant)
-        .bind(gateway)
-        .bind(seq)
-        .execute(&mut conn)
-        .await
-        .expect("delete");
+    let done =
+        sqlx::query("DELETE FROM gw_journal WHERE tenant = $1 AND gateway = $2 AND seq = $3")
+            .bind(tenant)
+            .bind(gateway)
+            .bind(seq)
+            .execute(&mut conn)
+            .await
+            .expect("delete");
     assert_eq!(done.rows_affected(), 1);
 }
 
@@ -363,7 +427,9 @@ async fn an_engine_outage_and_restarts_lose_nothing_and_store_nothing_twice() {
     let mut sessions = Vec::new();
     for d in devices {
         let mut ep = gw.endpoint(d).await;
-        let r = logon(&mut ep, "u007", &card, PASSWORD, d).await.expect("logon");
+        let r = logon(&mut ep, "u007", &card, PASSWORD, d)
+            .await
+            .expect("logon");
         assert_eq!(r.decision, pb::Decision::Allow as i32, "{r:?}");
         sessions.push((ep, r.session_id));
     }
@@ -441,14 +507,21 @@ async fn an_engine_outage_and_restarts_lose_nothing_and_store_nothing_twice() {
     let mut stored = all_events(&store, &gateway).await;
     stored.sort_by_key(|e| e.body.seq);
     let seqs: Vec<u64> = stored.iter().map(|e| e.body.seq).collect();
-    assert_eq!(seqs, (1..=head).collect::<Vec<u64>>(), "each event exactly once");
+    assert_eq!(
+        seqs,
+        (1..=head).collect::<Vec<u64>>(),
+        "each event exactly once"
+    );
     assert_eq!(stored, journal_events(&gw).await);
     assert!(stored
         .iter()
         .filter(|e| e.body.request_id == "during-outage")
         .all(|e| e.body.outcome != Outcome::Allow));
     assert_eq!(stored.iter().filter(|e| e.body.action == "lock").count(), 3);
-    assert_eq!(stored.iter().filter(|e| e.body.action == "logoff").count(), 3);
+    assert_eq!(
+        stored.iter().filter(|e| e.body.action == "logoff").count(),
+        3
+    );
     let reports = store.verify().await.expect("verify");
     assert!(reports.iter().all(|r| r.broken.is_none()), "{reports:?}");
     gw.stop().await;
@@ -467,7 +540,12 @@ fn free_port() -> u16 {
 /// verifies. Its log lines hold no secret either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_logons_loses_no_answered_logon() {
-    let devices = ["lgwan-desk-01", "lgwan-desk-17", "lgwan-desk-22", "lgwan-desk-30"];
+    let devices = [
+        "lgwan-desk-01",
+        "lgwan-desk-17",
+        "lgwan-desk-22",
+        "lgwan-desk-30",
+    ];
     let (gw, card) = city(Backend::Sqlite, &devices).await;
     let gateway = gw.running.gateway.journal.gateway().to_string();
     // The in-process gateway enrolled everything; the real binary takes over its
@@ -518,9 +596,18 @@ async fn sigkill_during_logons_loses_no_answered_logon() {
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         let channel = loop {
-            match sekisho_gateway::tls::connect(&url, &tls, Some("localhost"), Duration::from_secs(5)).await {
+            match sekisho_gateway::tls::connect(
+                &url,
+                &tls,
+                Some("localhost"),
+                Duration::from_secs(5),
+            )
+            .await
+            {
                 Ok(c) => break c,
-                Err(e) if std::time::Instant::now() > deadline => panic!("the gateway binary did not come up: {e}"),
+                Err(e) if std::time::Instant::now() > deadline => {
+                    panic!("the gateway binary did not come up: {e}")
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         };
@@ -562,21 +649,233 @@ async fn sigkill_during_logons_loses_no_answered_logon() {
     let answered = answered.lock().expect("lock").clone();
     assert!(answered.len() >= 60);
 
-    let journals = Journals::open(&store_file.display().to_string()).await.expect("journal");
+    let journals = Journals::open(&store_file.display().to_string())
+        .await
+        .expect("journal");
     let ids = journals.list().await.expect("list");
-    let id = ids.iter().find(|i| i.gateway == gateway).expect("the gateway's journal");
+    let id = ids
+        .iter()
+        .find(|i| i.gateway == gateway)
+        .expect("the gateway's journal");
     let verdict = journals.verify(id).await.expect("verify");
     assert!(verdict.broken.is_none(), "{verdict:?}");
     let events = journals.all_events(id).await.expect("events");
     let journaled: BTreeSet<&str> = events.iter().map(|e| e.body.request_id.as_str()).collect();
-    let missing: Vec<&String> = answered.iter().filter(|a| !journaled.contains(a.as_str())).collect();
-    assert!(missing.is_empty(), "answered but not journaled: {missing:?}");
-    let refused = events.iter().filter(|e| e.body.reason == "factor_failed").count();
+    let missing: Vec<&String> = answered
+        .iter()
+        .filter(|a| !journaled.contains(a.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "answered but not journaled: {missing:?}"
+    );
+    let refused = events
+        .iter()
+        .filter(|e| e.body.reason == "factor_failed")
+        .count();
     assert!(refused > 0, "refused logons are journaled too");
 
     let log = std::fs::read_to_string(&log_file).expect("log");
     assert!(log.contains("listening"), "the binary logged: {log}");
-    assert!(!log.contains(PASSWORD) && !log.contains(WRONG), "a password in the log");
+    assert!(
+        !log.contains(PASSWORD) && !log.contains(WRONG),
+        "a password in the log"
+    );
     drop((dir, jpki));
     engine.stop().await;
+}
+
+/// Log lines captured for one test (its thread's subscriber).
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether `code` occurs in `text` as a token of its own (not inside a hex hash).
+fn contains_token(text: &str, code: &str) -> bool {
+    text.match_indices(code).any(|(i, _)| {
+        let before = text[..i].chars().next_back();
+        let after = text[i + code.len()..].chars().next();
+        !before.is_some_and(|c| c.is_ascii_alphanumeric())
+            && !after.is_some_and(|c| c.is_ascii_alphanumeric())
+    })
+}
+
+/// Every kind of secret goes through a gateway (password right and wrong, PIN,
+/// TOTP code and its replay, emergency OTP, a face vector): none of them appears in
+/// a log line at TRACE, in the journal, in the engine's copy or in its decision log.
+#[tokio::test]
+async fn no_secret_reaches_an_event_or_a_log_line() {
+    let logs = Captured::default();
+    let sink = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let gw = TestGateway::start(Tier::Telework, |_| {}).await;
+    let capture_key = gw.register("tw-pc-01", "telework", &["face"]).await;
+    let password = "Ginza-4-chome-pw";
+    let wrong = "Shibuya-109-pw";
+    let pin = "482915";
+    gw.set_secret("u017", "password", password).await;
+    gw.set_secret("u017", "pin", pin).await;
+    let totp_secret = gw.enroll_totp("u017").await;
+    let face = common::gateway::vector(17, 0, 0.0);
+    gw.enroll_template("u017", "face", face.clone()).await;
+    let otp = gw
+        .admin()
+        .await
+        .issue_emergency_otp(pb::IssueEmergencyOtpRequest {
+            user: "u017".into(),
+            ttl_secs: 3_600,
+        })
+        .await
+        .expect("issue")
+        .into_inner()
+        .code;
+
+    let mut ep = gw.endpoint("tw-pc-01").await;
+    let step = common::gateway::now_secs() / 30;
+    let code = sekisho_gateway::factors::totp::code_at(
+        &totp_secret,
+        &sekisho_gateway::factors::totp::TotpParams::default(),
+        step,
+    );
+    let capture = common::gateway::vector(17, 1, 0.05);
+    let attempts: Vec<Vec<pb::proof::Proof>> = vec![
+        vec![
+            pb::proof::Proof::Password(password.into()),
+            pb::proof::Proof::Totp(code.clone()),
+        ],
+        // The same code again (replayed), a wrong password, a PIN, the emergency OTP.
+        vec![
+            pb::proof::Proof::Password(wrong.into()),
+            pb::proof::Proof::Totp(code.clone()),
+        ],
+        vec![
+            pb::proof::Proof::Pin(pin.into()),
+            pb::proof::Proof::EmergencyOtp(otp.clone()),
+        ],
+        vec![pb::proof::Proof::Password(password.into())],
+    ];
+    for (i, proofs) in attempts.into_iter().enumerate() {
+        let c = ep
+            .begin(pb::BeginRequest {
+                user: "u017".into(),
+                action: "logon".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("begin")
+            .into_inner();
+        let mut proofs = proofs;
+        if i == 3 {
+            let signature = sekisho_gateway::factors::biometric::sign_capture(
+                &capture_key,
+                sekisho_gateway::factors::biometric::BiometricFactor::Face,
+                &c.nonces["face"],
+                &capture,
+            )
+            .expect("sign capture");
+            proofs.push(pb::proof::Proof::Face(pb::BiometricProof {
+                vector: capture.clone(),
+                signature,
+            }));
+        }
+        ep.complete(pb::CompleteRequest {
+            challenge_id: c.challenge_id,
+            proofs: proofs
+                .into_iter()
+                .map(|p| pb::Proof { proof: Some(p) })
+                .collect(),
+            request_id: format!("secret-{i}"),
+        })
+        .await
+        .expect("complete");
+    }
+    let head = journal_head(&gw);
+    shipped(&gw, head).await;
+
+    let mut texts: Vec<(&str, String)> = Vec::new();
+    let journal: Vec<String> = journal_events(&gw)
+        .await
+        .iter()
+        .map(AuditEvent::to_json)
+        .collect();
+    assert!(
+        journal.iter().any(|l| l.contains("\"replayed\"")),
+        "the replay is journaled"
+    );
+    texts.push(("journal", journal.join("\n")));
+    let stored: Vec<String> = all_events(
+        &engine_audit(&gw.engine).await,
+        gw.running.gateway.journal.gateway(),
+    )
+    .await
+    .iter()
+    .map(AuditEvent::to_json)
+    .collect();
+    texts.push(("engine events", stored.join("\n")));
+    // The engine writes its decision log behind the answers; stopping it flushes.
+    let TestGateway {
+        engine, running, ..
+    } = gw;
+    running.shutdown().await;
+    let TestEngine {
+        running: engine_running,
+        dir: _engine_dir,
+        config: engine_config,
+    } = engine;
+    engine_running.shutdown().await.expect("engine stops");
+    let store = AuditStore::open(&engine_config.store, &engine_config.tenant)
+        .await
+        .expect("engine store");
+    let decisions = store
+        .decisions(Some("u017"), 1_000)
+        .await
+        .expect("decision log");
+    assert!(!decisions.is_empty(), "decisions are logged");
+    texts.push(("decision log", format!("{decisions:?}")));
+    texts.push((
+        "log",
+        String::from_utf8_lossy(&logs.0.lock().expect("logs")).into_owned(),
+    ));
+    assert!(
+        texts[3].1.contains("allowed"),
+        "the capture works: {}",
+        texts[3].1
+    );
+
+    let floats: Vec<String> = capture
+        .iter()
+        .chain(&face)
+        .take(8)
+        .flat_map(|f| [format!("{f}"), format!("{f:?}")])
+        .filter(|s| s.len() > 5)
+        .collect();
+    for (what, text) in &texts {
+        for secret in [password, wrong, otp.as_str()] {
+            assert!(!text.contains(secret), "'{secret}' in the {what}");
+        }
+        for code in [pin, code.as_str()] {
+            assert!(!contains_token(text, code), "code '{code}' in the {what}");
+        }
+        for f in &floats {
+            assert!(
+                !text.contains(f.as_str()),
+                "vector component {f} in the {what}"
+            );
+        }
+    }
 }

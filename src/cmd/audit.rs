@@ -11,12 +11,12 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use chrono::{Local, NaiveDate, NaiveDateTime, TimeZone};
+use sekisho_gateway::journal::Journals;
 use sekisho_policy_engine::audit::query::select;
 use sekisho_policy_engine::audit::store::AuditStore;
 use sekisho_policy_engine::audit::{
     AuditEvent, BrokenLink, ChainState, Cursor, Filter, Outcome, Page,
 };
-use sekisho_gateway::journal::Journals;
 use sekisho_policy_engine::store::redact_url;
 
 use crate::cli::{AuditFilterArgs, AuditSourceArgs};
@@ -67,7 +67,11 @@ impl Source {
     }
 
     /// Calls `f` with every matching event in time order, a chunk at a time.
-    pub async fn each(&self, filter: &Filter, mut f: impl FnMut(&AuditEvent) -> Result<()>) -> Result<u64> {
+    pub async fn each(
+        &self,
+        filter: &Filter,
+        mut f: impl FnMut(&AuditEvent) -> Result<()>,
+    ) -> Result<u64> {
         let mut page = Page {
             after: None,
             limit: CHUNK,
@@ -129,16 +133,19 @@ async fn read_journal(
         }
         return Ok((events, Some((journals, tenant.to_string()))));
     }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {} (expected JSON lines or a gateway database)", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read {} (expected JSON lines or a gateway database)",
+            path.display()
+        )
+    })?;
     let mut events = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         events.push(
-            AuditEvent::from_json(line)
-                .with_context(|| format!("{}:{}", path.display(), i + 1))?,
+            AuditEvent::from_json(line).with_context(|| format!("{}:{}", path.display(), i + 1))?,
         );
     }
     Ok((events, None))
@@ -157,7 +164,12 @@ pub fn parse_time(text: &str) -> Result<i64> {
             .map(|d| d.timestamp_millis())
             .with_context(|| format!("'{text}' does not exist in the local time zone"))
     };
-    for format in ["%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"] {
+    for format in [
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+    ] {
         if let Ok(naive) = NaiveDateTime::parse_from_str(t, format) {
             return local(naive);
         }
@@ -212,7 +224,11 @@ pub async fn query(
         bail!("--limit must be 1 to 10000");
     }
     let after = after
-        .map(|a| Cursor::parse(a).with_context(|| format!("--after '{a}' is not a cursor printed by a previous page")))
+        .map(|a| {
+            Cursor::parse(a).with_context(|| {
+                format!("--after '{a}' is not a cursor printed by a previous page")
+            })
+        })
         .transpose()?;
     let filter = filter(filter_args)?;
     let source = Source::open(source).await?;
@@ -240,8 +256,8 @@ pub async fn query(
 
 /// The columns of the table and CSV forms.
 const COLUMNS: [&str; 12] = [
-    "time", "tier", "gateway", "seq", "device", "user", "operator", "action", "outcome",
-    "factors", "failed", "reason",
+    "time", "tier", "gateway", "seq", "device", "user", "operator", "action", "outcome", "factors",
+    "failed", "reason",
 ];
 
 fn row(e: &AuditEvent) -> [String; 12] {
@@ -422,13 +438,19 @@ pub async fn export(
     // failed export never leaves half a file where the complete one is expected.
     let (mut out, tmp): (Box<dyn Write>, Option<tempfile::NamedTempFile>) = match out_path {
         Some(p) => {
-            let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let dir = p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
             let tmp = tempfile::NamedTempFile::new_in(dir)
                 .with_context(|| format!("cannot write in {}", dir.display()))?;
             let file = tmp.reopen()?;
             (Box::new(std::io::BufWriter::new(file)), Some(tmp))
         }
-        None => (Box::new(std::io::BufWriter::new(std::io::stdout().lock())), None),
+        None => (
+            Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            None,
+        ),
     };
     if format == "csv" {
         write_csv_header(&mut out)?;
@@ -481,7 +503,10 @@ mod tests {
 
     #[test]
     fn times_in_every_accepted_form() {
-        assert_eq!(parse_time("2026-11-22T05:02:00Z").unwrap(), 1_795_842_120_000);
+        assert_eq!(
+            parse_time("2026-11-22T05:02:00Z").unwrap(),
+            1_795_842_120_000
+        );
         assert!(parse_time("2026-11-22").is_ok());
         assert!(parse_time("2026-11-22 14:02").is_ok());
         let week = parse_time("7d").unwrap();

@@ -46,19 +46,26 @@ fn period_line(f: &Filter, locale: Locale) -> String {
 }
 
 fn write_html(path: &Path, page: &html::Page) -> Result<()> {
-    std::fs::write(path, page.finish()).with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::write(path, page.finish())
+        .with_context(|| format!("cannot write {}", path.display()))?;
     eprintln!("HTML report written to {}", path.display());
     Ok(())
 }
 
-pub async fn dormant(days: u32, source_args: &AuditSourceArgs, output: &ReportOutputArgs) -> Result<Exit> {
+pub async fn dormant(
+    days: u32,
+    source_args: &AuditSourceArgs,
+    output: &ReportOutputArgs,
+) -> Result<Exit> {
     let locale = Locale::from_env();
     let source = Source::open(source_args).await?;
     let (users, last) = match &source {
         Source::Store(audit) => {
             let store = Store::open(&source_args.store, &source_args.tenant)
                 .await
-                .with_context(|| format!("the engine's store {}", redact_url(&source_args.store)))?;
+                .with_context(|| {
+                    format!("the engine's store {}", redact_url(&source_args.store))
+                })?;
             let users = store
                 .load_entities()
                 .await?
@@ -117,20 +124,36 @@ pub async fn dormant(days: u32, source_args: &AuditSourceArgs, output: &ReportOu
         label("last_logon", locale),
     ];
     let lead = match locale {
-        Locale::Ja => format!("{}日以上ログオンのないアカウント: {} / {}", days, rows.len(), users.len()),
-        Locale::En => format!("Accounts without a logon for {} days: {} of {}", days, rows.len(), users.len()),
+        Locale::Ja => format!(
+            "{}日以上ログオンのないアカウント: {} / {}",
+            days,
+            rows.len(),
+            users.len()
+        ),
+        Locale::En => format!(
+            "Accounts without a logon for {} days: {} of {}",
+            days,
+            rows.len(),
+            users.len()
+        ),
     };
     println!("{lead}");
     print_table(&mut std::io::stdout().lock(), &header, &rows)?;
     if let Some(path) = &output.html {
         let mut page = html::Page::new(label("dormant_title", locale), locale);
-        page.paragraph(label("dormant_lead", locale)).paragraph(&lead).table(&header, &rows);
+        page.paragraph(label("dormant_lead", locale))
+            .paragraph(&lead)
+            .table(&header, &rows);
         write_html(path, &page)?;
     }
     Ok(Exit::Ok)
 }
 
-pub async fn devices(source_args: &AuditSourceArgs, p: &ReportPeriodArgs, output: &ReportOutputArgs) -> Result<Exit> {
+pub async fn devices(
+    source_args: &AuditSourceArgs,
+    p: &ReportPeriodArgs,
+    output: &ReportOutputArgs,
+) -> Result<Exit> {
     let locale = Locale::from_env();
     let mut filter = period(p)?;
     filter.action = Some("logon".into());
@@ -147,14 +170,33 @@ pub async fn devices(source_args: &AuditSourceArgs, p: &ReportPeriodArgs, output
 
     let mut ranked: Vec<(&String, &report::DeviceUse)> = usage.devices.iter().collect();
     ranked.sort_by(|a, b| b.1.total.cmp(&a.1.total).then_with(|| a.0.cmp(b.0)));
-    let mut header: Vec<&str> = vec![label("device", locale), label("tier", locale), label("total", locale), label("users", locale)];
-    let day_cols: Vec<String> = usage.days.iter().map(|d| d.get(5..).unwrap_or(d).to_string()).collect();
+    let mut header: Vec<&str> = vec![
+        label("device", locale),
+        label("tier", locale),
+        label("total", locale),
+        label("users", locale),
+    ];
+    let day_cols: Vec<String> = usage
+        .days
+        .iter()
+        .map(|d| d.get(5..).unwrap_or(d).to_string())
+        .collect();
     header.extend(day_cols.iter().map(String::as_str));
     let rows: Vec<Vec<String>> = ranked
         .iter()
         .map(|(id, d)| {
-            let mut r = vec![(*id).clone(), d.tier.clone(), d.total.to_string(), d.users.to_string()];
-            r.extend(usage.days.iter().map(|day| d.per_day.get(day).copied().unwrap_or(0).to_string()));
+            let mut r = vec![
+                (*id).clone(),
+                d.tier.clone(),
+                d.total.to_string(),
+                d.users.to_string(),
+            ];
+            r.extend(
+                usage
+                    .days
+                    .iter()
+                    .map(|day| d.per_day.get(day).copied().unwrap_or(0).to_string()),
+            );
             r
         })
         .collect();
@@ -180,7 +222,10 @@ pub async fn devices(source_args: &AuditSourceArgs, p: &ReportPeriodArgs, output
             )
             .bar_chart(
                 label("per_device", locale),
-                &ranked.iter().map(|(id, d)| ((*id).clone(), d.total)).collect::<Vec<_>>(),
+                &ranked
+                    .iter()
+                    .map(|(id, d)| ((*id).clone(), d.total))
+                    .collect::<Vec<_>>(),
             )
             .table(&header, &rows);
         write_html(path, &page)?;
@@ -188,7 +233,17 @@ pub async fn devices(source_args: &AuditSourceArgs, p: &ReportPeriodArgs, output
     Ok(Exit::Ok)
 }
 
-pub async fn failures(source_args: &AuditSourceArgs, p: &ReportPeriodArgs, output: &ReportOutputArgs) -> Result<Exit> {
+/// Rows ordered by their count, largest first (ties keep their order).
+fn most_first(mut rows: Vec<(u64, Vec<String>)>) -> Vec<Vec<String>> {
+    rows.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+    rows.into_iter().map(|(_, r)| r).collect()
+}
+
+pub async fn failures(
+    source_args: &AuditSourceArgs,
+    p: &ReportPeriodArgs,
+    output: &ReportOutputArgs,
+) -> Result<Exit> {
     let locale = Locale::from_env();
     let filter = period(p)?;
     let source = Source::open(source_args).await?;
@@ -200,33 +255,73 @@ pub async fn failures(source_args: &AuditSourceArgs, p: &ReportPeriodArgs, outpu
         })
         .await?;
 
-    let tier_rows: Vec<Vec<String>> = f.by_tier.iter().map(|(t, n)| vec![t.clone(), n.to_string()]).collect();
-    let mut factor_rows: Vec<(u64, Vec<String>)> = f
+    let tier_rows: Vec<Vec<String>> = f
+        .by_tier
+        .iter()
+        .map(|(t, n)| vec![t.clone(), n.to_string()])
+        .collect();
+    let factor_rows: Vec<(u64, Vec<String>)> = f
         .by_factor
         .iter()
         .map(|((tier, factor, code), n)| {
-            (*n, vec![tier.clone(), factor.clone(), report::explain(code, true, locale), n.to_string()])
+            (
+                *n,
+                vec![
+                    tier.clone(),
+                    factor.clone(),
+                    report::explain(code, true, locale),
+                    n.to_string(),
+                ],
+            )
         })
         .collect();
-    factor_rows.sort_by(|a, b| b.0.cmp(&a.0));
-    let factor_rows: Vec<Vec<String>> = factor_rows.into_iter().map(|(_, r)| r).collect();
-    let mut reason_rows: Vec<(u64, Vec<String>)> = f
+    let factor_rows = most_first(factor_rows);
+    let reason_rows: Vec<(u64, Vec<String>)> = f
         .by_reason
         .iter()
-        .map(|((tier, reason), n)| (*n, vec![tier.clone(), report::explain(reason, false, locale), n.to_string()]))
+        .map(|((tier, reason), n)| {
+            (
+                *n,
+                vec![
+                    tier.clone(),
+                    report::explain(reason, false, locale),
+                    n.to_string(),
+                ],
+            )
+        })
         .collect();
-    reason_rows.sort_by(|a, b| b.0.cmp(&a.0));
-    let reason_rows: Vec<Vec<String>> = reason_rows.into_iter().map(|(_, r)| r).collect();
+    let reason_rows = most_first(reason_rows);
     let lockout_rows: Vec<Vec<String>> = f
         .lockouts
         .iter()
-        .map(|l| vec![local_time(l.ts_ms), l.tier.clone(), l.user.clone(), l.device.clone()])
+        .map(|l| {
+            vec![
+                local_time(l.ts_ms),
+                l.tier.clone(),
+                l.user.clone(),
+                l.device.clone(),
+            ]
+        })
         .collect();
 
     let tier_h = [label("tier", locale), label("refused", locale)];
-    let factor_h = [label("tier", locale), label("factor", locale), label("reason", locale), label("count", locale)];
-    let reason_h = [label("tier", locale), label("reason", locale), label("count", locale)];
-    let lock_h = [label("time", locale), label("tier", locale), label("user", locale), label("device", locale)];
+    let factor_h = [
+        label("tier", locale),
+        label("factor", locale),
+        label("reason", locale),
+        label("count", locale),
+    ];
+    let reason_h = [
+        label("tier", locale),
+        label("reason", locale),
+        label("count", locale),
+    ];
+    let lock_h = [
+        label("time", locale),
+        label("tier", locale),
+        label("user", locale),
+        label("device", locale),
+    ];
     let mut out = std::io::stdout().lock();
     println!("{}", period_line(&filter, locale));
     print_table(&mut out, &tier_h, &tier_rows)?;
@@ -246,7 +341,10 @@ pub async fn failures(source_args: &AuditSourceArgs, p: &ReportPeriodArgs, outpu
             .paragraph(&period_line(&filter, locale))
             .bar_chart(
                 label("refused", locale),
-                &f.by_tier.iter().map(|(t, n)| (t.clone(), *n)).collect::<Vec<_>>(),
+                &f.by_tier
+                    .iter()
+                    .map(|(t, n)| (t.clone(), *n))
+                    .collect::<Vec<_>>(),
             )
             .table(&tier_h, &tier_rows)
             .heading(label("reason", locale))
@@ -280,11 +378,19 @@ pub async fn operators(device: &str, at: &str, source_args: &AuditSourceArgs) ->
             ..Filter::default()
         })
         .await?;
-    println!("{} {device} @ {}", label("operators_title", locale), local_time(at_ms));
+    println!(
+        "{} {device} @ {}",
+        label("operators_title", locale),
+        local_time(at_ms)
+    );
     match report::operator_at(&events, at_ms) {
         None => println!("{}", label("nobody", locale)),
         Some(o) => {
-            let state = if o.locked { format!(" ({})", label("locked", locale)) } else { String::new() };
+            let state = if o.locked {
+                format!(" ({})", label("locked", locale))
+            } else {
+                String::new()
+            };
             println!("{}: {}{state}", label("operator", locale), o.operator);
             println!("{}: {}", label("account", locale), o.account);
             println!("{}: {}", label("since", locale), local_time(o.since_ms));
@@ -309,7 +415,14 @@ pub async fn operators(device: &str, at: &str, source_args: &AuditSourceArgs) ->
     } else {
         print_table(
             &mut std::io::stdout().lock(),
-            &[label("time", locale), label("action", locale), "", label("user", locale), label("operator", locale), label("factor", locale)],
+            &[
+                label("time", locale),
+                label("action", locale),
+                "",
+                label("user", locale),
+                label("operator", locale),
+                label("factor", locale),
+            ],
             &rows,
         )?;
     }

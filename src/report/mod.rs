@@ -37,7 +37,13 @@ pub fn local_time(unix_ms: i64) -> String {
 fn width(s: &str) -> usize {
     s.chars()
         .map(|c| match c as u32 {
-            0x1100..=0x115F | 0x2E80..=0xA4CF | 0xAC00..=0xD7A3 | 0xF900..=0xFAFF | 0xFE30..=0xFE4F | 0xFF00..=0xFF60 | 0xFFE0..=0xFFE6 => 2,
+            0x1100..=0x115F
+            | 0x2E80..=0xA4CF
+            | 0xAC00..=0xD7A3
+            | 0xF900..=0xFAFF
+            | 0xFE30..=0xFE4F
+            | 0xFF00..=0xFF60
+            | 0xFFE0..=0xFFE6 => 2,
             _ => 1,
         })
         .sum()
@@ -67,7 +73,11 @@ pub fn print_table<R: AsRef<[String]>>(
     };
     writeln!(out, "{}", line(header.to_vec()))?;
     for r in rows {
-        writeln!(out, "{}", line(r.as_ref().iter().map(String::as_str).collect()))?;
+        writeln!(
+            out,
+            "{}",
+            line(r.as_ref().iter().map(String::as_str).collect())
+        )?;
     }
     Ok(())
 }
@@ -402,14 +412,20 @@ mod tests {
         ];
         assert_eq!(operator_at(&events, day - 1), None);
         let at5 = operator_at(&events, day + 5).unwrap();
-        assert_eq!((at5.account.as_str(), at5.operator.as_str(), at5.locked), ("sato", "sato", false));
+        assert_eq!(
+            (at5.account.as_str(), at5.operator.as_str(), at5.locked),
+            ("sato", "sato", false)
+        );
         let at15 = operator_at(&events, day + 15).unwrap();
         assert!(at15.locked);
         assert_eq!(at15.operator, "sato", "a refused unlock changes nothing");
         let at25 = operator_at(&events, day + 25).unwrap();
         assert_eq!(at25.operator, "sato");
         let at35 = operator_at(&events, day + 35).unwrap();
-        assert_eq!((at35.account.as_str(), at35.operator.as_str(), at35.since_ms), ("sato", "ito", day + 30));
+        assert_eq!(
+            (at35.account.as_str(), at35.operator.as_str(), at35.since_ms),
+            ("sato", "ito", day + 30)
+        );
         assert_eq!(operator_at(&events, day + 45), None);
         assert_eq!(timeline(&events, day + 20, 15).len(), 4);
     }
@@ -425,7 +441,10 @@ mod tests {
             })
             .collect();
         let now = 200 * 86_400_000;
-        let last = HashMap::from([("a".to_string(), now - 86_400_000), ("b".to_string(), now - 100 * 86_400_000)]);
+        let last = HashMap::from([
+            ("a".to_string(), now - 86_400_000),
+            ("b".to_string(), now - 100 * 86_400_000),
+        ]);
         let d = dormant(&users, &last, now, 90);
         let ids: Vec<&str> = d.iter().map(|x| x.user.id.as_str()).collect();
         assert_eq!(ids, ["c", "b"]);
@@ -446,7 +465,10 @@ mod tests {
         ];
         let f = Failures::from_events(&events);
         assert_eq!(f.by_tier["lgwan"], 1);
-        assert_eq!(f.by_factor[&("lgwan".into(), "totp".into(), "replayed".into())], 1);
+        assert_eq!(
+            f.by_factor[&("lgwan".into(), "totp".into(), "replayed".into())],
+            1
+        );
         assert_eq!(f.lockouts.len(), 1);
         let u = DeviceUsage::from_events(&events);
         let d = &u.devices["counter-1"];
