@@ -427,7 +427,7 @@ mod tests {
             ("sato", "ito", day + 30)
         );
         assert_eq!(operator_at(&events, day + 45), None);
-        assert_eq!(timeline(&events, day + 20, 15).len(), 4);
+        assert_eq!(timeline(&events, day + 20, 15).len(), 3);
     }
 
     #[test]
