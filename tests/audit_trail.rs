@@ -879,3 +879,47 @@ async fn no_secret_reaches_an_event_or_a_log_line() {
         }
     }
 }
+
+/// Bad input to the audit commands: a specific error (exit 2), and nothing created.
+#[test]
+fn bad_audit_arguments_are_named_and_create_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("typo.db");
+    let url = format!("sqlite://{}", missing.display());
+    let (code, _, err) = sekisho(&["audit", "query", "--store", &url], "");
+    assert_eq!(code, 2);
+    assert!(err.contains("no engine store at"), "{err}");
+    assert!(!missing.exists(), "a mistyped store is not created");
+    let (code, _, err) = sekisho(
+        &["audit", "query", "--since", "yesterday", "--store", &url],
+        "",
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("--since") && err.contains("'yesterday' is not a time"),
+        "{err}"
+    );
+    let (code, _, err) = sekisho(
+        &[
+            "report",
+            "operators",
+            "--device",
+            "pc",
+            "--at",
+            "soon",
+            "--store",
+            &url,
+        ],
+        "",
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("--at"), "{err}");
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"seq\":1}\n").expect("write");
+    let (code, _, err) = sekisho(
+        &["audit", "verify", "--journal", &bad.display().to_string()],
+        "",
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("bad.jsonl:1"), "{err}");
+}

@@ -50,11 +50,7 @@ impl Source {
                     journals,
                 })
             }
-            None => Ok(Source::Store(
-                AuditStore::open(&args.store, &args.tenant)
-                    .await
-                    .with_context(|| format!("the engine's store {}", redact_url(&args.store)))?,
-            )),
+            None => Ok(Source::Store(open_store(&args.store, &args.tenant).await?)),
         }
     }
 
@@ -100,6 +96,20 @@ impl Source {
         .await?;
         Ok(out)
     }
+}
+
+/// Opens the engine's audit store. A SQLite file must already exist: a mistyped
+/// `--store` is an error, not a new empty store that answers "no events".
+pub async fn open_store(url: &str, tenant: &str) -> Result<AuditStore> {
+    if let Some(rest) = url.strip_prefix("sqlite://") {
+        let path = rest.split('?').next().unwrap_or(rest);
+        if !path.is_empty() && !Path::new(path).is_file() {
+            bail!("no engine store at {path} (give --store, or run where the engine keeps sekisho-engine.db)");
+        }
+    }
+    AuditStore::open(url, tenant)
+        .await
+        .with_context(|| format!("the engine's store {}", redact_url(url)))
 }
 
 /// A gateway's journal database (its SQLite file, or a `sqlite://` or `postgres://`
@@ -477,9 +487,7 @@ pub async fn export(
 }
 
 pub async fn import(file: &Path, store_url: &str, tenant: &str) -> Result<Exit> {
-    let store = AuditStore::open(store_url, tenant)
-        .await
-        .with_context(|| format!("the engine's store {}", redact_url(store_url)))?;
+    let store = open_store(store_url, tenant).await?;
     let reader = std::io::BufReader::new(
         std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?,
     );
