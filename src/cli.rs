@@ -499,7 +499,7 @@ mod tests {
 /// Where the trail is read from: the engine's store (default), or a file.
 #[derive(Debug, Clone, Args)]
 pub struct AuditSourceArgs {
-    /// The engine's database (read only): sqlite://FILE or postgres://…
+    /// The engine's database: sqlite://FILE or postgres://… (only read).
     #[arg(
         long,
         env = "SEKISHO_STORE",
@@ -526,8 +526,10 @@ pub struct AuditSourceArgs {
 /// Which events: every given condition must hold.
 #[derive(Debug, Clone, Args)]
 pub struct AuditFilterArgs {
+    /// The account the event is about (who logged on, whose card was enrolled).
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
+    /// The terminal (its certificate's name, e.g. lgwan-desk-17).
     #[arg(long, value_name = "DEVICE")]
     pub device: Option<String>,
     /// mynumber, lgwan, internet or telework.
@@ -540,6 +542,7 @@ pub struct AuditFilterArgs {
     /// allow, deny or error.
     #[arg(long, value_name = "OUTCOME", value_parser = PossibleValuesParser::new(["allow", "deny", "error"]))]
     pub outcome: Option<String>,
+    /// The gateway whose journal recorded it (its configured name).
     #[arg(long, value_name = "GATEWAY")]
     pub gateway: Option<String>,
     /// From this time on: 2026-11-22, "2026-11-22 14:00" (local time), RFC 3339,
