@@ -923,3 +923,96 @@ fn bad_audit_arguments_are_named_and_create_nothing() {
     assert_eq!(code, 2);
     assert!(err.contains("bad.jsonl:1"), "{err}");
 }
+
+/// A standalone tier keeps its journal local; it travels by file to the engine,
+/// where importing it twice stores it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standalone_journal_is_exported_and_imported_once() {
+    let gw = TestGateway::start(Tier::Lgwan, |c| c.audit.forward = false).await;
+    assert!(gw.running.forwarded_through().is_none());
+    gw.register("lgwan-desk-01", "desktop", &["card"]).await;
+    let card = gw.cards.issue("u007");
+    gw.enroll_card("u007", &card).await;
+    gw.set_secret("u007", "password", PASSWORD).await;
+    let mut ep = gw.endpoint("lgwan-desk-01").await;
+    let r = logon(&mut ep, "u007", &card, PASSWORD, "standalone-1")
+        .await
+        .expect("logon");
+    assert_eq!(r.decision, pb::Decision::Allow as i32);
+    let head = journal_head(&gw);
+    let store = engine_audit(&gw.engine).await;
+    assert_eq!(
+        store.count(&Filter::default()).await.expect("count"),
+        0,
+        "nothing shipped"
+    );
+
+    let journal_db = gw.dir.path().join("gateway-lgwan.db").display().to_string();
+    let out = gw.dir.path().join("lgwan.jsonl");
+    let csv = gw.dir.path().join("lgwan.csv");
+    let (code, _, err) = sekisho(
+        &[
+            "audit",
+            "export",
+            "--journal",
+            &journal_db,
+            "--format",
+            "jsonl",
+            "-o",
+            &out.display().to_string(),
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(&format!("{head} events written")), "{err}");
+    let (code, _, err) = sekisho(
+        &[
+            "audit",
+            "export",
+            "--journal",
+            &journal_db,
+            "--format",
+            "csv",
+            "-o",
+            &csv.display().to_string(),
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&csv).expect("csv").lines().count() as u64,
+        head + 1
+    );
+    let (code, out_text, err) = sekisho(
+        &["audit", "verify", "--journal", &out.display().to_string()],
+        "",
+    );
+    assert_eq!(code, 0, "{out_text}{err}");
+
+    let import = |expect_new: u64| {
+        let (code, text, err) = run(&[
+            &[
+                "audit".to_string(),
+                "import".into(),
+                out.display().to_string(),
+            ][..],
+            &store_args(&gw.engine),
+        ]
+        .concat());
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            text.contains(&format!("{head} events read, {expect_new} new")),
+            "{text}"
+        );
+    };
+    import(head);
+    import(0);
+    assert_eq!(store.count(&Filter::default()).await.expect("count"), head);
+    let (code, text, _) = run(&[
+        &["audit".to_string(), "verify".into()][..],
+        &store_args(&gw.engine),
+    ]
+    .concat());
+    assert_eq!(code, 0, "{text}");
+    gw.stop().await;
+}
