@@ -651,6 +651,8 @@ pub enum ReportCommand {
         at: String,
         #[command(flatten)]
         source: AuditSourceArgs,
+        #[command(flatten)]
+        output: ReportOutputArgs,
     },
 }
 

@@ -145,8 +145,11 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
             period,
             output,
         }) => cmd::report::failures(&source, &period, &output).await,
-        Command::Report(ReportCommand::Operators { device, at, source }) => {
-            cmd::report::operators(&device, &at, &source).await
-        }
+        Command::Report(ReportCommand::Operators {
+            device,
+            at,
+            source,
+            output,
+        }) => cmd::report::operators(&device, &at, &source, &output).await,
     }
 }

@@ -329,6 +329,34 @@ async fn trail(backend: Backend) {
         "u001 never did: {out}"
     );
 
+    // The last session was locked, then logged off: nobody is at the terminal now,
+    // and the timeline shows how it ended.
+    let at = sekisho_policy_engine::audit::format_ts(chrono_now_ms());
+    let page = out_dir.path().join("operators.html");
+    let (code, out, err) = run(&[
+        &[
+            "report",
+            "operators",
+            "--device",
+            "lgwan-desk-01",
+            "--at",
+            &at,
+            "--html",
+            &page.display().to_string(),
+        ]
+        .map(String::from)[..],
+        &src,
+    ]
+    .concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("Nobody was logged on") && out.contains("logoff"),
+        "{out}"
+    );
+    assert!(std::fs::read_to_string(&page)
+        .expect("html")
+        .contains("logoff"));
+
     // Tampering with the engine's copy: one event changed is named by its seq.
     let changed = stored
         .iter()
@@ -420,9 +448,18 @@ async fn journaled_shipped_queried_and_tampering_found_on_postgresql() {
 /// it is away, with events not yet shipped. Afterwards the engine holds every
 /// journaled event exactly once.
 #[tokio::test]
-async fn an_engine_outage_and_restarts_lose_nothing_and_store_nothing_twice() {
+async fn an_engine_outage_and_restarts_lose_nothing_and_store_nothing_twice_on_sqlite() {
+    outage(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn an_engine_outage_and_restarts_lose_nothing_and_store_nothing_twice_on_postgresql() {
+    outage(Backend::Postgres).await;
+}
+
+async fn outage(backend: Backend) {
     let devices = ["lgwan-desk-01", "lgwan-desk-17", "lgwan-desk-22"];
-    let (gw, card) = city(Backend::Sqlite, &devices).await;
+    let (gw, card) = city(backend, &devices).await;
     let gateway = gw.running.gateway.journal.gateway().to_string();
     let mut sessions = Vec::new();
     for d in devices {
@@ -539,14 +576,23 @@ fn free_port() -> u16 {
 /// got an answer (allowed or refused) is in its journal afterwards, and the chain
 /// verifies. Its log lines hold no secret either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_during_logons_loses_no_answered_logon() {
+async fn sigkill_during_logons_loses_no_answered_logon_on_sqlite() {
+    sigkill(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_logons_loses_no_answered_logon_on_postgresql() {
+    sigkill(Backend::Postgres).await;
+}
+
+async fn sigkill(backend: Backend) {
     let devices = [
         "lgwan-desk-01",
         "lgwan-desk-17",
         "lgwan-desk-22",
         "lgwan-desk-30",
     ];
-    let (gw, card) = city(Backend::Sqlite, &devices).await;
+    let (gw, card) = city(backend, &devices).await;
     let gateway = gw.running.gateway.journal.gateway().to_string();
     // The in-process gateway enrolled everything; the real binary takes over its
     // store, key and journal.
@@ -560,12 +606,15 @@ async fn sigkill_during_logons_loses_no_answered_logon() {
     } = gw;
     running.shutdown().await;
     let port = free_port();
-    let store_file = dir.path().join("gateway-lgwan.db");
+    let store_url = config
+        .store
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("gateway-lgwan.db").display()));
     let toml = format!(
-        "tier = \"lgwan\"\nlisten = \"127.0.0.1:{port}\"\nstore = \"sqlite://{store}\"\nkey_file = {key:?}\n\
+        "tier = \"lgwan\"\ntenant = {tenant:?}\nlisten = \"127.0.0.1:{port}\"\nstore = {store_url:?}\nkey_file = {key:?}\n\
          [engine]\nurl = \"{engine}\"\n[tls]\ngenerate_dir = {pki:?}\n[cards]\nca = [{ca:?}]\n\
          [argon2]\nmemory_kib = 8192\niterations = 5\n[rate_limit]\nburst = 100000\nper_device_per_minute = 100000\n",
-        store = store_file.display(),
+        tenant = config.tenant,
         key = config.key_file,
         engine = engine.url(),
         pki = config.tls.generate_dir,
@@ -649,13 +698,11 @@ async fn sigkill_during_logons_loses_no_answered_logon() {
     let answered = answered.lock().expect("lock").clone();
     assert!(answered.len() >= 60);
 
-    let journals = Journals::open(&store_file.display().to_string())
-        .await
-        .expect("journal");
+    let journals = Journals::open(&store_url).await.expect("journal");
     let ids = journals.list().await.expect("list");
     let id = ids
         .iter()
-        .find(|i| i.gateway == gateway)
+        .find(|i| i.gateway == gateway && i.tenant == config.tenant)
         .expect("the gateway's journal");
     let verdict = journals.verify(id).await.expect("verify");
     assert!(verdict.broken.is_none(), "{verdict:?}");
@@ -1015,4 +1062,11 @@ async fn a_standalone_journal_is_exported_and_imported_once() {
     .concat());
     assert_eq!(code, 0, "{text}");
     gw.stop().await;
+}
+
+fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

@@ -914,8 +914,9 @@ mod tests {
 
     const GW: &str = "lgwan-gateway";
 
-    /// A temp SQLite file, and the PostgreSQL test database when
-    /// `SEKISHO_TEST_PG_URL` is set (with a tenant of its own per test).
+    /// A temp SQLite file, and the PostgreSQL test database the test script
+    /// provides (`SEKISHO_TEST_PG_URL`, default the local `sekisho_test`), with a
+    /// tenant of its own per test.
     struct Target {
         url: String,
         tenant: String,
@@ -924,14 +925,18 @@ mod tests {
 
     fn targets(test: &str) -> Vec<Target> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut out = vec![Target {
-            url: format!("sqlite://{}", dir.path().join("gw.db").display()),
-            tenant: "city".into(),
-            _dir: Some(dir),
-        }];
-        match std::env::var("SEKISHO_TEST_PG_URL") {
-            Ok(url) if !url.is_empty() => out.push(Target {
-                url,
+        let pg = std::env::var("SEKISHO_TEST_PG_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/sekisho_test".into());
+        vec![
+            Target {
+                url: format!("sqlite://{}", dir.path().join("gw.db").display()),
+                tenant: "city".into(),
+                _dir: Some(dir),
+            },
+            Target {
+                url: pg,
                 tenant: format!(
                     "{test}-{}-{}",
                     std::process::id(),
@@ -941,10 +946,8 @@ mod tests {
                         .unwrap_or(0)
                 ),
                 _dir: None,
-            }),
-            _ => eprintln!("{test}: SEKISHO_TEST_PG_URL not set, PostgreSQL skipped"),
-        }
-        out
+            },
+        ]
     }
 
     impl Target {

@@ -365,7 +365,12 @@ pub async fn failures(
     Ok(Exit::Ok)
 }
 
-pub async fn operators(device: &str, at: &str, source_args: &AuditSourceArgs) -> Result<Exit> {
+pub async fn operators(
+    device: &str,
+    at: &str,
+    source_args: &AuditSourceArgs,
+    output: &ReportOutputArgs,
+) -> Result<Exit> {
     let locale = Locale::from_env();
     let at_ms = parse_time(at).context("--at")?;
     let source = Source::open(source_args).await?;
@@ -378,23 +383,29 @@ pub async fn operators(device: &str, at: &str, source_args: &AuditSourceArgs) ->
             ..Filter::default()
         })
         .await?;
-    println!(
+    let title = format!(
         "{} {device} @ {}",
         label("operators_title", locale),
         local_time(at_ms)
     );
-    match report::operator_at(&events, at_ms) {
-        None => println!("{}", label("nobody", locale)),
+    let answer: Vec<String> = match report::operator_at(&events, at_ms) {
+        None => vec![label("nobody", locale).to_string()],
         Some(o) => {
             let state = if o.locked {
                 format!(" ({})", label("locked", locale))
             } else {
                 String::new()
             };
-            println!("{}: {}{state}", label("operator", locale), o.operator);
-            println!("{}: {}", label("account", locale), o.account);
-            println!("{}: {}", label("since", locale), local_time(o.since_ms));
+            vec![
+                format!("{}: {}{state}", label("operator", locale), o.operator),
+                format!("{}: {}", label("account", locale), o.account),
+                format!("{}: {}", label("since", locale), local_time(o.since_ms)),
+            ]
         }
+    };
+    println!("{title}");
+    for line in &answer {
+        println!("{line}");
     }
     let rows: Vec<Vec<String>> = report::timeline(&events, at_ms, TIMELINE_WINDOW_MS)
         .into_iter()
@@ -409,22 +420,27 @@ pub async fn operators(device: &str, at: &str, source_args: &AuditSourceArgs) ->
             ]
         })
         .collect();
+    let header = [
+        label("time", locale),
+        label("action", locale),
+        "",
+        label("user", locale),
+        label("operator", locale),
+        label("factor", locale),
+    ];
     println!();
     if rows.is_empty() {
         println!("{}", label("none", locale));
     } else {
-        print_table(
-            &mut std::io::stdout().lock(),
-            &[
-                label("time", locale),
-                label("action", locale),
-                "",
-                label("user", locale),
-                label("operator", locale),
-                label("factor", locale),
-            ],
-            &rows,
-        )?;
+        print_table(&mut std::io::stdout().lock(), &header, &rows)?;
+    }
+    if let Some(path) = &output.html {
+        let mut page = html::Page::new(&title, locale);
+        for line in &answer {
+            page.paragraph(line);
+        }
+        page.table(&header, &rows);
+        write_html(path, &page)?;
     }
     Ok(Exit::Ok)
 }
