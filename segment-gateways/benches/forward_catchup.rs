@@ -227,7 +227,7 @@ async fn bench(backend: &Backend, root: &Path, runs: usize, tasks: u64) {
             let r = run_once(backend, root, run, settings, tasks).await;
             let n = backend.events as f64;
             println!(
-                "{label:<38} run {run}  fill {:>8.0} events/s ({:>6.2} s)  catch-up {:>8.0} events/s ({:>6.2} s, cpu {:>5.2} s = {:.1} cores)  engine stored {} ✓",
+                "{label:<40} run {run}  fill {:>8.0} events/s ({:>6.2} s)  catch-up {:>8.0} events/s ({:>6.2} s, cpu {:>5.2} s = {:.1} cores)  engine stored {} ✓",
                 n / r.fill_secs,
                 r.fill_secs,
                 n / r.catchup_secs,
@@ -240,7 +240,7 @@ async fn bench(backend: &Backend, root: &Path, runs: usize, tasks: u64) {
             catchups.push(n / r.catchup_secs);
         }
         println!(
-            "{label:<38} median of {runs}: fill {:>8.0} events/s  catch-up {:>8.0} events/s  (N = {})",
+            "{label:<40} median of {runs}: fill {:>8.0} events/s  catch-up {:>8.0} events/s  (N = {})",
             median(fills),
             median(catchups),
             backend.events,
