@@ -165,6 +165,11 @@ async fn trail(backend: Backend) {
         assert_eq!(r.decision, pb::Decision::Allow as i32, "{r:?}");
         sessions.push(r.session_id);
     }
+    // A terminal this gateway does not know (another tier's) is refused, and that
+    // is in the trail too.
+    let mut stranger = gw.endpoint("net-vdi-01").await;
+    let refused = logon(&mut stranger, "u007", &card, PASSWORD, "stranger-1").await;
+    assert!(refused.is_err(), "{refused:?}");
     let r = logon(&mut ep, "u007", &card, WRONG, "bad-1")
         .await
         .expect("logon");
@@ -225,6 +230,18 @@ async fn trail(backend: Backend) {
         failed.body.failed.get("password").map(String::as_str),
         Some("mismatch")
     );
+    let stranger = journal
+        .iter()
+        .find(|e| e.body.request_id == "stranger-1")
+        .expect("the stranger's attempt is journaled");
+    assert_eq!(
+        (
+            stranger.body.outcome,
+            stranger.body.reason.as_str(),
+            stranger.body.device.as_str()
+        ),
+        (Outcome::Deny, "device_not_registered", "net-vdi-01")
+    );
     for action in ["lock", "logoff"] {
         assert!(
             journal
@@ -260,8 +277,8 @@ async fn trail(backend: Backend) {
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         out.lines().count(),
-        5,
-        "four allowed and one refused logon: {out}"
+        6,
+        "four allowed, one refused, one from a stranger: {out}"
     );
     let (code, out, _) = run(&[
         &["audit", "query", "--outcome", "deny", "--format", "csv"].map(String::from)[..],
@@ -293,7 +310,7 @@ async fn trail(backend: Backend) {
             None => break,
         }
     }
-    assert_eq!(seen.len(), 5);
+    assert_eq!(seen.len(), 6);
 
     let out_dir = tempfile::tempdir().expect("temp dir");
     let html = out_dir.path().join("failures.html");
@@ -550,10 +567,14 @@ async fn outage(backend: Backend) {
         "each event exactly once"
     );
     assert_eq!(stored, journal_events(&gw).await);
-    assert!(stored
+    let outage = stored
         .iter()
-        .filter(|e| e.body.request_id == "during-outage")
-        .all(|e| e.body.outcome != Outcome::Allow));
+        .find(|e| e.body.request_id == "during-outage")
+        .expect("the refused logon is in the trail");
+    assert_eq!(
+        (outage.body.outcome, outage.body.reason.as_str()),
+        (Outcome::Error, "engine_unavailable")
+    );
     assert_eq!(stored.iter().filter(|e| e.body.action == "lock").count(), 3);
     assert_eq!(
         stored.iter().filter(|e| e.body.action == "logoff").count(),

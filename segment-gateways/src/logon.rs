@@ -245,8 +245,40 @@ impl Gateway {
             })
     }
 
-    /// Begin: the plan's options for this user here, and the nonces to sign.
+    /// Begin: the plan's options for this user here, and the nonces to sign. A
+    /// refusal is journaled too (a device of another tier, the engine unreachable),
+    /// except rate limiting, so that a flood cannot fill the journal.
     pub async fn begin(
+        &self,
+        device_id: &str,
+        request: pb::BeginRequest,
+        request_id: &str,
+    ) -> Result<pb::Challenge, LogonError> {
+        let user = request.user.clone();
+        let action = parse_action(&request.action).unwrap_or(Action::Logon);
+        let result = self.plan_challenge(device_id, request, request_id).await;
+        if let Err(e) = &result {
+            if !matches!(e, LogonError::RateLimited(_)) {
+                let attempt = Attempt {
+                    device: device_id,
+                    user: &user,
+                    action,
+                    request_id,
+                };
+                let mut event = self.error_event(&attempt, e);
+                if matches!(
+                    e,
+                    LogonError::DeviceNotRegistered { .. } | LogonError::DeviceMismatch { .. }
+                ) {
+                    event.outcome = Outcome::Deny;
+                }
+                self.record(event).await?;
+            }
+        }
+        result
+    }
+
+    async fn plan_challenge(
         &self,
         device_id: &str,
         request: pb::BeginRequest,
