@@ -1075,3 +1075,29 @@ pub fn redact_url(url: &str) -> String {
     }
     out
 }
+
+/// Test cases once per backend: `NAME` in a module's `sqlite` and `postgres`
+/// submodules, each calling `NAME(Fx::new(Kind::…, "NAME"))` of the calling module.
+#[cfg(test)]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Fx::new(super::Kind::Sqlite, stringify!($name))).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Fx::new(super::Kind::Postgres, stringify!($name))).await
+                }
+            )*
+        }
+    };
+}
+#[cfg(test)]
+pub(crate) use on_both_backends;

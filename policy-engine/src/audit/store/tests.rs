@@ -102,26 +102,7 @@ impl Fx {
     }
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Fx::new(super::Kind::Sqlite, stringify!($name))).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Fx::new(super::Kind::Postgres, stringify!($name))).await
-                }
-            )*
-        }
-    };
-}
+use crate::store::on_both_backends;
 
 on_both_backends!(
     ingest_twice_stores_once,
