@@ -12,10 +12,8 @@ use common::gateway::{TestCard, TestGateway};
 use common::{sekisho, Backend, TestEngine};
 use sekisho_gateway::factors::card::sign_nonce;
 use sekisho_gateway::journal::Journals;
-use sekisho_gateway::tls::ClientTls;
 use sekisho_policy_engine::audit::store::AuditStore;
 use sekisho_policy_engine::audit::{AuditEvent, Filter, Outcome, Page};
-use sekisho_policy_engine::pki::Usage;
 use sekisho_policy_engine::Tier;
 use sekisho_proto::v1 as pb;
 use tonic::transport::Channel;
@@ -656,14 +654,7 @@ async fn sigkill(backend: Backend) {
     let mut endpoints = Vec::new();
     let pki = engine.running.pki.as_ref().expect("dev PKI");
     for d in devices {
-        let (cert, key) = pki
-            .ensure_leaf(&format!("device-{d}"), d, &[], Usage::Client)
-            .expect("device certificate");
-        let tls = ClientTls {
-            ca: pki.ca(),
-            cert,
-            key,
-        };
+        let tls = common::gateway::device_tls(pki, d);
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         let channel = loop {
             match sekisho_gateway::tls::connect(

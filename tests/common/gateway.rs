@@ -144,15 +144,7 @@ impl TestGateway {
 
     /// Client TLS for a device (a certificate named after it, issued on first use).
     pub fn device_tls(&self, device: &str) -> ClientTls {
-        let (cert, key) = self
-            .pki()
-            .ensure_leaf(&format!("device-{device}"), device, &[], Usage::Client)
-            .expect("device certificate");
-        ClientTls {
-            ca: self.pki().ca(),
-            cert,
-            key,
-        }
+        device_tls(self.pki(), device)
     }
 
     pub async fn endpoint(&self, device: &str) -> pb::logon_client::LogonClient<Channel> {
@@ -264,6 +256,19 @@ impl TestGateway {
     pub async fn stop(self) {
         self.running.shutdown().await;
         self.engine.stop().await;
+    }
+}
+
+/// Client TLS for `device` from a development PKI (its certificate is issued on
+/// first use).
+pub fn device_tls(pki: &PkiFiles, device: &str) -> ClientTls {
+    let (cert, key) = pki
+        .ensure_leaf(&format!("device-{device}"), device, &[], Usage::Client)
+        .expect("device certificate");
+    ClientTls {
+        ca: pki.ca(),
+        cert,
+        key,
     }
 }
 

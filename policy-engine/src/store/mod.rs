@@ -19,8 +19,6 @@
 mod migrations;
 
 pub use migrations::{Migration, MigrationSet};
-#[cfg(test)]
-mod tests;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -1076,6 +1074,31 @@ pub fn redact_url(url: &str) -> String {
     out
 }
 
+/// What the store tests share: the PostgreSQL the test script provides, and
+/// tenants no other test (or earlier run) uses.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    pub(crate) fn pg_url() -> String {
+        std::env::var("SEKISHO_TEST_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/sekisho_test".to_string())
+    }
+
+    pub(crate) fn unique_tenant(name: &str) -> String {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        format!(
+            "test-{name}-{}-{nanos:x}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
 /// Test cases once per backend: `NAME` in a module's `sqlite` and `postgres`
 /// submodules, each calling `NAME(Fx::new(Kind::…, "NAME"))` of the calling module.
 #[cfg(test)]
@@ -1101,3 +1124,6 @@ macro_rules! on_both_backends {
 }
 #[cfg(test)]
 pub(crate) use on_both_backends;
+
+#[cfg(test)]
+mod tests;

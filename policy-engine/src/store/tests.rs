@@ -3,12 +3,8 @@
 //! each test uses its own random tenant, so tests and test processes run in parallel).
 //! An unreachable PostgreSQL fails the PostgreSQL tests: it never skips them.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use super::*;
 use crate::factor::Factor;
-
-const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/sekisho_test";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
@@ -21,23 +17,6 @@ struct Fx {
     url: String,
     tenant: String,
     _dir: Option<tempfile::TempDir>,
-}
-
-fn pg_url() -> String {
-    std::env::var("SEKISHO_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_string())
-}
-
-fn unique_tenant(name: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!(
-        "test-{name}-{}-{nanos:x}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 impl Fx {
@@ -101,7 +80,7 @@ impl Fx {
     }
 }
 
-use crate::store::on_both_backends;
+use crate::store::testing::{pg_url, unique_tenant};
 
 on_both_backends!(
     publish_numbers_versions_and_lists_newest_first,

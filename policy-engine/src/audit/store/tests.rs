@@ -3,12 +3,8 @@
 //! a random tenant per test), like the policy store's suite. An unreachable
 //! PostgreSQL fails the PostgreSQL tests: it never skips them.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use super::*;
 use crate::audit::event::{format_ts, EventBody, Outcome, GENESIS_HASH};
-
-const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/sekisho_test";
 
 /// 2026-11-22T00:00:00Z
 const T0: i64 = 1_795_305_600_000;
@@ -26,19 +22,6 @@ struct Fx {
     _dir: Option<tempfile::TempDir>,
 }
 
-fn unique_tenant(name: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!(
-        "test-audit-{name}-{}-{nanos:x}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 impl Fx {
     fn new(kind: Kind, name: &str) -> Fx {
         match kind {
@@ -48,15 +31,14 @@ impl Fx {
                 Fx {
                     kind,
                     url,
-                    tenant: unique_tenant(name),
+                    tenant: unique_tenant(&format!("audit-{name}")),
                     _dir: Some(dir),
                 }
             }
             Kind::Postgres => Fx {
                 kind,
-                url: std::env::var("SEKISHO_TEST_PG_URL")
-                    .unwrap_or_else(|_| DEFAULT_PG_URL.to_string()),
-                tenant: unique_tenant(name),
+                url: pg_url(),
+                tenant: unique_tenant(&format!("audit-{name}")),
                 _dir: None,
             },
         }
@@ -103,6 +85,7 @@ impl Fx {
 }
 
 use crate::store::on_both_backends;
+use crate::store::testing::{pg_url, unique_tenant};
 
 on_both_backends!(
     ingest_twice_stores_once,
