@@ -46,6 +46,11 @@ pub enum Command {
     /// Maintain the users, groups and devices an engine decides about.
     #[command(subcommand)]
     Entities(EntitiesCommand),
+    /// Bring users, groups, departments and disabled accounts over from Active
+    /// Directory or OpenLDAP (the engine's [directory] section), and see how the
+    /// last runs went.
+    #[command(subcommand)]
+    Directory(DirectoryCommand),
     /// Evaluate one request offline against a policy directory and an entities file,
     /// printing one JSON object: a plan without --factors, allow/deny with them.
     Decide(DecideArgs),
@@ -80,6 +85,40 @@ pub enum Command {
     /// and with --html a page with charts that opens offline.
     #[command(subcommand)]
     Report(ReportCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DirectoryCommand {
+    /// Read the directory now and apply what changed: users added, changed (a
+    /// transfer, a new group), disabled or removed (their sessions are ended at the
+    /// gateways). With --dry-run, list the changes and change nothing. Exit 1 when
+    /// the mass-removal guard stopped the run.
+    Sync {
+        /// Show what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Apply even if more users would be disabled or removed than the engine's
+        /// directory.max_removal_share allows.
+        #[arg(long)]
+        force: bool,
+        /// Read every entry rather than only those changed since the last run.
+        #[arg(long)]
+        full: bool,
+        /// List every changed user (a dry run always does).
+        #[arg(long, short)]
+        verbose: bool,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// The last runs (when, what changed, errors), the counts the engine holds from
+    /// the directory, and when the next scheduled run is.
+    Status {
+        /// How many runs to show.
+        #[arg(long, default_value_t = 10)]
+        runs: u32,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
 }
 
 #[derive(Debug, Args)]

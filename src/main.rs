@@ -9,8 +9,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sekisho::cli::{
-    AgentCommand, AuditCommand, Cli, Command, DeviceCommand, EmergencyOtpCommand, EngineCommand,
-    EnrollCommand, EntitiesCommand, GatewayCommand, PolicyCommand, ReportCommand,
+    AgentCommand, AuditCommand, Cli, Command, DeviceCommand, DirectoryCommand, EmergencyOtpCommand,
+    EngineCommand, EnrollCommand, EntitiesCommand, GatewayCommand, PolicyCommand, ReportCommand,
 };
 use sekisho::{cmd, Outcome};
 
@@ -71,6 +71,16 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
             devices,
             engine,
         }) => cmd::entities::delete(&users, &groups, &devices, &engine).await,
+        Command::Directory(DirectoryCommand::Sync {
+            dry_run,
+            force,
+            full,
+            verbose,
+            engine,
+        }) => cmd::directory::sync(dry_run, force, full, verbose, &engine).await,
+        Command::Directory(DirectoryCommand::Status { runs, engine }) => {
+            cmd::directory::status(runs, &engine).await
+        }
         Command::Decide(args) => cmd::decide::run(&args),
         Command::Gateway(GatewayCommand::Serve { config }) => {
             cmd::gateway::serve(config.as_deref()).await

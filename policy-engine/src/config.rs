@@ -26,6 +26,8 @@ pub struct EngineConfig {
     pub cache: CacheConfig,
     pub bootstrap: BootstrapConfig,
     pub audit: AuditConfig,
+    /// Directory sync (LDAP / Active Directory); none when absent.
+    pub directory: Option<crate::directory::DirectoryConfig>,
 }
 
 impl Default for EngineConfig {
@@ -39,6 +41,7 @@ impl Default for EngineConfig {
             cache: CacheConfig::default(),
             bootstrap: BootstrapConfig::default(),
             audit: AuditConfig::default(),
+            directory: None,
         }
     }
 }

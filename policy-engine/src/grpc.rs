@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use crate::audit::decisions::{Decided, Decision, DecisionLog};
 use crate::diagnostics::{Diagnostic, Severity};
+use crate::directory::{DirectorySync, SyncError, SyncOptions, SyncSummary};
 use crate::engine::{current_hour, DecisionRequest, Engine, EngineError, PlanInputs};
 use crate::entities::{
     DeviceRecord, Directory, EntityBatch, EntityDeletion, GroupRecord, UserRecord,
@@ -47,6 +48,12 @@ pub struct EngineState {
     /// Set when the server shuts down, so long-lived `WatchPolicy` streams end and a
     /// graceful shutdown does not wait on them forever.
     closing: watch::Sender<bool>,
+    /// The configured directory sync, if any.
+    pub directory_sync: Option<Arc<DirectorySync>>,
+    /// The newest revocation's seq: `WatchRevocations` streams wake when it moves.
+    revocation_head: watch::Sender<u64>,
+    /// When the scheduler runs the next sync (RFC 3339), for `directory status`.
+    next_sync: std::sync::Mutex<Option<String>>,
 }
 
 impl EngineState {
@@ -59,6 +66,8 @@ impl EngineState {
         entity_generation: u64,
         admin_names: Option<Vec<String>>,
         decisions: DecisionLog,
+        directory_sync: Option<Arc<DirectorySync>>,
+        last_revocation: u64,
     ) -> Arc<Self> {
         Arc::new(EngineState {
             engine,
@@ -69,7 +78,43 @@ impl EngineState {
             decisions,
             admin_lock: Mutex::new(()),
             closing: watch::channel(false).0,
+            directory_sync,
+            revocation_head: watch::channel(last_revocation).0,
+            next_sync: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Held while entities change, so store and memory move together.
+    pub(crate) async fn admin_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.admin_lock.lock().await
+    }
+
+    /// Serves `directory`, just written to the store as entity `generation` (call
+    /// with the admin lock held).
+    pub(crate) fn install_directory(&self, directory: Directory, generation: u64) {
+        self.engine.replace_directory(directory);
+        // Only when no other replica's change came in between is the directory now
+        // that generation; otherwise the next refresh reloads it from the store.
+        let _ = self.entity_generation.compare_exchange(
+            generation - 1,
+            generation,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        tracing::info!(generation, "entities changed");
+    }
+
+    /// New revocations are in the store up to `seq`: wake the gateways' streams.
+    pub(crate) fn revocations_advanced(&self, seq: u64) {
+        self.revocation_head.send_if_modified(|head| {
+            let moved = seq > *head;
+            *head = (*head).max(seq);
+            moved
+        });
+    }
+
+    pub(crate) fn set_next_sync(&self, at: Option<String>) {
+        *self.next_sync.lock().unwrap_or_else(|p| p.into_inner()) = at;
     }
 
     /// Ends every `WatchPolicy` stream (called when the server shuts down).
@@ -82,6 +127,12 @@ impl EngineState {
     /// anything was reloaded.
     pub async fn refresh(&self) -> Result<bool, String> {
         let entities = self.refresh_entities().await?;
+        let head = self
+            .store
+            .last_revocation()
+            .await
+            .map_err(|e| e.to_string())?;
+        self.revocations_advanced(head);
         Ok(self.refresh_policies().await? || entities)
     }
 
@@ -365,7 +416,60 @@ impl pb::policy_decision_server::PolicyDecision for DecisionService {
             until_closed,
         ))))
     }
+
+    type WatchRevocationsStream = RevocationStream;
+
+    async fn watch_revocations(
+        &self,
+        request: Request<pb::WatchRevocationsRequest>,
+    ) -> Result<Response<RevocationStream>, Status> {
+        let mut after = request.into_inner().after;
+        let state = Arc::clone(&self.0);
+        let mut head = state.revocation_head.subscribe();
+        let mut closing = state.closing.subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                // Read from the store, not the watch: it holds every revocation, also
+                // those made through another replica or while this gateway was away.
+                let batch = match state.store.revocations_after(after, 1000).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(store_status(e))).await;
+                        return;
+                    }
+                };
+                let full = batch.len() == 1000;
+                for r in batch {
+                    after = r.seq;
+                    let item = pb::Revocation {
+                        seq: r.seq,
+                        user: r.user,
+                        reason: r.reason,
+                        at_ms: r.at_ms,
+                    };
+                    if tx.send(Ok(item)).await.is_err() {
+                        return; // the gateway went away
+                    }
+                }
+                if full {
+                    continue;
+                }
+                tokio::select! {
+                    changed = head.wait_for(|h| *h > after) => if changed.is_err() { return },
+                    _ = closing.wait_for(|c| *c) => return,
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
 }
+
+type RevocationStream =
+    Pin<Box<dyn Stream<Item = Result<pb::Revocation, Status>> + Send + 'static>>;
 
 /// `sekisho.v1.PolicyAdmin`: only for clients whose certificate names an administrator.
 #[derive(Clone)]
@@ -376,12 +480,7 @@ impl AdminService {
         let Some(allowed) = &self.0.admin_names else {
             return Ok(());
         };
-        let name = request.peer_certs().and_then(|certs| {
-            certs
-                .first()
-                .and_then(|c| crate::pki::common_name(c.as_ref()))
-        });
-        match name {
+        match peer_name(request) {
             Some(n) if allowed.iter().any(|a| a == &n) => Ok(()),
             Some(n) => {
                 tracing::warn!(client = %n, "admin call refused");
@@ -558,9 +657,137 @@ impl pb::policy_admin_server::PolicyAdmin for AdminService {
         self.change_entities(EntityBatch::default(), del).await?;
         Ok(Response::new(pb::DeleteEntitiesResponse { deleted: n }))
     }
+
+    async fn sync_directory(
+        &self,
+        request: Request<pb::SyncDirectoryRequest>,
+    ) -> Result<Response<pb::SyncReport>, Status> {
+        self.authorize_admin(&request)?;
+        let admin = peer_name(&request).unwrap_or_else(|| "admin".into());
+        let r = request.into_inner();
+        let sync = self.directory()?;
+        let opts = SyncOptions {
+            dry_run: r.dry_run,
+            force: r.force,
+            full: r.full,
+            trigger: format!("admin:{admin}"),
+        };
+        let span =
+            tracing::info_span!("directory_sync", %admin, dry_run = r.dry_run, force = r.force);
+        let summary = sync
+            .run(&self.0, &opts)
+            .instrument(span)
+            .await
+            .map_err(|e| match e {
+                SyncError::NotConfigured => Status::failed_precondition(e.to_string()),
+                SyncError::Entities(_) => Status::failed_precondition(e.to_string()),
+                SyncError::Fetch(_) => Status::unavailable(e.to_string()),
+                SyncError::Store(e) => store_status(e),
+            })?;
+        Ok(Response::new(sync_report(summary)))
+    }
+
+    async fn directory_status(
+        &self,
+        request: Request<pb::DirectoryStatusRequest>,
+    ) -> Result<Response<pb::DirectoryStatusResponse>, Status> {
+        self.authorize_admin(&request)?;
+        let limit = match request.into_inner().limit {
+            0 => 10,
+            n => n.min(1000),
+        };
+        let store = &self.0.store;
+        let counts = store.directory_counts().await.map_err(store_status)?;
+        let runs = store.directory_runs(limit).await.map_err(store_status)?;
+        let (url, profile) = match &self.0.directory_sync {
+            Some(s) => (s.config.url.clone(), s.config.profile.name().to_string()),
+            None => (String::new(), String::new()),
+        };
+        Ok(Response::new(pb::DirectoryStatusResponse {
+            configured: self.0.directory_sync.is_some(),
+            url,
+            profile,
+            active_users: counts.active_users as u32,
+            disabled_users: counts.disabled_users as u32,
+            groups: counts.groups as u32,
+            high_water: counts.high_water.unwrap_or_default(),
+            next_run: self
+                .0
+                .next_sync
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_default(),
+            runs: runs
+                .into_iter()
+                .map(|r| pb::SyncRun {
+                    id: r.id,
+                    started_at: r.started_at,
+                    finished_at: r.finished_at,
+                    mode: r.mode,
+                    outcome: r.outcome,
+                    trigger: r.trigger,
+                    added: r.added as u32,
+                    changed: r.changed as u32,
+                    disabled: r.disabled as u32,
+                    removed: r.removed as u32,
+                    enabled: r.enabled as u32,
+                    error: r.error,
+                    elapsed_ms: r.elapsed_ms,
+                })
+                .collect(),
+        }))
+    }
+}
+
+fn peer_name<T>(request: &Request<T>) -> Option<String> {
+    request.peer_certs().and_then(|certs| {
+        certs
+            .first()
+            .and_then(|c| crate::pki::common_name(c.as_ref()))
+    })
+}
+
+fn sync_report(s: SyncSummary) -> pb::SyncReport {
+    use crate::directory::diff::ChangeKind as K;
+    pb::SyncReport {
+        mode: s.mode.into(),
+        dry_run: s.dry_run,
+        applied: s.applied,
+        added: s.count(K::Added) as u32,
+        changed: s.count(K::Changed) as u32,
+        disabled: s.count(K::Disabled) as u32,
+        removed: s.count(K::Removed) as u32,
+        enabled: s.count(K::Enabled) as u32,
+        unchanged: s.unchanged as u32,
+        groups_added: s.groups_added as u32,
+        groups_changed: s.groups_changed as u32,
+        groups_removed: s.groups_removed as u32,
+        directory_users: s.directory_users as u32,
+        changes: s
+            .changes
+            .into_iter()
+            .map(|c| pb::UserChange {
+                user: c.user,
+                change: c.kind.name().into(),
+                detail: c.detail,
+            })
+            .collect(),
+        refused: s.refused.unwrap_or_default(),
+        run_id: s.run_id,
+        elapsed_ms: s.elapsed_ms,
+        generation: s.generation.unwrap_or(0),
+    }
 }
 
 impl AdminService {
+    fn directory(&self) -> Result<&Arc<DirectorySync>, Status> {
+        self.0
+            .directory_sync
+            .as_ref()
+            .ok_or_else(|| Status::failed_precondition(SyncError::NotConfigured.to_string()))
+    }
+
     /// Checks the change against a copy of the directory, writes it to the store in one
     /// transaction, then applies it in memory: a refused change touches neither.
     async fn change_entities(&self, batch: EntityBatch, del: EntityDeletion) -> Result<(), Status> {
@@ -574,16 +801,7 @@ impl AdminService {
             .apply_entities(&batch, &del)
             .await
             .map_err(store_status)?;
-        self.0.engine.replace_directory(copy);
-        // Only when no other replica's change came in between is the directory now
-        // that generation; otherwise the next refresh reloads it from the store.
-        let _ = self.0.entity_generation.compare_exchange(
-            generation - 1,
-            generation,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
-        tracing::info!(generation, "entities changed");
+        self.0.install_directory(copy, generation);
         Ok(())
     }
 }

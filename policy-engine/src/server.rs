@@ -16,6 +16,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use crate::audit::decisions::{DecisionLog, DecisionWriter};
 use crate::config::EngineConfig;
 use crate::diagnostics::InvalidPolicies;
+use crate::directory::DirectorySync;
 use crate::engine::{CacheLimits, Engine};
 use crate::entities::{parse_entities_json, Directory, EntityError};
 use crate::grpc::audit::AuditSinkService;
@@ -63,6 +64,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("server task failed: {0}")]
     Task(String),
+    #[error("{0}")]
+    Directory(#[from] crate::directory::DirectoryConfigError),
 }
 
 /// A running engine. Dropping it does not stop the server; call [`RunningEngine::shutdown`].
@@ -74,6 +77,8 @@ pub struct RunningEngine {
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     poller: JoinHandle<()>,
+    /// The directory sync schedule, when a directory is configured.
+    scheduler: Option<JoinHandle<()>>,
     decision_writer: Option<DecisionWriter>,
 }
 
@@ -87,6 +92,9 @@ impl RunningEngine {
         }
         self.state.close_streams();
         self.poller.abort();
+        if let Some(s) = &self.scheduler {
+            s.abort();
+        }
         let served = self.stop_server().await;
         if let Some(writer) = self.decision_writer.take() {
             writer.flush_and_stop(SHUTDOWN_GRACE).await;
@@ -125,6 +133,11 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, ServeError> {
 /// Opens the store and brings up the engine and its listener.
 pub async fn start(config: &EngineConfig) -> Result<RunningEngine, ServeError> {
     install_crypto_provider();
+    // Checked first: a directory mistake should stop the start before anything else.
+    let directory_sync = match &config.directory {
+        Some(d) => Some(Arc::new(DirectorySync::new(d.resolve(Path::new("."))?))),
+        None => None,
+    };
     let store = Store::open(&config.store, &config.tenant).await?;
     tracing::info!(store = %crate::store::redact_url(&config.store), backend = store.backend(), tenant = %config.tenant, "store open");
 
@@ -224,6 +237,7 @@ pub async fn start(config: &EngineConfig) -> Result<RunningEngine, ServeError> {
         Some(config.tls.admin_names.clone())
     };
 
+    let store_last_revocation = store.last_revocation().await?;
     let (decisions, decision_writer) = DecisionLog::start(
         store.audit(),
         config.audit.decision_sample,
@@ -237,6 +251,8 @@ pub async fn start(config: &EngineConfig) -> Result<RunningEngine, ServeError> {
         entity_generation,
         admin_names,
         decisions,
+        directory_sync.clone(),
+        store_last_revocation,
     );
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -277,6 +293,10 @@ pub async fn start(config: &EngineConfig) -> Result<RunningEngine, ServeError> {
             }
         }
     });
+    let scheduler = directory_sync.map(|sync| {
+        tracing::info!(url = %sync.config.url, profile = sync.config.profile.name(), "directory sync configured");
+        tokio::spawn(crate::directory::schedule::run(state.clone(), sync))
+    });
     tracing::info!(%addr, tls = !config.tls.plaintext, "listening");
     Ok(RunningEngine {
         addr,
@@ -285,6 +305,7 @@ pub async fn start(config: &EngineConfig) -> Result<RunningEngine, ServeError> {
         stop: Some(stop),
         server,
         poller,
+        scheduler,
         decision_writer: Some(decision_writer),
     })
 }

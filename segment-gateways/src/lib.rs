@@ -22,6 +22,7 @@ pub mod logon;
 pub mod messages;
 pub mod qr;
 pub mod ratelimit;
+pub mod revoke;
 pub mod server;
 pub mod session;
 pub mod tls;

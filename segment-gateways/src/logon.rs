@@ -480,7 +480,15 @@ impl Gateway {
             upstream: challenge.upstream,
             request_id,
         };
-        let decision = self.decider.authorize(&subject, verified).await?;
+        let decision = match self.decider.authorize(&subject, verified).await {
+            // The engine does not know the user (never in the directory, or
+            // deprovisioned since): refused like a factor set no policy permits, so
+            // the answer does not tell whether the account exists.
+            Err(DecideError::UnknownUser(_)) => {
+                return answer(deny(reason::INSUFFICIENT_FACTORS, String::new(), results));
+            }
+            other => other?,
+        };
         if !decision.allowed {
             let mut r = deny(
                 reason::INSUFFICIENT_FACTORS,

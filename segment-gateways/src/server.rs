@@ -33,6 +33,7 @@ use crate::journal::{Journal, JournalError};
 use crate::lockout::LockoutPolicy;
 use crate::logon::{FlowSettings, Gateway};
 use crate::ratelimit::RateLimiter;
+use crate::revoke::RevocationFollower;
 use crate::tls::{self, ClientTls, ConnectError};
 
 /// How long a shutdown waits for calls in flight.
@@ -78,6 +79,7 @@ pub struct RunningGateway {
     pub gateway: Arc<Gateway>,
     /// Ships the journal to the engine; `None` with `audit.forward = false`.
     forwarder: Option<Forwarder>,
+    revocations: Option<RevocationFollower>,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -87,6 +89,11 @@ impl RunningGateway {
     /// changes; `None` when the journal is kept local (`audit.forward = false`).
     pub fn forwarded_through(&self) -> Option<watch::Receiver<u64>> {
         self.forwarder.as_ref().map(Forwarder::forwarded_through)
+    }
+
+    /// The last revocation (from the engine's directory sync) this gateway applied.
+    pub fn revocations_applied(&self) -> Option<watch::Receiver<u64>> {
+        self.revocations.as_ref().map(RevocationFollower::applied)
     }
 
     /// Stops accepting calls and lets calls in flight finish for up to
@@ -108,6 +115,9 @@ impl RunningGateway {
         }
         if let Some(f) = self.forwarder.take() {
             f.stop().await;
+        }
+        if let Some(r) = self.revocations.take() {
+            r.stop().await;
         }
         self.gateway.journal.close().await;
         self.gateway.store.db().close().await;
@@ -240,7 +250,7 @@ pub async fn start(resolved: Resolved) -> Result<RunningGateway, GatewayError> {
     let gateway = Arc::new(Gateway {
         store,
         journal,
-        decider: Decider::remote(channel),
+        decider: Decider::remote(channel.clone()),
         challenges: Challenges::new(
             Duration::from_secs(config.challenge.ttl_secs),
             config.challenge.max_open,
@@ -263,6 +273,7 @@ pub async fn start(resolved: Resolved) -> Result<RunningGateway, GatewayError> {
         },
     });
     let admin_names: Arc<[String]> = config.tls.admin_names.clone().into();
+    let revocations = Some(RevocationFollower::spawn(gateway.clone(), channel));
 
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(read_pem(&cert)?, read_pem(&key)?))
@@ -300,6 +311,7 @@ pub async fn start(resolved: Resolved) -> Result<RunningGateway, GatewayError> {
         pki,
         gateway,
         forwarder,
+        revocations,
         stop: Some(stop),
         server,
     })

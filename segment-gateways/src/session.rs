@@ -171,10 +171,72 @@ pub async fn update(
     get(db, id).await
 }
 
+/// Ends every session on this tier that `user` is the account or the operator of
+/// (a deprovisioned user), recording `reason`. Returns the sessions as they were.
+pub async fn end_all_of(
+    db: &Db,
+    user: &str,
+    reason: &str,
+    now_ms: i64,
+) -> Result<Vec<Session>, StoreError> {
+    let mut tx = db.begin_write().await?;
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM gw_sessions WHERE tenant = $1 AND tier = $2
+         AND (user_id = $3 OR operator = $3) AND state <> 'ended'"
+    ))
+    .bind(&*db.tenant)
+    .bind(db.tier.name())
+    .bind(user)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_err("reading a user's sessions"))?;
+    sqlx::query(
+        "UPDATE gw_sessions SET state = 'ended', end_reason = $4, updated_at = $5
+         WHERE tenant = $1 AND tier = $2 AND (user_id = $3 OR operator = $3) AND state <> 'ended'",
+    )
+    .bind(&*db.tenant)
+    .bind(db.tier.name())
+    .bind(user)
+    .bind(reason)
+    .bind(now_ms)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err("ending a user's sessions"))?;
+    tx.commit()
+        .await
+        .map_err(db_err("ending a user's sessions"))?;
+    rows.iter().map(from_row).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use sekisho_policy_engine::Tier;
+
+    #[tokio::test]
+    async fn a_revoked_user_loses_every_session() {
+        let db = Db::open("sqlite::memory:", "t", Tier::Lgwan).await.unwrap();
+        let a = open(&db, "pc1", "alice", 1).await.unwrap();
+        let b = open(&db, "pc2", "bob", 1).await.unwrap();
+        // alice operates bob's shared terminal after an operator switch.
+        update(&db, &b.id, SessionState::Active, Some("alice"), 2)
+            .await
+            .unwrap();
+        let c = open(&db, "pc3", "carol", 1).await.unwrap();
+        let ended = end_all_of(&db, "alice", "revoked", 3).await.unwrap();
+        let mut ids: Vec<&str> = ended.iter().map(|s| s.id.as_str()).collect();
+        ids.sort();
+        let mut want = vec![a.id.as_str(), b.id.as_str()];
+        want.sort();
+        assert_eq!(ids, want);
+        assert!(current(&db, "pc1").await.unwrap().is_none());
+        assert!(current(&db, "pc2").await.unwrap().is_none());
+        assert_eq!(current(&db, "pc3").await.unwrap().unwrap().id, c.id);
+        assert!(end_all_of(&db, "alice", "revoked", 4)
+            .await
+            .unwrap()
+            .is_empty());
+    }
 
     #[tokio::test]
     async fn one_session_per_device_and_operator_changes() {

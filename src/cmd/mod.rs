@@ -5,6 +5,7 @@ pub mod audit;
 pub mod decide;
 pub mod demo;
 pub mod device;
+pub mod directory;
 pub mod engine;
 pub mod enroll;
 pub mod entities;

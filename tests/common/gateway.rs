@@ -98,8 +98,18 @@ impl TestGateway {
         tier: Tier,
         adjust: impl FnOnce(&mut GatewayConfig),
     ) -> TestGateway {
-        let postgres = matches!(backend, Backend::Postgres);
         let engine = TestEngine::start(backend, "gw").await;
+        Self::on_engine(engine, backend, tier, adjust).await
+    }
+
+    /// As [`TestGateway::start_on`], in front of an engine the test configured.
+    pub async fn on_engine(
+        engine: TestEngine,
+        backend: Backend,
+        tier: Tier,
+        adjust: impl FnOnce(&mut GatewayConfig),
+    ) -> TestGateway {
+        let postgres = matches!(backend, Backend::Postgres);
         engine.load_reference().await;
         let dir = tempfile::tempdir().expect("temp dir");
         let cards = CardCa::new("test card CA", dir.path());

@@ -41,6 +41,7 @@ pub fn unique_tenant(name: &str) -> String {
     )
 }
 
+#[derive(Clone, Copy)]
 pub enum Backend {
     Sqlite,
     Postgres,

@@ -382,6 +382,19 @@ impl AuditStore {
     /// the stored one, the first stays and a warning is logged (verification will
     /// tell which of the two the chain holds).
     pub async fn ingest(&self, records: Vec<Record>) -> Result<IngestOutcome, AuditError> {
+        let mut tx = self.begin_write().await?;
+        let out = self.ingest_in(&mut tx, records).await?;
+        tx.commit().await.map_err(db("committing audit events"))?;
+        Ok(out)
+    }
+
+    /// [`AuditStore::ingest`] inside the caller's transaction (the engine's own events
+    /// are stored with the change they record).
+    pub(crate) async fn ingest_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        records: Vec<Record>,
+    ) -> Result<IngestOutcome, AuditError> {
         let mut rows = Vec::with_capacity(records.len());
         for r in records {
             let p = prepare(r.json).map_err(|p| match p {
@@ -418,17 +431,15 @@ impl AuditStore {
             return Ok(IngestOutcome::default());
         }
         let by_gateway = group_by_gateway(rows);
-        let mut tx = self.begin_write().await?;
-        self.lock_gateways(&mut tx, by_gateway.keys()).await?;
+        self.lock_gateways(tx, by_gateway.keys()).await?;
         let mut out = IngestOutcome::default();
         for (gateway, rows) in &by_gateway {
-            let inserted = self.insert_events(&mut tx, rows).await?;
+            let inserted = self.insert_events(tx, rows).await?;
             let known: Vec<i64> = rows.iter().map(|r| r.seq).collect();
-            let through = self.advance(&mut tx, gateway, &known, inserted).await?;
+            let through = self.advance(tx, gateway, &known, inserted).await?;
             out.inserted += inserted;
             out.stored_through.insert(gateway.clone(), through);
         }
-        tx.commit().await.map_err(db("committing audit events"))?;
         Ok(out)
     }
 
@@ -484,6 +495,61 @@ impl AuditStore {
             .await
             .map_err(db("committing imported events"))?;
         Ok(out)
+    }
+
+    /// Chains and stores events the engine itself records (a directory sync's
+    /// deprovisioning) as the journal `journal`, inside the caller's transaction, so
+    /// they are stored exactly when the change they record is.
+    pub(crate) async fn append_own_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        journal: &str,
+        bodies: Vec<super::event::EventBody>,
+    ) -> Result<(), AuditError> {
+        if bodies.is_empty() {
+            return Ok(());
+        }
+        let name = journal.to_string();
+        self.lock_gateways(tx, std::iter::once(&name)).await?;
+        let head = sqlx::query(
+            "SELECT event FROM audit_events WHERE tenant = $1 AND gateway = $2
+             ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(self.tenant())
+        .bind(journal)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db("reading the engine journal's head"))?;
+        let (mut seq, mut prev) = match head {
+            Some(row) => {
+                let json: String = row
+                    .try_get(0)
+                    .map_err(db("reading the engine journal's head"))?;
+                let e = AuditEvent::from_json(&json).map_err(|e| AuditError::Malformed {
+                    gateway: name.clone(),
+                    seq: 0,
+                    message: e.to_string(),
+                })?;
+                (e.body.seq, e.hash)
+            }
+            None => (0, super::event::GENESIS_HASH.to_string()),
+        };
+        let ts = super::event::format_ts(now_ms());
+        let mut records = Vec::with_capacity(bodies.len());
+        for mut body in bodies {
+            seq += 1;
+            body.seq = seq;
+            body.ts.clone_from(&ts);
+            body.gateway.clone_from(&name);
+            let event = body.seal(&prev);
+            prev.clone_from(&event.hash);
+            records.push(Record {
+                gateway: name.clone(),
+                seq,
+                json: event.to_json(),
+            });
+        }
+        self.ingest_in(tx, records).await.map(|_| ())
     }
 
     /// On PostgreSQL, serialises ingests of the same gateway (two replicas of the

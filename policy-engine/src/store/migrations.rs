@@ -176,6 +176,67 @@ pub(super) const MIGRATIONS: &[Migration] = &[
             "CREATE INDEX audit_decisions_request ON audit_decisions (tenant, request_id)",
         ],
     },
+    Migration {
+        version: 4,
+        name: "directory sync",
+        statements: &[
+            // What the directory held at the last sync, per user: the sync's own mirror,
+            // so a run can tell added, changed, disabled and removed apart. Users in
+            // `users` without a row here are managed by hand (imports, the admin API)
+            // and a sync never touches them. `record` is the mapped attributes as JSON.
+            "CREATE TABLE directory_users (
+            tenant TEXT NOT NULL,
+            id TEXT NOT NULL,
+            dn TEXT NOT NULL,
+            disabled BIGINT NOT NULL CHECK (disabled IN (0, 1)),
+            record TEXT NOT NULL,
+            PRIMARY KEY (tenant, id)
+        )",
+            // Groups the directory provides (`parents` a JSON list of group ids;
+            // `changed` the group's change marker when last read).
+            "CREATE TABLE directory_groups (
+            tenant TEXT NOT NULL,
+            id TEXT NOT NULL,
+            dn TEXT NOT NULL,
+            parents TEXT NOT NULL,
+            changed TEXT NOT NULL,
+            PRIMARY KEY (tenant, id)
+        )",
+            // The incremental sync's high-water mark (uSNChanged or modifyTimestamp).
+            "CREATE TABLE directory_state (
+            tenant TEXT NOT NULL PRIMARY KEY,
+            high_water TEXT NOT NULL
+        )",
+            // Every sync run, applied, refused or failed (`directory status`).
+            "CREATE TABLE directory_runs (
+            tenant TEXT NOT NULL,
+            id BIGINT NOT NULL CHECK (id >= 1),
+            started_at TEXT NOT NULL,
+            finished_at TEXT NOT NULL,
+            mode TEXT NOT NULL,
+            run_trigger TEXT NOT NULL,
+            outcome TEXT NOT NULL CHECK (outcome IN ('ok', 'failed', 'refused')),
+            added BIGINT NOT NULL,
+            changed BIGINT NOT NULL,
+            disabled BIGINT NOT NULL,
+            removed BIGINT NOT NULL,
+            enabled BIGINT NOT NULL,
+            error TEXT NOT NULL,
+            elapsed_ms BIGINT NOT NULL,
+            PRIMARY KEY (tenant, id)
+        )",
+            // Users whose access ended, in order: gateways follow this list (by `seq`)
+            // and end the device sessions of each user on it.
+            "CREATE TABLE revocations (
+            tenant TEXT NOT NULL,
+            seq BIGINT NOT NULL CHECK (seq >= 1),
+            user_id TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            at_ms BIGINT NOT NULL,
+            PRIMARY KEY (tenant, seq)
+        )",
+        ],
+    },
 ];
 
 /// Brings the database up to the newest embedded migration.

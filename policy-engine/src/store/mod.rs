@@ -16,6 +16,7 @@
 //! references between entities (a user's groups exist, no cycles) are the job of
 //! [`crate::entities::Directory::apply`], which callers run before persisting.
 
+pub mod directory;
 mod migrations;
 
 pub use migrations::{Migration, MigrationSet};
@@ -531,6 +532,24 @@ impl Store {
         batch: &EntityBatch,
         del: &EntityDeletion,
     ) -> Result<u64, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let generation = self.write_entities(&mut tx, batch, del).await?;
+        tx.commit().await.map_err(|source| StoreError::Database {
+            context: "committing entity changes",
+            source,
+        })?;
+        Ok(generation)
+    }
+
+    /// [`Store::apply_entities`] inside the caller's transaction, so a change can be
+    /// committed together with what it implies (a directory sync's mirror,
+    /// revocations and audit events). Returns the new entity generation.
+    pub(crate) async fn write_entities(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        batch: &EntityBatch,
+        del: &EntityDeletion,
+    ) -> Result<u64, StoreError> {
         check_unique("users", batch.users.iter().map(|u| u.id.as_str()))?;
         check_unique("entity_groups", batch.groups.iter().map(|g| g.id.as_str()))?;
         check_unique("devices", batch.devices.iter().map(|d| d.id.as_str()))?;
@@ -567,14 +586,12 @@ impl Store {
             })
             .collect();
 
-        let mut tx = self.begin_write().await?;
-        self.delete_ids(&mut tx, "users", &del.users).await?;
-        self.delete_ids(&mut tx, "entity_groups", &del.groups)
-            .await?;
-        self.delete_ids(&mut tx, "devices", &del.devices).await?;
+        self.delete_ids(tx, "users", &del.users).await?;
+        self.delete_ids(tx, "entity_groups", &del.groups).await?;
+        self.delete_ids(tx, "devices", &del.devices).await?;
         let fixed = [Val::Str(&self.tenant)];
         self.insert_rows(
-            &mut tx,
+            tx,
             "entity_groups",
             "INSERT INTO entity_groups (tenant, id, parents) VALUES ",
             " ON CONFLICT (tenant, id) DO UPDATE SET parents = excluded.parents",
@@ -584,7 +601,7 @@ impl Store {
         )
         .await?;
         self.insert_rows(
-            &mut tx,
+            tx,
             "users",
             "INSERT INTO users (tenant, id, department, role, enrolled, \"groups\") VALUES ",
             " ON CONFLICT (tenant, id) DO UPDATE SET department = excluded.department, role = excluded.role, \
@@ -595,7 +612,7 @@ impl Store {
         )
         .await?;
         self.insert_rows(
-            &mut tx,
+            tx,
             "devices",
             "INSERT INTO devices (tenant, id, tier, kind, capabilities, location) VALUES ",
             " ON CONFLICT (tenant, id) DO UPDATE SET tier = excluded.tier, kind = excluded.kind, \
@@ -611,15 +628,11 @@ impl Store {
              RETURNING generation",
         )
         .bind(&*self.tenant)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **tx)
         .await
         .and_then(|row| row.try_get(0))
         .map_err(|source| StoreError::Database {
             context: "bumping the entity generation",
-            source,
-        })?;
-        tx.commit().await.map_err(|source| StoreError::Database {
-            context: "committing entity changes",
             source,
         })?;
         Ok(generation as u64)

@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ldap3::{LdapConnAsync, LdapConnSettings};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
+use sekisho_policy_engine::ldap;
 use serde::Deserialize;
 
 use super::Failure;
@@ -93,7 +92,7 @@ impl Directory {
             url: config.url.clone(),
             reason,
         };
-        let url = parse_url(&config.url).map_err(url_error)?;
+        let url = ldap::parse_url(&config.url).map_err(url_error)?;
         if url.ldaps && config.starttls {
             return Err(DirectoryConfigError::StartTlsWithLdaps);
         }
@@ -109,10 +108,16 @@ impl Directory {
         if config.timeout_secs == 0 || config.timeout_secs > MAX_TIMEOUT_SECS {
             return Err(DirectoryConfigError::Timeout(config.timeout_secs));
         }
-        let tls = match &config.ca_file {
-            Some(path) => Some(client_config(path)?),
-            None => None,
-        };
+        let tls =
+            match &config.ca_file {
+                Some(path) => Some(ldap::client_config(path).map_err(|reason| {
+                    DirectoryConfigError::CaFile {
+                        path: path.clone(),
+                        reason,
+                    }
+                })?),
+                None => None,
+            };
         if !uses_tls && !url.loopback {
             tracing::warn!(
                 url = %config.url,
@@ -289,82 +294,6 @@ pub fn escape_dn_value(value: &str) -> String {
         }
     }
     out
-}
-
-struct LdapUrl {
-    ldaps: bool,
-    loopback: bool,
-}
-
-/// Accepts `ldap[s]://host[:port][/]` only: ldap3 would treat a DN or filter in the URL
-/// as meaningless here, and some malformed URLs make it panic instead of erroring.
-fn parse_url(url: &str) -> Result<LdapUrl, &'static str> {
-    let has_scheme = |scheme: &str| {
-        url.get(..scheme.len())
-            .is_some_and(|p| p.eq_ignore_ascii_case(scheme))
-    };
-    let (ldaps, rest) = if has_scheme("ldaps://") {
-        (true, &url["ldaps://".len()..])
-    } else if has_scheme("ldap://") {
-        (false, &url["ldap://".len()..])
-    } else {
-        return Err("must start with ldap:// or ldaps://");
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    if !(path.is_empty() || path == "/") {
-        return Err("must be only scheme, host and port (no DN, attributes or filter)");
-    }
-    if authority.contains(['@', '?', '#', ' ']) {
-        return Err("has characters that do not belong in a host and port");
-    }
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6.split_once(']').ok_or("has an unclosed IPv6 bracket")?;
-        (host, after.strip_prefix(':'))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        }
-    };
-    if host.is_empty() {
-        return Err("has no host");
-    }
-    if let Some(port) = port {
-        if !port.parse::<u16>().is_ok_and(|p| p != 0) {
-            return Err("has an invalid port");
-        }
-    }
-    let loopback =
-        host.eq_ignore_ascii_case("localhost") || host == "::1" || host.starts_with("127.");
-    Ok(LdapUrl { ldaps, loopback })
-}
-
-/// A rustls client configuration trusting only the CA certificates in `path`: the
-/// directory is a known server with a known (often municipal, private) CA, so the
-/// public web PKI should not be able to vouch for it.
-fn client_config(path: &PathBuf) -> Result<Arc<rustls::ClientConfig>, DirectoryConfigError> {
-    let ca_error = |reason: String| DirectoryConfigError::CaFile {
-        path: path.clone(),
-        reason,
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path).map_err(|e| ca_error(e.to_string()))?;
-    for cert in certs {
-        let cert = cert.map_err(|e| ca_error(e.to_string()))?;
-        roots
-            .add(cert)
-            .map_err(|e| ca_error(format!("unusable CA certificate: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(ca_error("contains no PEM certificate".to_string()));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ca_error(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
 }
 
 #[cfg(test)]
