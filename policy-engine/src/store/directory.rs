@@ -195,7 +195,7 @@ impl Store {
             .await
             .map_err(db("storing the directory high-water mark"))?;
         }
-        let mut last_revocation = self.last_revocation_in(&mut tx).await?;
+        let mut last_revocation = max_revocation_seq(&self.tenant, &mut *tx).await?;
         let at_ms = chrono::Utc::now().timestamp_millis();
         for (user, reason) in plan.revocations() {
             last_revocation += 1;
@@ -345,34 +345,22 @@ impl Store {
 
     /// The newest revocation's seq (0 when there is none).
     pub async fn last_revocation(&self) -> Result<u64, StoreError> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(db("reading the last revocation"))?;
-        let n: Option<i64> = sqlx::query_scalar::<Any, Option<i64>>(
-            "SELECT MAX(seq) FROM revocations WHERE tenant = $1",
-        )
-        .bind(&*self.tenant)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(db("reading the last revocation"))?;
-        Ok(n.unwrap_or(0) as u64)
+        max_revocation_seq(&self.tenant, &self.pool).await
     }
+}
 
-    async fn last_revocation_in(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-    ) -> Result<u64, StoreError> {
-        let n: Option<i64> = sqlx::query_scalar::<Any, Option<i64>>(
-            "SELECT MAX(seq) FROM revocations WHERE tenant = $1",
-        )
-        .bind(&*self.tenant)
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(db("reading the last revocation"))?;
-        Ok(n.unwrap_or(0) as u64)
-    }
+async fn max_revocation_seq<'e>(
+    tenant: &str,
+    executor: impl sqlx::Executor<'e, Database = Any>,
+) -> Result<u64, StoreError> {
+    let n: Option<i64> = sqlx::query_scalar::<Any, Option<i64>>(
+        "SELECT MAX(seq) FROM revocations WHERE tenant = $1",
+    )
+    .bind(tenant)
+    .fetch_one(executor)
+    .await
+    .map_err(db("reading the last revocation"))?;
+    Ok(n.unwrap_or(0) as u64)
 }
 
 fn run_from_row(r: &AnyRow) -> Result<SyncRunRecord, StoreError> {
