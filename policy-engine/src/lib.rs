@@ -13,6 +13,7 @@ pub mod engine;
 pub mod entities;
 pub mod factor;
 pub mod grpc;
+pub mod import;
 pub mod lint;
 pub mod model;
 pub mod pki;
