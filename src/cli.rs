@@ -320,7 +320,7 @@ pub enum DeviceCommand {
     /// Register (or update) a terminal: in the engine's entities, so that policies
     /// see its tier and kind, and on its tier's gateway, which then accepts its
     /// certificate. Run again to change it.
-    Register(DeviceRegisterArgs),
+    Register(Box<DeviceRegisterArgs>),
     /// Register or update many terminals at once from a CSV or TOML file (by its
     /// extension) in the engine's store, in one transaction. Every row is checked
     /// first; with any problem nothing is written. Importing the same file again

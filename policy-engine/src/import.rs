@@ -70,18 +70,6 @@ impl std::fmt::Display for Problem {
     }
 }
 
-/// Every problem of one file; nothing of it was written.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}: {} problem(s), nothing imported: {}", problems.len(), first(problems))]
-pub struct ImportError {
-    pub file: String,
-    pub problems: Vec<Problem>,
-}
-
-fn first(problems: &[Problem]) -> String {
-    problems.first().map(Problem::to_string).unwrap_or_default()
-}
-
 /// Decodes an import file's bytes to text, naming which encoding was used.
 ///
 /// Auto-detection is safe in one direction only: Shift_JIS text with kanji is almost
