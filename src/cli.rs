@@ -69,6 +69,10 @@ pub enum Command {
     /// their certificates.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Bulk-import the users of a standalone tier (no directory) and their initial
+    /// credentials from a CSV file into the tier's gateway.
+    #[command(subcommand)]
+    Users(UsersCommand),
     /// Lift a user's lockout on a tier's gateway (after too many failed attempts).
     UnlockUser(UnlockUserArgs),
     /// Act as a terminal: log on, unlock, lock or log off through a gateway, as a
@@ -355,7 +359,96 @@ pub enum DeviceCommand {
     /// Register (or update) a terminal: in the engine's entities, so that policies
     /// see its tier and kind, and on its tier's gateway, which then accepts its
     /// certificate. Run again to change it.
-    Register(DeviceRegisterArgs),
+    Register(Box<DeviceRegisterArgs>),
+    /// Register or update many terminals at once from a CSV or TOML file (by its
+    /// extension) in the engine's store, in one transaction. Every row is checked
+    /// first; with any problem nothing is written. Importing the same file again
+    /// changes nothing.
+    Import(DeviceImportArgs),
+    /// List the terminals in the engine's store.
+    List(DeviceListArgs),
+}
+
+/// The engine's database, opened directly (device import and list).
+#[derive(Debug, Clone, Args)]
+pub struct EngineStoreArgs {
+    /// The engine's database: sqlite://FILE or postgres://…
+    #[arg(
+        long,
+        env = "SEKISHO_STORE",
+        default_value = "sqlite://sekisho-engine.db",
+        value_name = "URL"
+    )]
+    pub store: String,
+    /// The municipality (tenant) in the engine's store.
+    #[arg(
+        long,
+        env = "SEKISHO_TENANT",
+        default_value = "default",
+        value_name = "ID"
+    )]
+    pub tenant: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DeviceImportArgs {
+    /// devices.csv (columns id,tier,kind,capabilities,location; capabilities
+    /// separated by ;) or devices.toml ([[device]] tables with the same keys).
+    pub file: PathBuf,
+    /// Check and show what would be added or changed; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How the CSV file is encoded: auto (UTF-8 if valid, else Shift_JIS), utf-8 or
+    /// shift_jis.
+    #[arg(long, default_value = "auto", value_name = "ENCODING")]
+    pub encoding: sekisho_policy_engine::import::TextEncoding,
+    #[command(flatten)]
+    pub store: EngineStoreArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DeviceListArgs {
+    /// Only this tier: mynumber, lgwan, internet or telework.
+    #[arg(long, value_name = "TIER")]
+    pub tier: Option<String>,
+    /// Only this kind: desktop, shared, mobile, telework or vdi.
+    #[arg(long, value_name = "KIND")]
+    pub kind: Option<String>,
+    /// Print CSV in the import format instead of a table (edit and import again).
+    #[arg(long)]
+    pub csv: bool,
+    #[command(flatten)]
+    pub store: EngineStoreArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Create or update users (name, department, role, groups) and their initial
+    /// password, PIN, IC card certificate and TOTP seed on a tier's gateway, from a
+    /// CSV file (UTF-8 or Shift_JIS). Every row is checked first and any problem is
+    /// reported with its row and column; nothing is written unless every row is
+    /// valid. Importing the same file again changes nothing.
+    Import(UsersImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UsersImportArgs {
+    /// users.csv; header: user,name,department,role,groups,password,pin,card_cert,totp_seed
+    /// (only user is required; groups and card_cert separated by ;, card_cert paths
+    /// relative to the CSV file).
+    pub file: PathBuf,
+    /// Check and show what would be added or changed; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How the file is encoded: auto (UTF-8 if valid, else Shift_JIS), utf-8 or
+    /// shift_jis.
+    #[arg(long, default_value = "auto", value_name = "ENCODING")]
+    pub encoding: sekisho_policy_engine::import::TextEncoding,
+    /// Also list the users that did not change.
+    #[arg(long, short)]
+    pub verbose: bool,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
 }
 
 #[derive(Debug, Args)]
@@ -575,7 +668,7 @@ pub struct AuditFilterArgs {
     #[arg(long, value_name = "TIER")]
     pub tier: Option<String>,
     /// logon, unlock, switch_operator, elevate, lock, logoff, lockout, enroll,
-    /// emergency_otp_issue, device_register, unlock_user.
+    /// emergency_otp_issue, device_register, unlock_user, user_import.
     #[arg(long, value_name = "ACTION")]
     pub action: Option<String>,
     /// allow, deny or error.

@@ -11,6 +11,7 @@ use clap::Parser;
 use sekisho::cli::{
     AgentCommand, AuditCommand, Cli, Command, DeviceCommand, DirectoryCommand, EmergencyOtpCommand,
     EngineCommand, EnrollCommand, EntitiesCommand, GatewayCommand, PolicyCommand, ReportCommand,
+    UsersCommand,
 };
 use sekisho::{cmd, Outcome};
 
@@ -117,6 +118,9 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
         }
         Command::UnlockUser(a) => cmd::enroll::unlock_user(&a.user, &a.gateway).await,
         Command::Device(DeviceCommand::Register(a)) => cmd::device::register(&a).await,
+        Command::Device(DeviceCommand::Import(a)) => cmd::device::import(&a).await,
+        Command::Device(DeviceCommand::List(a)) => cmd::device::list(&a).await,
+        Command::Users(UsersCommand::Import(a)) => cmd::users::import(&a).await,
         Command::Agent(AgentCommand::Logon(a)) => cmd::agent::authenticate("logon", &a).await,
         Command::Agent(AgentCommand::Unlock(a)) => cmd::agent::authenticate("unlock", &a).await,
         Command::Agent(AgentCommand::Lock(a)) => cmd::agent::session("lock", &a).await,

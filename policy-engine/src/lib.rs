@@ -14,6 +14,7 @@ pub mod engine;
 pub mod entities;
 pub mod factor;
 pub mod grpc;
+pub mod import;
 pub mod ldap;
 pub mod lint;
 pub mod model;

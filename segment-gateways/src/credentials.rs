@@ -168,11 +168,11 @@ impl CredentialStore {
         &self.db
     }
 
-    fn tenant(&self) -> &str {
+    pub(crate) fn tenant(&self) -> &str {
         &self.db.tenant
     }
 
-    fn tier_name(&self) -> &'static str {
+    pub(crate) fn tier_name(&self) -> &'static str {
         self.db.tier.name()
     }
 
@@ -183,7 +183,12 @@ impl CredentialStore {
             .into_bytes()
     }
 
-    fn seal(&self, user: &str, what: &str, plain: &[u8]) -> Result<String, CredentialError> {
+    pub(crate) fn seal(
+        &self,
+        user: &str,
+        what: &str,
+        plain: &[u8],
+    ) -> Result<String, CredentialError> {
         let sealed = self
             .key
             .seal(&self.aad(user, what), plain)
@@ -704,6 +709,56 @@ impl CredentialStore {
     }
 }
 
+/// A user of a standalone tier as the gateway stores them (bulk import).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredUser {
+    pub id: String,
+    pub name: String,
+    pub department: String,
+    pub role: String,
+    pub groups: Vec<String>,
+}
+
+impl CredentialStore {
+    /// A user of this tier's own directory (`gw_users`), if imported.
+    pub async fn user(&self, id: &str) -> Result<Option<StoredUser>, CredentialError> {
+        let row = sqlx::query(
+            "SELECT name, department, role, \"groups\" FROM gw_users
+             WHERE tenant = $1 AND tier = $2 AND id = $3",
+        )
+        .bind(self.tenant())
+        .bind(self.tier_name())
+        .bind(id)
+        .fetch_optional(&self.db.pool)
+        .await
+        .map_err(db_err("reading a user"))?;
+        let Some(row) = row else { return Ok(None) };
+        let groups: String = row.try_get(3).map_err(corrupt("user", id))?;
+        Ok(Some(StoredUser {
+            id: id.to_string(),
+            name: row.try_get(0).map_err(corrupt("user", id))?,
+            department: row.try_get(1).map_err(corrupt("user", id))?,
+            role: row.try_get(2).map_err(corrupt("user", id))?,
+            groups: serde_json::from_str(&groups).map_err(corrupt("user", id))?,
+        }))
+    }
+
+    /// Whether the card with this SHA-256 fingerprint is enrolled for `user`.
+    pub async fn has_card(&self, user: &str, fingerprint: &str) -> Result<bool, CredentialError> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM gw_cards WHERE tenant = $1 AND tier = $2 AND user_id = $3 AND fingerprint = $4",
+        )
+        .bind(self.tenant())
+        .bind(self.tier_name())
+        .bind(user)
+        .bind(fingerprint)
+        .fetch_optional(&self.db.pool)
+        .await
+        .map_err(db_err("reading a card"))?;
+        Ok(found.is_some())
+    }
+}
+
 /// A `map_err` adapter: a stored value of `user` that cannot be read, and why.
 fn corrupt<'a, E: std::fmt::Display>(
     what: &'static str,
@@ -716,7 +771,7 @@ fn corrupt<'a, E: std::fmt::Display>(
     }
 }
 
-fn card_kind_name(kind: CardKind) -> &'static str {
+pub(crate) fn card_kind_name(kind: CardKind) -> &'static str {
     match kind {
         CardKind::Card => "card",
         CardKind::MyNumber => "mynumber",

@@ -226,4 +226,23 @@ const MIGRATIONS: &[Migration] = &[
         )",
         ],
     },
+    Migration {
+        version: 3,
+        name: "users of a standalone tier",
+        statements: &[
+            // The people a standalone tier knows without a directory (bulk imported):
+            // display name, department, role and groups (a JSON array of group ids).
+            "CREATE TABLE gw_users (
+            tenant TEXT NOT NULL,
+            tier TEXT NOT NULL,
+            id TEXT NOT NULL CHECK (length(id) BETWEEN 1 AND 256),
+            name TEXT NOT NULL,
+            department TEXT NOT NULL,
+            role TEXT NOT NULL,
+            \"groups\" TEXT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            PRIMARY KEY (tenant, tier, id)
+        )",
+        ],
+    },
 ];

@@ -16,6 +16,7 @@ pub mod factors;
 pub mod forward;
 pub mod grpc;
 pub mod hashing;
+pub mod import;
 pub mod journal;
 pub mod lockout;
 pub mod logon;

@@ -36,6 +36,10 @@ use crate::ratelimit::RateLimiter;
 use crate::revoke::RevocationFollower;
 use crate::tls::{self, ClientTls, ConnectError};
 
+/// Largest admin request accepted: a users import of a whole city (4,700 users with
+/// a card certificate each is about 8 MiB).
+const ADMIN_MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
 /// How long a shutdown waits for calls in flight.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -295,9 +299,15 @@ pub async fn start(resolved: Resolved) -> Result<RunningGateway, GatewayError> {
             gateway.clone(),
             admin_names.clone(),
         )))
-        .add_service(pb::gateway_admin_server::GatewayAdminServer::new(
-            AdminService::new(gateway.clone(), admin_names, config.totp.clone()),
-        ));
+        .add_service(
+            pb::gateway_admin_server::GatewayAdminServer::new(AdminService::new(
+                gateway.clone(),
+                admin_names,
+                config.totp.clone(),
+            ))
+            // A city's users import with card certificates is several MiB.
+            .max_decoding_message_size(ADMIN_MAX_MESSAGE),
+        );
     let server = tokio::spawn(router.serve_with_incoming_shutdown(
         tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
         async {

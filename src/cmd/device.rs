@@ -1,18 +1,25 @@
 //! `sekisho device register`: a terminal in the engine's entities and on its tier's
 //! gateway, and optionally its client certificate from the development CA.
+//! `sekisho device import` and `device list`: many terminals at once, in and from
+//! the engine's store.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use sekisho_gateway::factors::biometric::DeviceKey;
+use sekisho_policy_engine::entities::{DeviceRecord, EntityBatch, EntityDeletion};
 use sekisho_policy_engine::factor::Capabilities;
+use sekisho_policy_engine::import::{
+    decode, device_changes, diff_devices, parse_devices, Change, Problem, DEVICE_COLUMNS,
+};
 use sekisho_policy_engine::pki::{PkiFiles, Usage};
+use sekisho_policy_engine::store::{redact_url, Store};
 use sekisho_policy_engine::{DeviceKind, Tier};
 use sekisho_proto::v1 as pb;
 use sekisho_proto::v1::gateway_admin_client::GatewayAdminClient;
 use sekisho_proto::v1::policy_admin_client::PolicyAdminClient;
 
-use crate::cli::DeviceRegisterArgs;
+use crate::cli::{DeviceImportArgs, DeviceListArgs, DeviceRegisterArgs, EngineStoreArgs};
 use crate::client::GatewayArgs;
 use crate::Outcome;
 
@@ -149,6 +156,159 @@ pub async fn register(args: &DeviceRegisterArgs) -> Result<Outcome> {
         );
     }
     Ok(Outcome::Ok)
+}
+
+/// Opens the engine's store for entity work; a SQLite file must already exist (a
+/// typo in the path must not create an empty store).
+async fn open_store(args: &EngineStoreArgs) -> Result<Store> {
+    if let Some(rest) = args.store.strip_prefix("sqlite://") {
+        let path = rest.split('?').next().unwrap_or(rest);
+        if !path.is_empty() && !Path::new(path).is_file() {
+            bail!("no engine store at {path} (give --store, or run where the engine keeps sekisho-engine.db)");
+        }
+    }
+    Store::open(&args.store, &args.tenant)
+        .await
+        .with_context(|| format!("the engine's store {}", redact_url(&args.store)))
+}
+
+/// Device import writes the engine's store directly, as `audit import` does: the
+/// comparison that makes a re-import change nothing needs the stored devices, which
+/// only the store can give, and a running engine picks the change up by its entity
+/// generation within `poll_interval_secs`.
+pub async fn import(args: &DeviceImportArgs) -> Result<Outcome> {
+    let file = &args.file;
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let is_toml = file
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("toml"));
+    let text = if is_toml {
+        String::from_utf8(bytes).map_err(|_| {
+            super::users::refuse(file, &[Problem::new(0, "", "a TOML file must be UTF-8")])
+        })?
+    } else {
+        decode(&bytes, args.encoding)
+            .map_err(|p| super::users::refuse(file, &[p]))?
+            .0
+    };
+    let rows = parse_devices(&text, is_toml).map_err(|p| super::users::refuse(file, &p))?;
+    if rows.is_empty() {
+        bail!("{}: no devices in the file", file.display());
+    }
+    let store = open_store(&args.store).await?;
+    let current = store
+        .load_entities()
+        .await
+        .context("reading the devices in the engine's store")?
+        .devices;
+    let by_id: std::collections::HashMap<&str, &DeviceRecord> =
+        current.iter().map(|d| (d.id.as_str(), d)).collect();
+    let diff = diff_devices(&rows, &current);
+    let mut write = Vec::new();
+    let (mut added, mut changed, mut unchanged) = (0, 0, 0);
+    let what = if is_toml { "device" } else { "row" };
+    for (row, change) in &diff {
+        let d = &row.device;
+        match change {
+            Change::Added => {
+                added += 1;
+                println!(
+                    "+ {} ({what} {}) added: {}, {}, [{}] {}",
+                    d.id,
+                    row.row,
+                    d.tier,
+                    d.kind,
+                    d.capabilities.names().join(","),
+                    d.location
+                );
+            }
+            Change::Changed => {
+                changed += 1;
+                let fields = by_id
+                    .get(d.id.as_str())
+                    .map(|old| device_changes(old, d).join(", "))
+                    .unwrap_or_default();
+                println!("~ {} ({what} {}) changed: {fields}", d.id, row.row);
+            }
+            Change::Unchanged => unchanged += 1,
+        }
+        if *change != Change::Unchanged {
+            write.push(d.clone());
+        }
+    }
+    if !args.dry_run && !write.is_empty() {
+        store
+            .apply_entities(
+                &EntityBatch {
+                    devices: write,
+                    ..EntityBatch::default()
+                },
+                &EntityDeletion::default(),
+            )
+            .await
+            .context("writing the devices to the engine's store")?;
+    }
+    store.close().await;
+    let verb = if args.dry_run { "would be " } else { "" };
+    println!(
+        "{added} {verb}added, {changed} {verb}changed, {unchanged} unchanged{}",
+        if args.dry_run {
+            " (dry run: nothing was written)"
+        } else {
+            ""
+        }
+    );
+    if !args.dry_run && added + changed > 0 {
+        eprintln!("register them on their tier's gateway too (sekisho device register … --gateway-only) so their certificates are accepted");
+    }
+    Ok(Outcome::Ok)
+}
+
+pub async fn list(args: &DeviceListArgs) -> Result<Outcome> {
+    let tier: Option<Tier> = args.tier.as_deref().map(str::parse).transpose()?;
+    let kind: Option<DeviceKind> = args.kind.as_deref().map(str::parse).transpose()?;
+    let store = open_store(&args.store).await?;
+    let devices = store
+        .load_entities()
+        .await
+        .context("reading the devices in the engine's store")?
+        .devices;
+    store.close().await;
+    let rows: Vec<Vec<String>> = devices
+        .iter()
+        .filter(|d| tier.is_none_or(|t| d.tier == t) && kind.is_none_or(|k| d.kind == k))
+        .map(|d| {
+            vec![
+                d.id.clone(),
+                d.tier.to_string(),
+                d.kind.to_string(),
+                d.capabilities.names().join(";"),
+                d.location.clone(),
+            ]
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if args.csv {
+        use std::io::Write;
+        writeln!(out, "{}", DEVICE_COLUMNS.join(","))?;
+        for r in &rows {
+            let cells: Vec<String> = r.iter().map(|c| csv_cell(c)).collect();
+            writeln!(out, "{}", cells.join(","))?;
+        }
+    } else {
+        crate::report::print_table(&mut out, DEVICE_COLUMNS, &rows)?;
+        eprintln!("{} device(s)", rows.len());
+    }
+    Ok(Outcome::Ok)
+}
+
+/// A CSV cell, quoted when it must be.
+fn csv_cell(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
 }
 
 #[cfg(test)]

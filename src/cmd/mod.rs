@@ -12,6 +12,7 @@ pub mod entities;
 pub mod gateway;
 pub mod policy;
 pub mod report;
+pub mod users;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use rustls_pki_types::UnixTime;
 use sekisho_policy_engine::audit::{format_ts, Outcome};
+use sekisho_policy_engine::import::Change;
 use sekisho_policy_engine::{Capabilities, DeviceKind, Factor, Tier};
 use sekisho_proto::v1 as pb;
 use sha2::{Digest, Sha256};
@@ -20,6 +21,7 @@ use crate::db::now_ms;
 use crate::factors::biometric::{self, BiometricFactor, DeviceKey};
 use crate::factors::totp::{self, TotpAlgorithm, TotpParams};
 use crate::factors::{card, emergency_otp, pin};
+use crate::import::{self, ImportContext, ImportFailure};
 use crate::lockout;
 use crate::logon::Gateway;
 
@@ -27,7 +29,7 @@ use crate::logon::Gateway;
 const EOTP_DEFAULT_TTL_SECS: u64 = 2 * 3600;
 const EOTP_MAX_TTL_SECS: u64 = 24 * 3600;
 /// Shortest standalone password accepted.
-const MIN_PASSWORD_CHARS: usize = 8;
+const MIN_PASSWORD_CHARS: usize = import::MIN_PASSWORD_CHARS;
 /// Largest biometric template accepted (elements).
 const MAX_TEMPLATE_DIM: usize = 4096;
 
@@ -496,6 +498,73 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
         )
         .await?;
         Ok(Response::new(pb::UnlockUserResponse { was_locked }))
+    }
+
+    async fn import_users(
+        &self,
+        request: Request<pb::ImportUsersRequest>,
+    ) -> Result<Response<pb::ImportUsersResponse>, Status> {
+        let admin = self.admin(&request)?;
+        let r = request.into_inner();
+        let totp = TotpParams::new(self.totp.algorithm, self.totp.digits, 30)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let ctx = ImportContext {
+            store: &self.gateway.store,
+            hasher: &self.gateway.hasher,
+            cards: self.gateway.cards.as_deref(),
+            directory_passwords: self.gateway.passwords.is_directory(),
+            totp,
+        };
+        let outcomes = match import::import_users(&ctx, &r.users, r.dry_run).await {
+            Ok(o) => o,
+            Err(ImportFailure::Invalid(problems)) => {
+                tracing::info!(%admin, problems = problems.len(), "user import refused");
+                return Ok(Response::new(pb::ImportUsersResponse {
+                    users: Vec::new(),
+                    problems,
+                    applied: false,
+                }));
+            }
+            Err(ImportFailure::Store(e)) => return Err(store_status(e)),
+            Err(e @ ImportFailure::Hash(_)) => return Err(Status::internal(e.to_string())),
+        };
+        let changed: Vec<&import::UserOutcome> = outcomes
+            .iter()
+            .filter(|o| o.change != Change::Unchanged)
+            .collect();
+        tracing::info!(%admin, users = outcomes.len(), changed = changed.len(), dry_run = r.dry_run, "users imported");
+        if !r.dry_run {
+            // One event per user changed, appended together so they share commits.
+            // Which fields changed, never their values.
+            let events = changed.iter().map(|o| {
+                let admin = &admin;
+                async move {
+                    let detail = [
+                        ("change", o.change.name().to_string()),
+                        ("fields", o.fields.join(",")),
+                        ("row", o.row.to_string()),
+                    ];
+                    self.record(admin, "user_import", &o.user, "", &detail)
+                        .await
+                }
+            });
+            for done in futures::future::join_all(events).await {
+                done?;
+            }
+        }
+        Ok(Response::new(pb::ImportUsersResponse {
+            users: outcomes
+                .into_iter()
+                .map(|o| pb::ImportUserResult {
+                    user: o.user,
+                    row: o.row,
+                    change: o.change.name().into(),
+                    fields: o.fields.into_iter().map(String::from).collect(),
+                })
+                .collect(),
+            problems: Vec::new(),
+            applied: !r.dry_run,
+        }))
     }
 
     async fn list_enrollments(
