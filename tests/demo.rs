@@ -70,7 +70,11 @@ async fn small_day_end_to_end_with_card_mandatory_what_if() {
             "{:?}\n{text}",
             row.attack
         );
-        assert_eq!(row.audited, row.denied_as_expected, "{:?}\n{text}", row.attack);
+        assert_eq!(
+            row.audited, row.denied_as_expected,
+            "{:?}\n{text}",
+            row.attack
+        );
         if row.attack != Attack::Impostor {
             assert_eq!(row.allowed, 0, "{:?} got in\n{text}", row.attack);
         }
@@ -113,9 +117,12 @@ async fn small_day_end_to_end_with_card_mandatory_what_if() {
     assert!(w.locked_out.iter().all(|l| l.tier == "lgwan"));
 
     // Same seed, same day: identical outcome counts.
-    let b = run_demo(&options(&dir.path().join("b"), 11), Arc::new(Progress::default()))
-        .await
-        .expect("the day runs again");
+    let b = run_demo(
+        &options(&dir.path().join("b"), 11),
+        Arc::new(Progress::default()),
+    )
+    .await
+    .expect("the day runs again");
     assert_eq!(r.outcome_counts, b.report.outcome_counts);
     assert_eq!(r.events, b.report.events);
 }

@@ -307,7 +307,10 @@ mod tests {
             ..with(1024, 1, 1)
         };
         assert!(demo.validate().is_ok(), "the demo's own parameters");
-        assert!(with(1024, 1, 1).validate().is_err(), "never without the flag");
+        assert!(
+            with(1024, 1, 1).validate().is_err(),
+            "never without the flag"
+        );
         for ok in [with(47104, 1, 1), with(9216, 4, 1), with(7168, 5, 2)] {
             assert!(ok.validate().is_ok(), "{ok:?}");
         }

@@ -370,8 +370,14 @@ impl City {
                 if let Some(pos) = ops.iter().position(|&o| people[o].has_card()) {
                     ops.swap(0, pos);
                 }
-                let id =
-                    counters.add(&mut terminals, "lgwan", "shared", &["card", "face"], dept, ops.clone());
+                let id = counters.add(
+                    &mut terminals,
+                    "lgwan",
+                    "shared",
+                    &["card", "face"],
+                    dept,
+                    ops.clone(),
+                );
                 for o in ops {
                     people[o].lgwan_device = id.clone();
                 }
@@ -551,7 +557,13 @@ pub fn capture(city: &City, person: usize, factor: &str, noise: f32, capture: u6
 
 /// The enrolled template: a careful capture at enrollment.
 pub fn template(city: &City, person: usize, factor: &str) -> Vec<f32> {
-    capture(city, person, factor, 0.15, 0xe0_0000 + person as u64 * 2 + u64::from(factor == "vein"))
+    capture(
+        city,
+        person,
+        factor,
+        0.15,
+        0xe0_0000 + person as u64 * 2 + u64::from(factor == "vein"),
+    )
 }
 
 #[cfg(test)]
@@ -583,7 +595,10 @@ mod tests {
                 "no {tier} terminal"
             );
         }
-        assert!(a.terminals.iter().any(|t| t.kind == "shared" && t.operators.len() > 1));
+        assert!(a
+            .terminals
+            .iter()
+            .any(|t| t.kind == "shared" && t.operators.len() > 1));
         let c = City::generate(Profile::Small, 43);
         assert_ne!(
             serde_json::to_string(&a).unwrap(),

@@ -121,10 +121,19 @@ pub struct Auth {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Step {
     Auth(Auth),
-    Lock { device: String, tier: String },
-    Logoff { device: String, tier: String },
+    Lock {
+        device: String,
+        tier: String,
+    },
+    Logoff {
+        device: String,
+        tier: String,
+    },
     /// The helpdesk clears a user's lockout on a tier (`GatewayAdmin.UnlockUser`).
-    UnlockUser { user: usize, tier: String },
+    UnlockUser {
+        user: usize,
+        tier: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -191,7 +200,9 @@ fn lgwan_camera(city: &City, i: usize) -> bool {
     let p = &city.people[i];
     p.work != Work::Field
         && p.face
-        && city.terminal(&p.lgwan_device).is_some_and(|t| t.can("face"))
+        && city
+            .terminal(&p.lgwan_device)
+            .is_some_and(|t| t.can("face"))
 }
 
 impl Workday {
@@ -590,7 +601,13 @@ fn shared_day(city: &City, t: &crate::city::Terminal, root: &Rng) -> Script {
         }
     };
     let first = t.operators[0];
-    let mut a = auth(first, &t.id, &tier, "logon", presents(first, &mut r, Lighting::Office));
+    let mut a = auth(
+        first,
+        &t.id,
+        &tier,
+        "logon",
+        presents(first, &mut r, Lighting::Office),
+    );
     a.helpdesk = !counter;
     steps.push((0, Step::Auth(a)));
     let mut order: Vec<usize> = t.operators[1..].to_vec();
@@ -616,7 +633,13 @@ fn shared_day(city: &City, t: &crate::city::Terminal, root: &Rng) -> Script {
                     tier: tier.clone(),
                 },
             ));
-            let mut a = auth(o, &t.id, &tier, "unlock", presents(o, &mut r, Lighting::Office));
+            let mut a = auth(
+                o,
+                &t.id,
+                &tier,
+                "unlock",
+                presents(o, &mut r, Lighting::Office),
+            );
             a.helpdesk = !counter;
             steps.push((phase, Step::Auth(a)));
         }

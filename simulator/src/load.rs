@@ -20,8 +20,15 @@ use crate::SimError;
 /// A service to drive.
 #[derive(Debug, Clone)]
 pub enum Target {
-    Engine { url: String, tls: ClientTls },
-    Gateway { tier: String, url: String, tls: ClientTls },
+    Engine {
+        url: String,
+        tls: ClientTls,
+    },
+    Gateway {
+        tier: String,
+        url: String,
+        tls: ClientTls,
+    },
 }
 
 impl Target {
@@ -160,7 +167,10 @@ pub async fn run(options: LoadOptions) -> Result<Vec<LoadResult>, SimError> {
     }
     let mut out = Vec::new();
     for t in tasks {
-        out.push(t.await.map_err(|e| SimError::Setup(format!("load task: {e}")))?);
+        out.push(
+            t.await
+                .map_err(|e| SimError::Setup(format!("load task: {e}")))?,
+        );
     }
     Ok(out)
 }

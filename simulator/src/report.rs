@@ -209,32 +209,35 @@ pub fn build(
         })
         .collect();
 
-    let biometrics = [("face", options.face_threshold), ("vein", options.vein_threshold)]
-        .iter()
-        .map(|(factor, threshold)| {
-            let mut row = BiometricRow {
-                factor: factor.to_string(),
-                threshold: *threshold,
-                genuine: 0,
-                false_rejects: 0,
-                impostor: 0,
-                false_accepts: 0,
-            };
-            for (f, genuine, ok) in records.iter().flat_map(|r| &r.biometric) {
-                if f != factor {
-                    continue;
-                }
-                if *genuine {
-                    row.genuine += 1;
-                    row.false_rejects += u64::from(!ok);
-                } else {
-                    row.impostor += 1;
-                    row.false_accepts += u64::from(*ok);
-                }
+    let biometrics = [
+        ("face", options.face_threshold),
+        ("vein", options.vein_threshold),
+    ]
+    .iter()
+    .map(|(factor, threshold)| {
+        let mut row = BiometricRow {
+            factor: factor.to_string(),
+            threshold: *threshold,
+            genuine: 0,
+            false_rejects: 0,
+            impostor: 0,
+            false_accepts: 0,
+        };
+        for (f, genuine, ok) in records.iter().flat_map(|r| &r.biometric) {
+            if f != factor {
+                continue;
             }
-            row
-        })
-        .collect();
+            if *genuine {
+                row.genuine += 1;
+                row.false_rejects += u64::from(!ok);
+            } else {
+                row.impostor += 1;
+                row.false_accepts += u64::from(*ok);
+            }
+        }
+        row
+    })
+    .collect();
 
     let helpdesk = Helpdesk {
         emergency_otps: records
@@ -291,9 +294,8 @@ pub fn build(
                     row.allowed += 1;
                     continue;
                 }
-                let factor_ok = factor.is_none_or(|(f, code)| {
-                    r.failed.iter().any(|(rf, rc)| rf == f && rc == code)
-                });
+                let factor_ok = factor
+                    .is_none_or(|(f, code)| r.failed.iter().any(|(rf, rc)| rf == f && rc == code));
                 if r.reason == reason && factor_ok {
                     row.denied_as_expected += 1;
                     let key = audit_key(&r.device, &r.user, &r.action, &expected_key);
@@ -311,7 +313,7 @@ pub fn build(
         .iter()
         .filter(|r| r.action == "logon" && r.attack.is_none())
         .collect();
-    logons.sort_by(|a, b| b.latency_us.cmp(&a.latency_us));
+    logons.sort_by_key(|r| std::cmp::Reverse(r.latency_us));
     let slowest = logons
         .iter()
         .take(10)
@@ -326,7 +328,10 @@ pub fn build(
 
     let mut by_gateway: BTreeMap<String, Vec<&AuditEvent>> = BTreeMap::new();
     for e in audit {
-        by_gateway.entry(e.body.gateway.clone()).or_default().push(e);
+        by_gateway
+            .entry(e.body.gateway.clone())
+            .or_default()
+            .push(e);
     }
     let chains = by_gateway
         .into_iter()
@@ -458,7 +463,10 @@ impl Report {
                 reasons
             );
         }
-        let _ = writeln!(o, "\nBiometrics (observed against the configured thresholds)");
+        let _ = writeln!(
+            o,
+            "\nBiometrics (observed against the configured thresholds)"
+        );
         for b in &self.biometrics {
             let _ = writeln!(
                 o,
@@ -493,7 +501,10 @@ impl Report {
             "  mistyped passwords           {} ({} denied)",
             self.mistakes, self.mistakes_denied
         );
-        let _ = writeln!(o, "\nAttacks                                 tries  denied  audited  let in  expected");
+        let _ = writeln!(
+            o,
+            "\nAttacks                                 tries  denied  audited  let in  expected"
+        );
         for a in &self.attacks {
             let _ = writeln!(
                 o,

@@ -112,9 +112,7 @@ pub async fn run_day(
     in_flight: usize,
     progress: &Progress,
 ) -> Result<RunLog, SimError> {
-    progress
-        .total
-        .store(day.steps() as u64, Ordering::Relaxed);
+    progress.total.store(day.steps() as u64, Ordering::Relaxed);
     // Channels from terminals to gateways of other tiers, made up front so the
     // attack is a call, not a handshake.
     let mut foreign = HashMap::new();
@@ -123,9 +121,8 @@ pub async fn run_day(
             if let Step::Auth(a) = st {
                 if a.attack == Some(crate::day::Attack::WrongTier) {
                     let key = (a.device.clone(), a.gateway.clone());
-                    if !foreign.contains_key(&key) {
-                        let agent = world.foreign_agent(&a.device, &a.gateway).await?;
-                        foreign.insert(key, agent);
+                    if let std::collections::hash_map::Entry::Vacant(slot) = foreign.entry(key) {
+                        slot.insert(world.foreign_agent(&a.device, &a.gateway).await?);
                     }
                 }
             }
@@ -160,8 +157,7 @@ pub async fn run_day(
                         if *p != phase {
                             continue;
                         }
-                        run_step(ctx, &mut state, i as u32, k as u32, *p, step, &mut out)
-                            .await?;
+                        run_step(ctx, &mut state, i as u32, k as u32, *p, step, &mut out).await?;
                         progress.done.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -175,7 +171,11 @@ pub async fn run_day(
             n += r.len();
             records.extend(r);
         }
-        phases.push((PHASES[phase as usize].to_string(), t.elapsed().as_secs_f64(), n));
+        phases.push((
+            PHASES[phase as usize].to_string(),
+            t.elapsed().as_secs_f64(),
+            n,
+        ));
     }
     records.sort_by_key(|r| (r.script, r.step, r.attempt));
     Ok(RunLog {
@@ -186,7 +186,10 @@ pub async fn run_day(
 }
 
 fn capture_id(script: u32, step: u32, attempt: u8, factor: u8) -> u64 {
-    (u64::from(script) << 32) | (u64::from(step) << 12) | (u64::from(attempt) << 4) | u64::from(factor)
+    (u64::from(script) << 32)
+        | (u64::from(step) << 12)
+        | (u64::from(attempt) << 4)
+        | u64::from(factor)
 }
 
 /// Noise of one capture: the person's own, plus a mask, the light, and now and then
@@ -279,7 +282,11 @@ async fn run_step(
         step,
         attempt: 0,
         phase,
-        user: city.people.get(user).map(|p| p.id.clone()).unwrap_or_default(),
+        user: city
+            .people
+            .get(user)
+            .map(|p| p.id.clone())
+            .unwrap_or_default(),
         department: city
             .people
             .get(user)
@@ -311,7 +318,12 @@ async fn run_step(
             } else {
                 agent.logoff(&session).await
             };
-            let mut rec = blank(usize::MAX, tier, device, if lock { "lock" } else { "logoff" });
+            let mut rec = blank(
+                usize::MAX,
+                tier,
+                device,
+                if lock { "lock" } else { "logoff" },
+            );
             rec.latency_us = t.elapsed().as_micros() as u64;
             match r {
                 Ok(s) => {
@@ -401,7 +413,9 @@ async fn run_step(
                 out.push(rec);
                 if allowed {
                     if !r.session_id.is_empty() {
-                        state.sessions.insert(a.device.clone(), r.session_id.clone());
+                        state
+                            .sessions
+                            .insert(a.device.clone(), r.session_id.clone());
                     }
                     return Ok(());
                 }

@@ -209,7 +209,10 @@ impl WhatIf {
             self.staff_minutes_added, self.emergency_otps_before, self.emergency_otps_after
         );
         if !self.by_group.is_empty() {
-            let _ = writeln!(o, "\n  tier      department           locked out  asked more  minutes added");
+            let _ = writeln!(
+                o,
+                "\n  tier      department           locked out  asked more  minutes added"
+            );
             for g in &self.by_group {
                 let _ = writeln!(
                     o,
@@ -219,12 +222,19 @@ impl WhatIf {
             }
         }
         if !self.locked_out.is_empty() {
-            let _ = writeln!(o, "\n  Locked out (nothing they have enrolled would satisfy the proposal):");
+            let _ = writeln!(
+                o,
+                "\n  Locked out (nothing they have enrolled would satisfy the proposal):"
+            );
             for l in self.locked_out.iter().take(50) {
                 let _ = writeln!(o, "    {} ({}) on {}", l.user, l.department, l.tier);
             }
             if self.locked_out.len() > 50 {
-                let _ = writeln!(o, "    … and {} more (see whatif.json)", self.locked_out.len() - 50);
+                let _ = writeln!(
+                    o,
+                    "    … and {} more (see whatif.json)",
+                    self.locked_out.len() - 50
+                );
             }
         }
         o

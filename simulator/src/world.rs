@@ -93,7 +93,8 @@ pub struct World {
 }
 
 fn card_issuer(ca: &CertificateAuthority) -> Result<Issuer<'static, KeyPair>, SimError> {
-    let key = KeyPair::from_pem(ca.key_pem()).map_err(|e| SimError::Setup(format!("CA key: {e}")))?;
+    let key =
+        KeyPair::from_pem(ca.key_pem()).map_err(|e| SimError::Setup(format!("CA key: {e}")))?;
     Issuer::from_ca_cert_pem(&ca.cert_pem(), key)
         .map_err(|e| SimError::Setup(format!("card CA: {e}")))
 }
@@ -143,11 +144,11 @@ where
         }));
     }
     for t in tasks {
-        t.await.map_err(|e| SimError::Setup(format!("setup task: {e}")))??;
+        t.await
+            .map_err(|e| SimError::Setup(format!("setup task: {e}")))??;
     }
     Ok(())
 }
-
 
 impl World {
     /// Starts everything in `dir` and enrolls `city`.
@@ -277,16 +278,19 @@ impl World {
             } else {
                 Vec::new()
             };
-            registrations.push((t.tier.clone(), pb::RegisterDeviceRequest {
-                device: Some(pb::Device {
-                    id: t.id.clone(),
-                    tier: t.tier.clone(),
-                    kind: t.kind.clone(),
-                    capabilities: t.capabilities.clone(),
-                    location: t.location.clone(),
-                }),
-                capture_key,
-            }));
+            registrations.push((
+                t.tier.clone(),
+                pb::RegisterDeviceRequest {
+                    device: Some(pb::Device {
+                        id: t.id.clone(),
+                        tier: t.tier.clone(),
+                        kind: t.kind.clone(),
+                        capabilities: t.capabilities.clone(),
+                        location: t.location.clone(),
+                    }),
+                    capture_key,
+                },
+            ));
         }
         let admins_arc = Arc::new(admins.clone());
         let a = admins_arc.clone();
@@ -321,20 +325,35 @@ impl World {
             }
             for tier in tiers {
                 let job = |e: Enroll| (tier.to_string(), e);
-                jobs.push(job(Enroll::Secret(p.id.clone(), "password", p.password(city.seed))));
+                jobs.push(job(Enroll::Secret(
+                    p.id.clone(),
+                    "password",
+                    p.password(city.seed),
+                )));
                 if p.pin && (tier == "lgwan" || tier == "mynumber") {
                     jobs.push(job(Enroll::Secret(p.id.clone(), "pin", p.pin(city.seed))));
                 }
                 if let Some(card) = &cards[i] {
                     if tier != "telework" {
-                        jobs.push(job(Enroll::Card(p.id.clone(), card.certificate_der.clone())));
+                        jobs.push(job(Enroll::Card(
+                            p.id.clone(),
+                            card.certificate_der.clone(),
+                        )));
                     }
                 }
                 if p.face && tier != "internet" {
-                    jobs.push(job(Enroll::Bio(p.id.clone(), "face", city::template(city, i, "face"))));
+                    jobs.push(job(Enroll::Bio(
+                        p.id.clone(),
+                        "face",
+                        city::template(city, i, "face"),
+                    )));
                 }
                 if p.vein && tier == "mynumber" {
-                    jobs.push(job(Enroll::Bio(p.id.clone(), "vein", city::template(city, i, "vein"))));
+                    jobs.push(job(Enroll::Bio(
+                        p.id.clone(),
+                        "vein",
+                        city::template(city, i, "vein"),
+                    )));
                 }
                 if p.totp && tier == "internet" {
                     totp_users.push(i);
@@ -394,7 +413,10 @@ impl World {
                 .map(|g| format!("https://127.0.0.1:{}", g.addr.port()))
                 .ok_or_else(|| SimError::Setup(format!("no gateway for tier {}", t.tier)))?;
             let tls = device_tls(&pki, &t.id)?;
-            agents.insert(t.id.clone(), Agent::from_channel(connect(&url, &tls).await?));
+            agents.insert(
+                t.id.clone(),
+                Agent::from_channel(connect(&url, &tls).await?),
+            );
         }
 
         Ok(World {

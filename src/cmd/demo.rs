@@ -27,29 +27,32 @@ pub async fn run(args: &DemoArgs) -> Result<Outcome> {
             .with_context(|| format!("cannot load policies from {}", dir.display()))?,
         None => reference::policies(),
     };
-    let what_if = match &args.what_if {
-        Some(dir) => Some(
-            PolicySources::load_dir(dir)
-                .with_context(|| format!("cannot load the what-if policies from {}", dir.display()))?,
-        ),
-        None => None,
-    };
-    let city = match &args.city {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            Some(
-                serde_json::from_str::<City>(&text)
-                    .with_context(|| format!("{}: not a city saved by sekisho demo", path.display()))?,
-            )
-        }
-        None => None,
-    };
+    let what_if =
+        match &args.what_if {
+            Some(dir) => Some(PolicySources::load_dir(dir).with_context(|| {
+                format!("cannot load the what-if policies from {}", dir.display())
+            })?),
+            None => None,
+        };
+    let city =
+        match &args.city {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                Some(serde_json::from_str::<City>(&text).with_context(|| {
+                    format!("{}: not a city saved by sekisho demo", path.display())
+                })?)
+            }
+            None => None,
+        };
     if args.in_flight == 0 {
         bail!("--in-flight must be at least 1");
     }
     let temp = tempfile::tempdir().context("cannot create a temporary directory")?;
-    let work_dir = args.dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
+    let work_dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| temp.path().to_path_buf());
     let mut options = DemoOptions::new(profile, args.seed, policies, work_dir);
     options.city = city;
     options.what_if = what_if;
@@ -77,8 +80,15 @@ pub async fn run(args: &DemoArgs) -> Result<Outcome> {
     }
     if let Some(out) = &args.out {
         write_out(out, &outcome)?;
-        println!("\nWritten to {}: report.txt, report.json, report.html, audit.jsonl, city.json{}", out.display(),
-            if outcome.what_if.is_some() { ", whatif.json" } else { "" });
+        println!(
+            "\nWritten to {}: report.txt, report.json, report.html, audit.jsonl, city.json{}",
+            out.display(),
+            if outcome.what_if.is_some() {
+                ", whatif.json"
+            } else {
+                ""
+            }
+        );
         println!(
             "Replay this day: sekisho demo --city {}",
             out.join("city.json").display()
@@ -136,7 +146,10 @@ pub fn write_out(out: &Path, o: &DemoOutcome) -> Result<()> {
         write(&out.join("whatif.json"), &serde_json::to_string_pretty(w)?)?;
     }
     write(&out.join("report.txt"), &text)?;
-    write(&out.join("report.json"), &serde_json::to_string_pretty(&o.report)?)?;
+    write(
+        &out.join("report.json"),
+        &serde_json::to_string_pretty(&o.report)?,
+    )?;
     write(&out.join("city.json"), &serde_json::to_string(&o.city)?)?;
     let mut events: Vec<_> = o.audit.iter().collect();
     events.sort_by(|a, b| (&a.body.gateway, a.body.seq).cmp(&(&b.body.gateway, b.body.seq)));
@@ -183,7 +196,17 @@ fn html(o: &DemoOutcome) -> String {
         })
         .collect();
     page.table(
-        &["tier", "action", "count", "allow", "deny", "p50 ms", "p95 ms", "p99 ms", "deny reasons"],
+        &[
+            "tier",
+            "action",
+            "count",
+            "allow",
+            "deny",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "deny reasons",
+        ],
         &rows,
     );
     page.bar_chart(
@@ -200,18 +223,32 @@ fn html(o: &DemoOutcome) -> String {
         }
     }
     let mut reasons: Vec<(String, u64)> = reasons.into_iter().collect();
-    reasons.sort_by(|a, b| b.1.cmp(&a.1));
+    reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
     page.bar_chart("Denials by reason", &reasons);
     page.column_chart(
         "Answers per phase of the day",
         &r.phases
             .iter()
-            .map(|p| (p.name.split(' ').next().unwrap_or("").to_string(), p.events as u64))
+            .map(|p| {
+                (
+                    p.name.split(' ').next().unwrap_or("").to_string(),
+                    p.events as u64,
+                )
+            })
             .collect::<Vec<_>>(),
     );
     page.heading("Biometrics against the configured thresholds");
     page.table(
-        &["factor", "threshold", "genuine", "false rejects", "FRR", "impostor", "false accepts", "FAR"],
+        &[
+            "factor",
+            "threshold",
+            "genuine",
+            "false rejects",
+            "FRR",
+            "impostor",
+            "false accepts",
+            "FAR",
+        ],
         &r.biometrics
             .iter()
             .map(|b| {
@@ -242,7 +279,14 @@ fn html(o: &DemoOutcome) -> String {
     );
     page.heading("Attacks");
     page.table(
-        &["attack", "tries", "denied as expected", "audited", "let in", "expected"],
+        &[
+            "attack",
+            "tries",
+            "denied as expected",
+            "audited",
+            "let in",
+            "expected",
+        ],
         &r.attacks
             .iter()
             .map(|a| {
@@ -262,7 +306,14 @@ fn html(o: &DemoOutcome) -> String {
         &["ms", "user", "terminal", "tier"],
         &r.slowest
             .iter()
-            .map(|s| vec![format!("{:.2}", s.ms), s.user.clone(), s.device.clone(), s.tier.clone()])
+            .map(|s| {
+                vec![
+                    format!("{:.2}", s.ms),
+                    s.user.clone(),
+                    s.device.clone(),
+                    s.tier.clone(),
+                ]
+            })
             .collect::<Vec<_>>(),
     );
     page.heading("Audit trail");
@@ -290,7 +341,13 @@ fn html(o: &DemoOutcome) -> String {
             w.emergency_otps_after
         ));
         page.table(
-            &["tier", "department", "locked out", "asked more", "minutes added"],
+            &[
+                "tier",
+                "department",
+                "locked out",
+                "asked more",
+                "minutes added",
+            ],
             &w.by_group
                 .iter()
                 .map(|g| {

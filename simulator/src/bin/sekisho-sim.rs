@@ -110,7 +110,7 @@ async fn main() -> Result<()> {
     if targets.is_empty() {
         bail!("nothing to drive: give --engine URL and/or --gateway TIER=URL");
     }
-    if !(rate > 0.0) {
+    if rate.is_nan() || rate <= 0.0 {
         bail!("--rate must be positive");
     }
     let results = load::run(LoadOptions {
