@@ -34,8 +34,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// See sekisho work: start an engine on SQLite with the reference policies and an
-    /// example city, and ask it a few questions over mutual TLS.
+    /// See sekisho work: a generated city's whole workday through a real engine and
+    /// one gateway per tier (in-process, mutual TLS, SQLite in a temporary
+    /// directory), with a report at the end.
     Demo(DemoArgs),
     /// Run the policy engine.
     #[command(subcommand)]
@@ -127,8 +128,31 @@ pub enum DirectoryCommand {
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Keep the engine's database and certificates here instead of a temporary
-    /// directory.
+    /// City size: small (≈400 staff), city (≈4,700 staff) or large (≈15,000 staff).
+    #[arg(long, default_value = "small", value_name = "PROFILE")]
+    pub profile: String,
+    /// Seed of the generated city and its day: the same seed gives the same events
+    /// and the same outcomes.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Write the report (text, JSON, HTML with charts), the audit export and the
+    /// generated city here.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Replay the city saved by an earlier run (`city.json` under its --out).
+    #[arg(long, value_name = "FILE")]
+    pub city: Option<PathBuf>,
+    /// Policies to run the day under (default: the built-in reference policies).
+    #[arg(long, value_name = "DIR")]
+    pub policies: Option<PathBuf>,
+    /// Replay the same day under this second policy set and print the difference.
+    #[arg(long = "what-if", value_name = "POLICY_DIR")]
+    pub what_if: Option<PathBuf>,
+    /// People and shared terminals in flight at once.
+    #[arg(long, default_value_t = 256)]
+    pub in_flight: usize,
+    /// Keep the services' databases, keys and certificates here instead of a
+    /// temporary directory.
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
 }

@@ -45,7 +45,7 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<Outcome> {
     match command {
-        Command::Demo(args) => cmd::demo::run(args.dir.as_deref()).await,
+        Command::Demo(args) => cmd::demo::run(&args).await,
         Command::Engine(EngineCommand::Serve { config }) => {
             cmd::engine::serve(config.as_deref()).await
         }

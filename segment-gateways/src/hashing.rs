@@ -35,6 +35,13 @@ pub struct Argon2Params {
     pub iterations: u32,
     /// Lanes; 1 keeps one logon on one core, so concurrent logons scale across cores.
     pub parallelism: u32,
+    /// Lets [`Argon2Params::validate`] accept parameters below OWASP's floor. Only
+    /// `sekisho demo` sets it, for its throwaway in-process gateways, so that a
+    /// simulated city day on two cores measures the system rather than Argon2; it
+    /// cannot come from a configuration file (`serde(skip)`), so no deployed gateway
+    /// can be weakened by a config line.
+    #[serde(skip)]
+    pub demo_only_weak: bool,
 }
 
 impl Default for Argon2Params {
@@ -44,6 +51,7 @@ impl Default for Argon2Params {
             memory_kib: 19 * 1024,
             iterations: 2,
             parallelism: 1,
+            demo_only_weak: false,
         }
     }
 }
@@ -64,6 +72,17 @@ impl Argon2Params {
                 "argon2.iterations = {} must be between 1 and {MAX_ITERATIONS}",
                 self.iterations
             ));
+        }
+        if self.demo_only_weak {
+            // Still a valid Argon2id hash (argon2 needs at least 8 KiB per lane).
+            if self.memory_kib < 8 * self.parallelism || self.memory_kib > MAX_MEMORY_KIB {
+                return err(format!(
+                    "argon2.memory_kib = {} must be between {} and {MAX_MEMORY_KIB}",
+                    self.memory_kib,
+                    8 * self.parallelism
+                ));
+            }
+            return Ok(());
         }
         if self.memory_kib < MIN_MEMORY_KIB || self.memory_kib > MAX_MEMORY_KIB {
             return err(format!(
@@ -246,6 +265,7 @@ mod tests {
             memory_kib: 12 * 1024,
             iterations: 3,
             parallelism: 1,
+            demo_only_weak: false,
         })
         .unwrap();
         let phc = strong.hash("1234").unwrap();
@@ -280,7 +300,17 @@ mod tests {
             memory_kib,
             iterations,
             parallelism,
+            demo_only_weak: false,
         };
+        let demo = Argon2Params {
+            demo_only_weak: true,
+            ..with(1024, 1, 1)
+        };
+        assert!(demo.validate().is_ok(), "the demo's own parameters");
+        assert!(
+            with(1024, 1, 1).validate().is_err(),
+            "never without the flag"
+        );
         for ok in [with(47104, 1, 1), with(9216, 4, 1), with(7168, 5, 2)] {
             assert!(ok.validate().is_ok(), "{ok:?}");
         }

@@ -1,331 +1,366 @@
-//! `sekisho demo`: the quick start. Starts a real engine (SQLite, mutual TLS with a
-//! generated PKI, a loopback port), publishes the reference policies and the example
-//! city through the admin API, then asks the questions a gateway asks at a logon.
+//! `sekisho demo`: the quick start. Generates a municipality, starts a real engine and
+//! one gateway per tier in this process (SQLite in a temporary directory, gRPC over
+//! mutual TLS with a PKI generated at start), enrolls the city through the admin
+//! APIs and replays a whole workday through the endpoint agent library. The work is
+//! in the `sekisho-simulator` crate; this module parses, shows progress and writes
+//! the report.
 
+use std::io::{IsTerminal as _, Write as _};
 use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
-use sekisho_policy_engine::config::EngineConfig;
-use sekisho_policy_engine::entities::parse_entities_json;
-use sekisho_policy_engine::server;
-use sekisho_proto::v1 as pb;
-use tonic::transport::Channel;
+use anyhow::{bail, Context, Result};
+use sekisho_gateway::messages::Locale;
+use sekisho_policy_engine::PolicySources;
+use sekisho_simulator::{run_demo, City, DemoOptions, DemoOutcome, Profile, Progress};
 
-use crate::client::EngineArgs;
+use crate::cli::DemoArgs;
+use crate::report::html::Page;
 use crate::{reference, Outcome};
 
-/// One question of the tour.
-struct Scenario {
-    what: &'static str,
-    user: &'static str,
-    device: &'static str,
-    action: &'static str,
-    via: &'static str,
-    upstream: &'static [&'static str],
-    emergency_otp: bool,
-    /// `None`: ask for a plan; `Some`: authorize these verified factors.
-    factors: Option<&'static [&'static str]>,
-}
-
-const fn plan(
-    what: &'static str,
-    user: &'static str,
-    device: &'static str,
-    action: &'static str,
-) -> Scenario {
-    Scenario {
-        what,
-        user,
-        device,
-        action,
-        via: "console",
-        upstream: &[],
-        emergency_otp: false,
-        factors: None,
-    }
-}
-
-const fn decide(
-    what: &'static str,
-    user: &'static str,
-    device: &'static str,
-    action: &'static str,
-    factors: &'static [&'static str],
-) -> Scenario {
-    Scenario {
-        factors: Some(factors),
-        ..plan(what, user, device, action)
-    }
-}
-
-const TOUR: &[Scenario] = &[
-    plan(
-        "General affairs staff at an LGWAN desktop",
-        "u023",
-        "lgwan-desk-17",
-        "logon",
-    ),
-    plan(
-        "...and at the same desk after a screen lock",
-        "u023",
-        "lgwan-desk-17",
-        "unlock",
-    ),
-    plan(
-        "A manager's mobile PC (camera, no card reader)",
-        "u020",
-        "lgwan-mobile-01",
-        "logon",
-    ),
-    plan(
-        "Staff whose card is not issued yet",
-        "u025",
-        "lgwan-desk-01",
-        "logon",
-    ),
-    Scenario {
-        emergency_otp: true,
-        ..plan(
-            "...after the helpdesk issues an emergency OTP",
-            "u025",
-            "lgwan-desk-01",
-            "logon",
-        )
-    },
-    plan(
-        "A My Number counter terminal, resident-records operator",
-        "u002",
-        "mn-counter-01",
-        "logon",
-    ),
-    plan(
-        "The same counter, staff who are not My Number operators",
-        "u007",
-        "mn-counter-01",
-        "logon",
-    ),
-    plan(
-        "Operator change at the counter (proxy authentication)",
-        "u003",
-        "mn-counter-01",
-        "switch_operator",
-    ),
-    plan("Internet-tier VDI", "u022", "net-vdi-01", "logon"),
-    plan("A telework PC at home", "u031", "tw-pc-01", "logon"),
-    Scenario {
-        via: "lgwan_telework",
-        upstream: &["face", "password"],
-        ..plan(
-            "...reaching its LGWAN desktop through the telework relay",
-            "u031",
-            "lgwan-desk-30",
-            "logon",
-        )
-    },
-    decide(
-        "Card and password at the LGWAN desktop",
-        "u023",
-        "lgwan-desk-17",
-        "logon",
-        &["card", "password"],
-    ),
-    decide(
-        "Password alone at the LGWAN desktop",
-        "u023",
-        "lgwan-desk-17",
-        "logon",
-        &["password"],
-    ),
-    decide(
-        "An administrator elevating with a password only",
-        "u031",
-        "lgwan-desk-30",
-        "elevate",
-        &["password"],
-    ),
-    decide(
-        "...and with card and password",
-        "u031",
-        "lgwan-desk-30",
-        "elevate",
-        &["card", "password"],
-    ),
-];
-
-/// The hour the tour asks at, so its answers do not depend on when it runs.
-const TOUR_HOUR: u32 = 10;
-
-pub async fn run(dir: Option<&Path>) -> Result<Outcome> {
-    let temp;
-    let dir = match dir {
-        Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
-            d.to_path_buf()
-        }
-        None => {
-            temp = tempfile::tempdir().context("cannot create a temporary directory")?;
-            temp.path().to_path_buf()
-        }
+pub async fn run(args: &DemoArgs) -> Result<Outcome> {
+    let profile: Profile = args.profile.parse()?;
+    let policies = match &args.policies {
+        Some(dir) => PolicySources::load_dir(dir)
+            .with_context(|| format!("cannot load policies from {}", dir.display()))?,
+        None => reference::policies(),
     };
-    let config = EngineConfig::self_contained(&dir);
-
-    println!(
-        "sekisho demo — an engine on SQLite with mutual TLS, in {}\n",
-        dir.display()
-    );
-    let running = server::start(&config)
-        .await
-        .context("the engine did not start")?;
-    let pki = running
-        .pki
+    let what_if =
+        match &args.what_if {
+            Some(dir) => Some(PolicySources::load_dir(dir).with_context(|| {
+                format!("cannot load the what-if policies from {}", dir.display())
+            })?),
+            None => None,
+        };
+    let city =
+        match &args.city {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                Some(serde_json::from_str::<City>(&text).with_context(|| {
+                    format!("{}: not a city saved by sekisho demo", path.display())
+                })?)
+            }
+            None => None,
+        };
+    if args.in_flight == 0 {
+        bail!("--in-flight must be at least 1");
+    }
+    let temp = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let work_dir = args
+        .dir
         .clone()
-        .context("the demo engine runs with a generated PKI")?;
-    let url = format!("https://127.0.0.1:{}", running.addr.port());
-    let admin = EngineArgs::new(&url, &pki.ca(), &pki.admin_cert(), &pki.admin_key());
-    let gateway = EngineArgs::new(&url, &pki.ca(), &pki.gateway_cert(), &pki.gateway_key());
+        .unwrap_or_else(|| temp.path().to_path_buf());
+    let mut options = DemoOptions::new(profile, args.seed, policies, work_dir);
+    options.city = city;
+    options.what_if = what_if;
+    options.in_flight = args.in_flight;
 
-    let result = tour(&admin, &gateway).await;
-    running.shutdown().await?;
-    result?;
-    println!("\nNext: `sekisho policy lint policies --entities policies/examples/entities.json` checks the");
-    println!("reference set; `sekisho decide --help` evaluates your own requests offline.");
-    Ok(Outcome::Ok)
+    eprintln!(
+        "sekisho demo: generating a {} city (seed {}), starting the engine and four gateways, enrolling…",
+        options.city.as_ref().map(|c| c.profile).unwrap_or(profile),
+        options.city.as_ref().map(|c| c.seed).unwrap_or(args.seed)
+    );
+    let progress = Arc::new(Progress::default());
+    let bar = std::io::stderr()
+        .is_terminal()
+        .then(|| tokio::spawn(draw_progress(progress.clone())));
+    let result = run_demo(&options, progress.clone()).await;
+    if let Some(bar) = bar {
+        bar.abort();
+        eprintln!();
+    }
+    let outcome = result?;
+    print!("{}", outcome.report.render_text());
+    if let Some(w) = &outcome.what_if {
+        println!();
+        print!("{}", w.render_text());
+    }
+    if let Some(out) = &args.out {
+        write_out(out, &outcome)?;
+        println!(
+            "\nWritten to {}: report.txt, report.json, report.html, audit.jsonl, city.json{}",
+            out.display(),
+            if outcome.what_if.is_some() {
+                ", whatif.json"
+            } else {
+                ""
+            }
+        );
+        println!(
+            "Replay this day: sekisho demo --city {}",
+            out.join("city.json").display()
+        );
+    }
+    Ok(
+        if outcome.report.audit_verified() && outcome.report.attacks_stopped() {
+            Outcome::Ok
+        } else {
+            Outcome::No
+        },
+    )
 }
 
-async fn tour(admin: &EngineArgs, gateway: &EngineArgs) -> Result<()> {
-    let mut admin_client = pb::policy_admin_client::PolicyAdminClient::new(admin.connect().await?);
-    let city = parse_entities_json("policies/examples/entities.json", reference::ENTITIES_JSON)?;
-    let counts = admin_client
-        .upsert_entities(sekisho_policy_engine::grpc::batch_to_proto(&city))
-        .await
-        .context("loading the example city")?
-        .into_inner();
-    println!(
-        "loaded the example city: {} users, {} groups, {} devices",
-        counts.users, counts.groups, counts.devices
-    );
-
-    let published = admin_client
-        .publish(sekisho_policy_engine::grpc::publish_request(
-            reference::policies(),
-            "reference policies (demo)",
-            false,
-            false,
-        ))
-        .await
-        .context("publishing the reference policies")?
-        .into_inner();
-    let v = published.version.context("publish returned no version")?;
-    let warnings = published.diagnostics.len();
-    println!(
-        "published the reference policies as v{} ({} policies; lint: {} finding(s), see `sekisho policy lint`)\n",
-        v.version, v.policy_count, warnings
-    );
-
-    println!("Asking as a gateway would (at {TOUR_HOUR}:00):\n");
-    let mut client =
-        pb::policy_decision_client::PolicyDecisionClient::new(gateway.connect().await?);
-    for s in TOUR {
-        println!(
-            "• {}\n  {} on {} — {}{}",
-            s.what,
-            s.user,
-            s.device,
-            s.action,
-            via_note(s)
+/// A one-line progress bar on stderr, redrawn a few times a second.
+async fn draw_progress(p: Arc<Progress>) {
+    let phases = sekisho_simulator::day::PHASES;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let total = p.total.load(Ordering::Relaxed);
+        if total == 0 {
+            continue;
+        }
+        let done = p.done.load(Ordering::Relaxed).min(total);
+        let width = 32;
+        let filled = (done * width / total) as usize;
+        let phase = phases
+            .get(p.phase.load(Ordering::Relaxed))
+            .copied()
+            .unwrap_or("");
+        eprint!(
+            "\r[{}{}] {:>6}/{:<6} steps  {:<28}",
+            "#".repeat(filled),
+            "-".repeat(width as usize - filled),
+            done,
+            total,
+            phase
         );
-        println!("  {}", ask(&mut client, s).await?);
+        let _ = std::io::stderr().flush();
     }
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The report (text, JSON, HTML), the audit export (JSON lines, one gateway's chain
+/// after another in seq order), and the city so the day can be replayed.
+pub fn write_out(out: &Path, o: &DemoOutcome) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut text = o.report.render_text();
+    if let Some(w) = &o.what_if {
+        text.push('\n');
+        text.push_str(&w.render_text());
+        write(&out.join("whatif.json"), &serde_json::to_string_pretty(w)?)?;
+    }
+    write(&out.join("report.txt"), &text)?;
+    write(
+        &out.join("report.json"),
+        &serde_json::to_string_pretty(&o.report)?,
+    )?;
+    write(&out.join("city.json"), &serde_json::to_string(&o.city)?)?;
+    let mut events: Vec<_> = o.audit.iter().collect();
+    events.sort_by(|a, b| (&a.body.gateway, a.body.seq).cmp(&(&b.body.gateway, b.body.seq)));
+    let mut jsonl = String::new();
+    for e in events {
+        jsonl.push_str(&e.to_json());
+        jsonl.push('\n');
+    }
+    write(&out.join("audit.jsonl"), &jsonl)?;
+    write(&out.join("report.html"), &html(o))?;
     Ok(())
 }
 
-fn via_note(s: &Scenario) -> String {
-    if s.via == "console" {
-        String::new()
-    } else {
-        format!(" via {} (upstream proof: {})", s.via, s.upstream.join("+"))
+fn html(o: &DemoOutcome) -> String {
+    let r = &o.report;
+    let mut page = Page::new(
+        &format!("sekisho demo — {} city, seed {}", r.profile, r.seed),
+        Locale::from_env(),
+    );
+    page.paragraph(&format!(
+        "{} staff, {} terminals; policy version {}; Argon2id {}. The day took {:.1} s ({} answers, {:.0}/s) after {:.1} s of setup.",
+        r.city.staff, r.city.terminals, r.policy_version, r.argon2, r.day_secs, r.events, r.events_per_sec, r.setup_secs
+    ));
+    page.heading("Answers per tier and action");
+    let rows: Vec<Vec<String>> = r
+        .actions
+        .iter()
+        .map(|a| {
+            vec![
+                a.tier.clone(),
+                a.action.clone(),
+                a.count.to_string(),
+                a.allowed.to_string(),
+                (a.count - a.allowed).to_string(),
+                format!("{:.2}", a.p50_ms),
+                format!("{:.2}", a.p95_ms),
+                format!("{:.2}", a.p99_ms),
+                a.denied
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ]
+        })
+        .collect();
+    page.table(
+        &[
+            "tier",
+            "action",
+            "count",
+            "allow",
+            "deny",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "deny reasons",
+        ],
+        &rows,
+    );
+    page.bar_chart(
+        "Answers per tier and action",
+        &r.actions
+            .iter()
+            .map(|a| (format!("{} {}", a.tier, a.action), a.count))
+            .collect::<Vec<_>>(),
+    );
+    let mut reasons: std::collections::BTreeMap<String, u64> = Default::default();
+    for a in &r.actions {
+        for (k, v) in &a.denied {
+            *reasons.entry(k.clone()).or_default() += v;
+        }
     }
-}
-
-fn joined(sets: impl IntoIterator<Item = Vec<String>>) -> String {
-    sets.into_iter()
-        .map(|s| s.join("+"))
-        .collect::<Vec<_>>()
-        .join("  or  ")
-}
-
-async fn ask(
-    client: &mut pb::policy_decision_client::PolicyDecisionClient<Channel>,
-    s: &Scenario,
-) -> Result<String> {
-    let context = Some(pb::DecisionContext {
-        via: s.via.into(),
-        upstream: s.upstream.iter().map(|f| f.to_string()).collect(),
-        hour: Some(TOUR_HOUR),
-    });
-    Ok(match s.factors {
-        None => {
-            let p = client
-                .plan(pb::PlanRequest {
-                    user: s.user.into(),
-                    device: s.device.into(),
-                    action: s.action.into(),
-                    context,
-                    emergency_otp_active: s.emergency_otp,
-                    request_id: String::new(),
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            let mut line = if p.options.is_empty() {
-                "→ no factor set this person can present here".to_string()
-            } else {
-                format!(
-                    "→ present {}",
-                    joined(p.options.into_iter().map(|o| o.factors))
+    let mut reasons: Vec<(String, u64)> = reasons.into_iter().collect();
+    reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
+    page.bar_chart("Denials by reason", &reasons);
+    page.column_chart(
+        "Answers per phase of the day",
+        &r.phases
+            .iter()
+            .map(|p| {
+                (
+                    p.name.split(' ').next().unwrap_or("").to_string(),
+                    p.events as u64,
                 )
-            };
-            for u in p.unavailable {
-                let why = if u.why == "no_capability" {
-                    "this device cannot capture"
-                } else {
-                    "not enrolled"
-                };
-                line.push_str(&format!(
-                    "\n    ({} would do, but {why}: {})",
-                    u.factors.join("+"),
-                    u.missing.join("+")
-                ));
-            }
-            format!("{line}   [{}]", p.policy_version)
-        }
-        Some(factors) => {
-            let a = client
-                .authorize(pb::AuthorizeRequest {
-                    user: s.user.into(),
-                    device: s.device.into(),
-                    action: s.action.into(),
-                    factors: factors.iter().map(|f| f.to_string()).collect(),
-                    context,
-                    request_id: String::new(),
+            })
+            .collect::<Vec<_>>(),
+    );
+    page.heading("Biometrics against the configured thresholds");
+    page.table(
+        &[
+            "factor",
+            "threshold",
+            "genuine",
+            "false rejects",
+            "FRR",
+            "impostor",
+            "false accepts",
+            "FAR",
+        ],
+        &r.biometrics
+            .iter()
+            .map(|b| {
+                vec![
+                    b.factor.clone(),
+                    format!("{:.2}", b.threshold),
+                    b.genuine.to_string(),
+                    b.false_rejects.to_string(),
+                    format!("{:.2}%", b.frr() * 100.0),
+                    b.impostor.to_string(),
+                    b.false_accepts.to_string(),
+                    format!("{:.2}%", b.far() * 100.0),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    page.heading("The helpdesk's day");
+    let h = &r.helpdesk;
+    page.bar_chart(
+        "Helpdesk",
+        &[
+            ("emergency OTPs".to_string(), h.emergency_otps),
+            ("lockouts".to_string(), h.lockouts),
+            ("unlock-user calls".to_string(), h.unlocks),
+            ("nothing to present".to_string(), h.nothing_to_present),
+            ("biometric retries".to_string(), h.biometric_retries),
+        ],
+    );
+    page.heading("Attacks");
+    page.table(
+        &[
+            "attack",
+            "tries",
+            "denied as expected",
+            "audited",
+            "let in",
+            "expected",
+        ],
+        &r.attacks
+            .iter()
+            .map(|a| {
+                vec![
+                    a.name.clone(),
+                    a.attempts.to_string(),
+                    a.denied_as_expected.to_string(),
+                    a.audited.to_string(),
+                    a.allowed.to_string(),
+                    a.expected.clone(),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    page.heading("Slowest logons");
+    page.table(
+        &["ms", "user", "terminal", "tier"],
+        &r.slowest
+            .iter()
+            .map(|s| {
+                vec![
+                    format!("{:.2}", s.ms),
+                    s.user.clone(),
+                    s.device.clone(),
+                    s.tier.clone(),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    page.heading("Audit trail");
+    page.table(
+        &["journal", "events", "chain"],
+        &r.chains
+            .iter()
+            .map(|c| {
+                vec![
+                    c.gateway.clone(),
+                    c.events.to_string(),
+                    c.broken.clone().unwrap_or_else(|| "verified".into()),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    if let Some(w) = &o.what_if {
+        page.heading("What-if");
+        page.paragraph(&format!(
+            "{} staff locked out of a tier, {} asked for more; staff-minutes at logon {:+.1}; emergency OTPs {} → {}.",
+            w.locked_out.len(),
+            w.asked_more.len(),
+            w.staff_minutes_added,
+            w.emergency_otps_before,
+            w.emergency_otps_after
+        ));
+        page.table(
+            &[
+                "tier",
+                "department",
+                "locked out",
+                "asked more",
+                "minutes added",
+            ],
+            &w.by_group
+                .iter()
+                .map(|g| {
+                    vec![
+                        g.tier.clone(),
+                        g.department.clone(),
+                        g.locked_out.to_string(),
+                        g.asked_more.to_string(),
+                        format!("{:.1}", g.staff_minutes_added),
+                    ]
                 })
-                .await?
-                .into_inner();
-            let verdict = if a.decision == pb::Decision::Allow as i32 {
-                "ALLOW"
-            } else {
-                "DENY"
-            };
-            let by = if a.policy_ids.is_empty() {
-                "no policy permits it".to_string()
-            } else {
-                format!("by {}", a.policy_ids.join(", "))
-            };
-            format!(
-                "{} → {verdict} ({by})   [{}]",
-                factors.join("+"),
-                a.policy_version
-            )
-        }
-    })
+                .collect::<Vec<_>>(),
+        );
+    }
+    page.finish()
 }
