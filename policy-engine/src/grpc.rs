@@ -67,7 +67,6 @@ impl EngineState {
         admin_names: Option<Vec<String>>,
         decisions: DecisionLog,
         directory_sync: Option<Arc<DirectorySync>>,
-        last_revocation: u64,
     ) -> Arc<Self> {
         Arc::new(EngineState {
             engine,
@@ -79,7 +78,7 @@ impl EngineState {
             admin_lock: Mutex::new(()),
             closing: watch::channel(false).0,
             directory_sync,
-            revocation_head: watch::channel(last_revocation).0,
+            revocation_head: watch::channel(0).0,
             next_sync: std::sync::Mutex::new(None),
         })
     }

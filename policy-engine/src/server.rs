@@ -237,7 +237,7 @@ pub async fn start(config: &EngineConfig) -> Result<RunningEngine, ServeError> {
         Some(config.tls.admin_names.clone())
     };
 
-    let store_last_revocation = store.last_revocation().await?;
+    let last_revocation = store.last_revocation().await?;
     let (decisions, decision_writer) = DecisionLog::start(
         store.audit(),
         config.audit.decision_sample,
@@ -252,8 +252,8 @@ pub async fn start(config: &EngineConfig) -> Result<RunningEngine, ServeError> {
         admin_names,
         decisions,
         directory_sync.clone(),
-        store_last_revocation,
     );
+    state.revocations_advanced(last_revocation);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {
