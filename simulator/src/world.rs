@@ -405,19 +405,38 @@ impl World {
         .await?;
         let totp = secrets.lock().map(|m| m.clone()).unwrap_or_default();
 
-        // One mutual-TLS channel per terminal, with its own device certificate.
-        let mut agents = HashMap::new();
+        // One mutual-TLS channel per terminal, with its own device certificate; a
+        // city has thousands, so they are issued and connected concurrently.
+        let mut jobs = Vec::with_capacity(city.terminals.len());
         for t in &city.terminals {
             let url = gateways
                 .get(&t.tier)
                 .map(|g| format!("https://127.0.0.1:{}", g.addr.port()))
                 .ok_or_else(|| SimError::Setup(format!("no gateway for tier {}", t.tier)))?;
-            let tls = device_tls(&pki, &t.id)?;
-            agents.insert(
-                t.id.clone(),
-                Agent::from_channel(connect(&url, &tls).await?),
-            );
+            jobs.push((t.id.clone(), url));
         }
+        let connected = Arc::new(std::sync::Mutex::new(HashMap::new()));
+        for_each_concurrent(jobs, {
+            let (pki, connected) = (pki.clone(), connected.clone());
+            move |(id, url): (String, String)| {
+                let (pki, connected) = (pki.clone(), connected.clone());
+                async move {
+                    let tls = device_tls(&pki, &id)?;
+                    let agent = Agent::from_channel(connect(&url, &tls).await?);
+                    connected
+                        .lock()
+                        .map_err(|_| SimError::Setup("agent table poisoned".into()))?
+                        .insert(id, agent);
+                    Ok(())
+                }
+            }
+        })
+        .await?;
+        let agents = std::mem::take(
+            &mut *connected
+                .lock()
+                .map_err(|_| SimError::Setup("agent table poisoned".into()))?,
+        );
 
         Ok(World {
             dir: dir.to_path_buf(),
