@@ -1093,6 +1093,55 @@ pub fn redact_url(url: &str) -> String {
 pub(crate) mod testing {
     use std::sync::atomic::{AtomicU64, Ordering};
 
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    pub(crate) enum Kind {
+        Sqlite,
+        Postgres,
+    }
+
+    /// One test's database: a temporary SQLite file, or a tenant of its own on the
+    /// test PostgreSQL (so tests and test processes run in parallel).
+    pub(crate) struct Fx {
+        pub(crate) kind: Kind,
+        pub(crate) url: String,
+        pub(crate) tenant: String,
+        _dir: Option<tempfile::TempDir>,
+    }
+
+    impl Fx {
+        pub(crate) fn new(kind: Kind, name: &str) -> Fx {
+            let (url, dir) = match kind {
+                Kind::Sqlite => {
+                    let dir = tempfile::tempdir().expect("temp dir");
+                    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+                    (url, Some(dir))
+                }
+                Kind::Postgres => (pg_url(), None),
+            };
+            Fx {
+                kind,
+                url,
+                tenant: unique_tenant(name),
+                _dir: dir,
+            }
+        }
+
+        /// The opened store, or a panic that says how to provide the database.
+        pub(crate) fn opened<T, E: std::fmt::Display>(&self, result: Result<T, E>) -> T {
+            match result {
+                Ok(s) => s,
+                Err(e) if self.kind == Kind::Postgres => panic!(
+                    "PostgreSQL test database unreachable or unusable at '{}' ({e}). \
+                     These tests need PostgreSQL: start it, create the database \
+                     (psql -h 127.0.0.1 -U postgres -c 'create database sekisho_test') \
+                     or point SEKISHO_TEST_PG_URL at one.",
+                    super::redact_url(&self.url)
+                ),
+                Err(e) => panic!("cannot open SQLite store at {}: {e}", self.url),
+            }
+        }
+    }
+
     pub(crate) fn pg_url() -> String {
         std::env::var("SEKISHO_TEST_PG_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/sekisho_test".to_string())

@@ -6,60 +6,15 @@
 use super::*;
 use crate::factor::Factor;
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kind {
-    Sqlite,
-    Postgres,
-}
-
-struct Fx {
-    kind: Kind,
-    url: String,
-    tenant: String,
-    _dir: Option<tempfile::TempDir>,
-}
-
 impl Fx {
-    fn new(kind: Kind, name: &str) -> Fx {
-        match kind {
-            Kind::Sqlite => {
-                let dir = tempfile::tempdir().expect("temp dir");
-                let url = format!("sqlite://{}", dir.path().join("store.db").display());
-                Fx {
-                    kind,
-                    url,
-                    tenant: unique_tenant(name),
-                    _dir: Some(dir),
-                }
-            }
-            Kind::Postgres => Fx {
-                kind,
-                url: pg_url(),
-                tenant: unique_tenant(name),
-                _dir: None,
-            },
-        }
-    }
-
     async fn open(&self) -> Store {
         self.open_tenant(&self.tenant).await
     }
 
     async fn open_tenant(&self, tenant: &str) -> Store {
-        match Store::open(&self.url, tenant).await {
-            Ok(s) => s,
-            Err(e) if self.kind == Kind::Postgres => panic!(
-                "PostgreSQL test database unreachable or unusable at '{}' ({e}). \
-                 These tests need PostgreSQL: start it, create the database \
-                 (psql -h 127.0.0.1 -U postgres -c 'create database sekisho_test') \
-                 or point SEKISHO_TEST_PG_URL at one.",
-                redact_url(&self.url)
-            ),
-            Err(e) => panic!("cannot open SQLite store at {}: {e}", self.url),
-        }
+        self.opened(Store::open(&self.url, tenant).await)
     }
 
-    /// Removes a tenant's rows so the shared PostgreSQL test database does not grow.
     async fn cleanup(&self, store: &Store) {
         if self.kind != Kind::Postgres {
             return;
@@ -80,7 +35,7 @@ impl Fx {
     }
 }
 
-use crate::store::testing::{pg_url, unique_tenant};
+use crate::store::testing::{unique_tenant, Fx, Kind};
 
 on_both_backends!(
     publish_numbers_versions_and_lists_newest_first,

@@ -9,53 +9,9 @@ use crate::audit::event::{format_ts, EventBody, Outcome, GENESIS_HASH};
 /// 2026-11-22T00:00:00Z
 const T0: i64 = 1_795_305_600_000;
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kind {
-    Sqlite,
-    Postgres,
-}
-
-struct Fx {
-    kind: Kind,
-    url: String,
-    tenant: String,
-    _dir: Option<tempfile::TempDir>,
-}
-
 impl Fx {
-    fn new(kind: Kind, name: &str) -> Fx {
-        match kind {
-            Kind::Sqlite => {
-                let dir = tempfile::tempdir().expect("temp dir");
-                let url = format!("sqlite://{}", dir.path().join("audit.db").display());
-                Fx {
-                    kind,
-                    url,
-                    tenant: unique_tenant(&format!("audit-{name}")),
-                    _dir: Some(dir),
-                }
-            }
-            Kind::Postgres => Fx {
-                kind,
-                url: pg_url(),
-                tenant: unique_tenant(&format!("audit-{name}")),
-                _dir: None,
-            },
-        }
-    }
-
-    async fn open(&self) -> AuditStore {
-        match AuditStore::open(&self.url, &self.tenant).await {
-            Ok(s) => s,
-            Err(e) if self.kind == Kind::Postgres => panic!(
-                "PostgreSQL test database unreachable or unusable at '{}' ({e}). \
-                 These tests need PostgreSQL: start it, create the database \
-                 (psql -h 127.0.0.1 -U postgres -c 'create database sekisho_test') \
-                 or point SEKISHO_TEST_PG_URL at one.",
-                crate::store::redact_url(&self.url)
-            ),
-            Err(e) => panic!("cannot open SQLite store at {}: {e}", self.url),
-        }
+    async fn audit(&self) -> AuditStore {
+        self.opened(AuditStore::open(&self.url, &self.tenant).await)
     }
 
     /// Runs a statement against this tenant's rows (tampering, cleanup).
@@ -71,7 +27,7 @@ impl Fx {
         q.execute(s.pool()).await.expect("statement");
     }
 
-    async fn cleanup(&self, s: &AuditStore) {
+    async fn cleanup_audit(&self, s: &AuditStore) {
         if self.kind != Kind::Postgres {
             return;
         }
@@ -85,7 +41,7 @@ impl Fx {
 }
 
 use crate::store::on_both_backends;
-use crate::store::testing::{pg_url, unique_tenant};
+use crate::store::testing::{Fx, Kind};
 
 on_both_backends!(
     ingest_twice_stores_once,
@@ -152,7 +108,7 @@ fn through(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
 }
 
 async fn ingest_twice_stores_once(fx: Fx) {
-    let s = fx.open().await;
+    let s = fx.audit().await;
     let events = chain("gw-a", 10);
     let out = s.ingest(records(&events)).await.unwrap();
     assert_eq!(out.inserted, 10);
@@ -194,11 +150,11 @@ async fn ingest_twice_stores_once(fx: Fx) {
         .unwrap()
         .stored_through
         .is_empty());
-    fx.cleanup(&s).await;
+    fx.cleanup_audit(&s).await;
 }
 
 async fn stored_through_waits_for_gaps(fx: Fx) {
-    let s = fx.open().await;
+    let s = fx.audit().await;
     let events = chain("gw-a", 20);
     let b = chain("gw-b", 3);
     // 1-5 and 8-12 of gw-a: stored through 5.
@@ -226,11 +182,11 @@ async fn stored_through_waits_for_gaps(fx: Fx) {
         .map(|g| (g.gateway.as_str(), g.stored_through))
         .collect();
     assert_eq!(names, [("gw-a", 20), ("gw-b", 3), ("gw-c", 0)]);
-    fx.cleanup(&s).await;
+    fx.cleanup_audit(&s).await;
 }
 
 async fn query_filters_pages_and_orders(fx: Fx) {
-    let s = fx.open().await;
+    let s = fx.audit().await;
     let a = chain("gw-a", 30);
     let b = chain("gw-b", 30);
     s.ingest(records(&b)).await.unwrap();
@@ -310,11 +266,11 @@ async fn query_filters_pages_and_orders(fx: Fx) {
     assert_eq!(pages.cursor(), Some(&Cursor::of(&all[59])));
     assert_eq!(s.event("gw-b", 7).await.unwrap(), Some(b[6].clone()));
     assert_eq!(s.event("gw-b", 99).await.unwrap(), None);
-    fx.cleanup(&s).await;
+    fx.cleanup_audit(&s).await;
 }
 
 async fn verify_passes_on_an_intact_chain(fx: Fx) {
-    let s = fx.open().await;
+    let s = fx.audit().await;
     assert!(s.verify().await.unwrap().is_empty());
     let a = chain("gw-a", 25_000);
     let b = chain("gw-b", 3);
@@ -338,11 +294,11 @@ async fn verify_passes_on_an_intact_chain(fx: Fx) {
             },
         ]
     );
-    fx.cleanup(&s).await;
+    fx.cleanup_audit(&s).await;
 }
 
 async fn verify_names_an_altered_row(fx: Fx) {
-    let s = fx.open().await;
+    let s = fx.audit().await;
     let a = chain("gw-a", 12);
     s.ingest(records(&a)).await.unwrap();
 
@@ -425,11 +381,11 @@ async fn verify_names_an_altered_row(fx: Fx) {
         matches!(&e, AuditError::CorruptEvent { gateway, seq: 2, .. } if gateway == "gw-a"),
         "{e}"
     );
-    fx.cleanup(&s).await;
+    fx.cleanup_audit(&s).await;
 }
 
 async fn verify_names_a_deleted_row(fx: Fx) {
-    let s = fx.open().await;
+    let s = fx.audit().await;
     let a = chain("gw-a", 10);
     let b = chain("gw-b", 10);
     s.ingest(records(&a)).await.unwrap();
@@ -473,11 +429,11 @@ async fn verify_names_a_deleted_row(fx: Fx) {
     let reports = s.verify().await.unwrap();
     assert_eq!(reports[1].gateway, "gw-b");
     assert_eq!(reports[1].broken.as_ref().map(|b| b.seq), Some(1));
-    fx.cleanup(&s).await;
+    fx.cleanup_audit(&s).await;
 }
 
 async fn import_jsonl_goes_through_ingest(fx: Fx) {
-    let s = fx.open().await;
+    let s = fx.audit().await;
     let a = chain("standalone-1", 12_000);
     let mut file = String::new();
     for e in &a {
@@ -517,11 +473,11 @@ async fn import_jsonl_goes_through_ingest(fx: Fx) {
         "{e}"
     );
     assert_eq!(s.count(&Filter::default()).await.unwrap(), 12_000);
-    fx.cleanup(&s).await;
+    fx.cleanup_audit(&s).await;
 }
 
 async fn malformed_batch_writes_nothing(fx: Fx) {
-    let s = fx.open().await;
+    let s = fx.audit().await;
     let a = chain("gw-a", 10);
     let mut recs = records(&a);
     recs[6].json = "{\"seq\":7}".into();
@@ -573,11 +529,11 @@ async fn malformed_batch_writes_nothing(fx: Fx) {
 
     assert_eq!(s.count(&Filter::default()).await.unwrap(), 0);
     assert!(s.gateways().await.unwrap().is_empty());
-    fx.cleanup(&s).await;
+    fx.cleanup_audit(&s).await;
 }
 
 async fn reports_last_allowed_and_counts(fx: Fx) {
-    let s = fx.open().await;
+    let s = fx.audit().await;
     let a = chain("gw-a", 40);
     s.ingest(records(&a)).await.unwrap();
     let mut want: HashMap<String, i64> = HashMap::new();
@@ -613,11 +569,11 @@ async fn reports_last_allowed_and_counts(fx: Fx) {
         .await
         .unwrap();
     assert!(days.iter().all(|c| c.bucket_start_ms == T0 - 9 * 3_600_000));
-    fx.cleanup(&s).await;
+    fx.cleanup_audit(&s).await;
 }
 
 async fn decisions_round_trip(fx: Fx) {
-    let s = fx.open().await;
+    let s = fx.audit().await;
     let entry = |i: i64, user: &str| DecisionEntry {
         id: format!("x-{i}"),
         ts_ms: T0 + i,
@@ -649,5 +605,5 @@ async fn decisions_round_trip(fx: Fx) {
     );
     assert_eq!(s.decisions(None, 10_000).await.unwrap().len(), 5000);
     assert_eq!(s.decision_count().await.unwrap(), 5000);
-    fx.cleanup(&s).await;
+    fx.cleanup_audit(&s).await;
 }
