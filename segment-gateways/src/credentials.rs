@@ -60,6 +60,13 @@ impl std::fmt::Debug for TotpCredential {
     }
 }
 
+/// A user's cards and TOTP credential, as a Complete checks them.
+#[derive(Debug, Default)]
+pub struct CardsAndTotp {
+    pub cards: Vec<EnrolledCard>,
+    pub totp: Option<TotpCredential>,
+}
+
 #[derive(Debug, Clone)]
 pub struct EnrolledCard {
     pub certificate: Vec<u8>,
@@ -396,7 +403,19 @@ impl CredentialStore {
         let algorithm: String = row.try_get(1).map_err(corrupt("totp", user))?;
         let digits: i64 = row.try_get(2).map_err(corrupt("totp", user))?;
         let last_step: Option<i64> = row.try_get(3).map_err(corrupt("totp", user))?;
-        let algorithm = match algorithm.as_str() {
+        self.totp_credential(user, &sealed, &algorithm, digits, last_step)
+            .map(Some)
+    }
+
+    fn totp_credential(
+        &self,
+        user: &str,
+        sealed: &str,
+        algorithm: &str,
+        digits: i64,
+        last_step: Option<i64>,
+    ) -> Result<TotpCredential, CredentialError> {
+        let algorithm = match algorithm {
             "sha1" => TotpAlgorithm::Sha1,
             "sha256" => TotpAlgorithm::Sha256,
             other => {
@@ -407,29 +426,11 @@ impl CredentialStore {
         };
         let digits = u32::try_from(digits).map_err(corrupt("totp", user))?;
         let params = TotpParams::new(algorithm, digits, 30).map_err(corrupt("totp", user))?;
-        Ok(Some(TotpCredential {
-            secret: self.unseal(user, "totp", &sealed)?,
+        Ok(TotpCredential {
+            secret: self.unseal(user, "totp", sealed)?,
             params,
             last_step: last_step.and_then(|s| u64::try_from(s).ok()),
-        }))
-    }
-
-    /// Records an accepted time step, unless a step at or after it was already
-    /// accepted (a concurrent logon with the same code): false means replay.
-    pub async fn accept_totp_step(&self, user: &str, step: u64) -> Result<bool, CredentialError> {
-        let step = i64::try_from(step).unwrap_or(i64::MAX);
-        let done = sqlx::query(
-            "UPDATE gw_totp SET last_step = $4
-             WHERE tenant = $1 AND tier = $2 AND user_id = $3 AND (last_step IS NULL OR last_step < $4)",
-        )
-        .bind(self.tenant())
-        .bind(self.tier_name())
-        .bind(user)
-        .bind(step)
-        .execute(&self.db.pool)
-        .await
-        .map_err(db_err("recording a TOTP step"))?;
-        Ok(done.rows_affected() == 1)
+        })
     }
 
     /// Adds a card certificate (DER); false when it was already enrolled.
@@ -461,31 +462,47 @@ impl CredentialStore {
         Ok(done.rows_affected() == 1)
     }
 
-    pub async fn cards(&self, user: &str) -> Result<Vec<EnrolledCard>, CredentialError> {
+    /// What a card or TOTP proof is checked against, in one round trip: the user's
+    /// enrolled cards (oldest first) and their TOTP credential.
+    pub async fn cards_and_totp(&self, user: &str) -> Result<CardsAndTotp, CredentialError> {
         let rows = sqlx::query(
-            "SELECT kind, certificate FROM gw_cards WHERE tenant = $1 AND tier = $2 AND user_id = $3
-             ORDER BY enrolled_at",
+            "SELECT 'totp', secret, algorithm, digits, last_step, 0 FROM gw_totp
+               WHERE tenant = $1 AND tier = $2 AND user_id = $3
+             UNION ALL
+             SELECT kind, certificate, '', 0, NULL, enrolled_at FROM gw_cards
+               WHERE tenant = $1 AND tier = $2 AND user_id = $3
+             ORDER BY 6",
         )
         .bind(self.tenant())
         .bind(self.tier_name())
         .bind(user)
         .fetch_all(&self.db.pool)
         .await
-        .map_err(db_err("reading cards"))?;
-        rows.iter()
-            .map(|row| {
-                let kind: String = row.try_get(0).map_err(corrupt("card", user))?;
-                let cert: String = row.try_get(1).map_err(corrupt("card", user))?;
-                Ok(EnrolledCard {
-                    certificate: hex::decode(cert).map_err(corrupt("card", user))?,
+        .map_err(db_err("reading cards and TOTP"))?;
+        let mut out = CardsAndTotp::default();
+        for row in &rows {
+            let kind: String = row.try_get(0).map_err(corrupt("card", user))?;
+            let what = if kind == "totp" { "totp" } else { "card" };
+            let text: String = row.try_get(1).map_err(corrupt(what, user))?;
+            match kind.as_str() {
+                "totp" => {
+                    let algorithm: String = row.try_get(2).map_err(corrupt("totp", user))?;
+                    let digits: i64 = row.try_get(3).map_err(corrupt("totp", user))?;
+                    let last_step: Option<i64> = row.try_get(4).map_err(corrupt("totp", user))?;
+                    out.totp =
+                        Some(self.totp_credential(user, &text, &algorithm, digits, last_step)?);
+                }
+                _ => out.cards.push(EnrolledCard {
+                    certificate: hex::decode(text).map_err(corrupt("card", user))?,
                     kind: if kind == "mynumber" {
                         CardKind::MyNumber
                     } else {
                         CardKind::Card
                     },
-                })
-            })
-            .collect()
+                }),
+            }
+        }
+        Ok(out)
     }
 
     /// Stores normalised templates (sealed), after the user's existing ones or

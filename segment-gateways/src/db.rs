@@ -246,3 +246,54 @@ const MIGRATIONS: &[Migration] = &[
         ],
     },
 ];
+
+/// The gateway tests' databases: a temporary SQLite file, and the PostgreSQL test
+/// database the test script provides (`SEKISHO_TEST_PG_URL`, default the local
+/// `sekisho_test`) with a tenant of its own per test.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::Db;
+    use sekisho_policy_engine::Tier;
+
+    pub(crate) struct Target {
+        pub(crate) url: String,
+        pub(crate) tenant: String,
+        _dir: Option<tempfile::TempDir>,
+    }
+
+    pub(crate) fn targets(test: &str) -> Vec<Target> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pg = std::env::var("SEKISHO_TEST_PG_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/sekisho_test".into());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        vec![
+            Target {
+                url: format!("sqlite://{}", dir.path().join("gw.db").display()),
+                tenant: "city".into(),
+                _dir: Some(dir),
+            },
+            Target {
+                url: pg,
+                tenant: format!("{test}-{}-{nanos}", std::process::id()),
+                _dir: None,
+            },
+        ]
+    }
+
+    impl Target {
+        pub(crate) async fn db(&self) -> Db {
+            self.db_of(Tier::Lgwan).await
+        }
+
+        pub(crate) async fn db_of(&self, tier: Tier) -> Db {
+            Db::open(&self.url, &self.tenant, tier)
+                .await
+                .expect("open db")
+        }
+    }
+}

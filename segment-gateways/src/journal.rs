@@ -7,7 +7,13 @@
 //! numbering and linking need no locks and cannot race. [`Journal::append`] queues
 //! the body with a reply slot and waits.
 //!
-//! **Group commit.** The writer takes everything queued (up to [`MAX_BATCH`]),
+//! **An answer's state changes ride along.** [`Journal::commit`] queues the
+//! [`Effect`]s of an answer (a TOTP step, a session, a failure count) with a function
+//! that builds its events once the effects' outcome is known: the writer applies the
+//! effects of the whole batch ([`crate::effects`]), then seals the events, in the same
+//! transaction. A logon is one commit, shared with every answer that arrived meanwhile.
+//!
+//! **Group commit.** The writer takes everything queued (up to [`MAX_BATCH`] answers),
 //! numbers and seals it after the previous hash, inserts it in one transaction
 //! (multi-row INSERTs of up to [`ROWS_PER_INSERT`] rows, far below SQLite's bind
 //! limit), commits, and only then answers every waiter of that batch. While one
@@ -51,6 +57,7 @@ use tokio::sync::{mpsc, oneshot, watch, Mutex};
 use tokio::task::JoinHandle;
 
 use crate::db::{db_err, now_ms, Db, GATEWAY};
+use crate::effects::{self, Applied, Effect, Scope};
 
 /// Most events sealed and committed in one transaction.
 pub const MAX_BATCH: usize = 2048;
@@ -129,10 +136,27 @@ struct Counters {
     failed_batches: AtomicU64,
 }
 
-type Reply = oneshot::Sender<Result<AppendReceipt, JournalError>>;
+/// Builds an answer's events once the outcome of its effects is known.
+pub type EventsFor = Box<dyn FnOnce(&Applied) -> Vec<EventBody> + Send>;
+
+/// What [`Journal::commit`] made durable.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub applied: Applied,
+    /// One per event, in order.
+    pub receipts: Vec<AppendReceipt>,
+}
+
+/// One answer: its effects and its events.
+struct Unit {
+    effects: Vec<Effect>,
+    events: EventsFor,
+}
+
+type Reply = oneshot::Sender<Result<Committed, JournalError>>;
 
 enum Msg {
-    Append(Box<EventBody>, Reply),
+    Append(Unit, Reply),
     Flush(oneshot::Sender<()>),
     Close,
 }
@@ -219,9 +243,27 @@ impl Journal {
     /// `gateway` and `tier` (they are its own), and `ts` when it is empty or not
     /// RFC 3339.
     pub async fn append(&self, body: EventBody) -> Result<AppendReceipt, JournalError> {
+        let committed = self
+            .commit(Vec::new(), Box::new(move |_| vec![body]))
+            .await?;
+        committed
+            .receipts
+            .into_iter()
+            .next()
+            .ok_or(JournalError::Closed)
+    }
+
+    /// Applies `effects` and appends the events `events` builds from their outcome,
+    /// in one transaction; returns once it is committed. Nothing of it is kept when
+    /// the commit fails.
+    pub async fn commit(
+        &self,
+        effects: Vec<Effect>,
+        events: EventsFor,
+    ) -> Result<Committed, JournalError> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Msg::Append(Box::new(body), reply))
+            .send(Msg::Append(Unit { effects, events }, reply))
             .await
             .map_err(|_| JournalError::Closed)?;
         answer.await.map_err(|_| JournalError::Closed)?
@@ -384,7 +426,7 @@ struct Writer {
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        let mut batch: Vec<(Box<EventBody>, Reply)> = Vec::new();
+        let mut batch: Vec<(Unit, Reply)> = Vec::new();
         let mut flushes = Vec::new();
         loop {
             let first = match rx.try_recv() {
@@ -400,7 +442,7 @@ impl Writer {
             let mut next = Some(first);
             while let Some(msg) = next {
                 match msg {
-                    Msg::Append(body, reply) => batch.push((body, reply)),
+                    Msg::Append(unit, reply) => batch.push((unit, reply)),
                     Msg::Flush(reply) => flushes.push(reply),
                     // New sends fail from now on; what is queued is still received.
                     Msg::Close => rx.close(),
@@ -421,7 +463,7 @@ impl Writer {
         tracing::debug!(journal = %self.id, "audit journal writer stopped");
     }
 
-    async fn write(&mut self, batch: Vec<(Box<EventBody>, Reply)>) {
+    async fn write(&mut self, batch: Vec<(Unit, Reply)>) {
         let head = match self.head.take() {
             Some(h) => h,
             None => match load_head(&self.pool, &self.id).await {
@@ -432,53 +474,24 @@ impl Writer {
                 }
             },
         };
-        let now = now_ms();
-        let mut rows = Vec::with_capacity(batch.len());
-        let mut replies = Vec::with_capacity(batch.len());
-        let mut seq = head.seq;
-        let mut prev = head.hash.clone();
-        for (body, reply) in batch {
-            let mut body = *body;
-            seq += 1;
-            body.seq = seq;
-            body.gateway.clone_from(&self.id.gateway);
-            body.tier.clone_from(&self.id.tier);
-            let ts_ms = match parse_ts(&body.ts) {
-                Some(t) => t,
-                None => {
-                    body.ts = format_ts(now);
-                    now
-                }
-            };
-            let event = body.seal(&prev);
-            prev.clone_from(&event.hash);
-            rows.push(NewRow {
-                seq,
-                ts_ms,
-                json: event.to_json(),
-                hash: event.hash,
-            });
-            replies.push(reply);
-        }
-        match self.insert(&rows).await {
-            Ok(()) => {
-                self.head = Some(Head { seq, hash: prev });
+        let (units, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        match self.transact(&head, units).await {
+            Ok((done, last)) => {
+                let events: usize = done.iter().map(|c| c.receipts.len()).sum();
+                self.head = Some(last.clone());
                 self.counters
                     .events
-                    .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                    .fetch_add(events as u64, Ordering::Relaxed);
                 self.counters.batches.fetch_add(1, Ordering::Relaxed);
-                self.committed.send_replace(seq);
-                for (reply, row) in replies.into_iter().zip(rows) {
-                    let _ = reply.send(Ok(AppendReceipt {
-                        seq: row.seq,
-                        hash: row.hash,
-                    }));
+                self.committed.send_replace(last.seq);
+                for (reply, committed) in replies.into_iter().zip(done) {
+                    let _ = reply.send(Ok(committed));
                 }
             }
             Err(e) => {
                 // The connection may be what failed.
                 self.conn = None;
-                tracing::error!(journal = %self.id, events = rows.len(), error = %e, "audit journal commit failed; the events of this batch were refused");
+                tracing::error!(journal = %self.id, answers = replies.len(), error = %e, "audit journal commit failed; the events of this batch were refused");
                 self.fail(replies, &e.to_string());
                 // The head is whatever the database holds now: unchanged, or the
                 // batch after all if only the report of its commit failed.
@@ -505,7 +518,13 @@ impl Writer {
         }
     }
 
-    async fn insert(&mut self, rows: &[NewRow]) -> Result<(), StoreError> {
+    /// One transaction: the batch's effects, then its events sealed after `head`.
+    /// Returns what each answer committed and the new head.
+    async fn transact(
+        &mut self,
+        head: &Head,
+        units: Vec<Unit>,
+    ) -> Result<(Vec<Committed>, Head), StoreError> {
         let conn = match &mut self.conn {
             Some(c) => c,
             None => self.conn.insert(
@@ -519,7 +538,49 @@ impl Writer {
             .begin_with(self.backend.begin_write())
             .await
             .map_err(db_err("starting an audit journal write"))?;
-        let mut rest = rows;
+        let now = now_ms();
+        let scope = Scope {
+            tenant: &self.id.tenant,
+            tier: &self.id.tier,
+        };
+        let all_effects: Vec<&[Effect]> = units.iter().map(|u| u.effects.as_slice()).collect();
+        let applied = effects::apply(&mut tx, &scope, &all_effects, now).await?;
+
+        let mut rows = Vec::with_capacity(units.len());
+        let mut done = Vec::with_capacity(units.len());
+        let mut seq = head.seq;
+        let mut prev = head.hash.clone();
+        for (unit, applied) in units.into_iter().zip(applied) {
+            let mut receipts = Vec::new();
+            for mut body in (unit.events)(&applied) {
+                seq += 1;
+                body.seq = seq;
+                body.gateway.clone_from(&self.id.gateway);
+                body.tier.clone_from(&self.id.tier);
+                let ts_ms = match parse_ts(&body.ts) {
+                    Some(t) => t,
+                    None => {
+                        body.ts = format_ts(now);
+                        now
+                    }
+                };
+                let event = body.seal(&prev);
+                prev.clone_from(&event.hash);
+                receipts.push(AppendReceipt {
+                    seq,
+                    hash: event.hash.clone(),
+                });
+                rows.push(NewRow {
+                    seq,
+                    ts_ms,
+                    json: event.to_json(),
+                    hash: event.hash,
+                });
+            }
+            done.push(Committed { applied, receipts });
+        }
+
+        let mut rest = rows.as_slice();
         while !rest.is_empty() {
             let k = rest.len().ilog2().min(ROWS_PER_INSERT.ilog2());
             let (chunk, tail) = rest.split_at(1 << k);
@@ -542,7 +603,8 @@ impl Writer {
         }
         tx.commit()
             .await
-            .map_err(db_err("committing the audit journal"))
+            .map_err(db_err("committing the audit journal"))?;
+        Ok((done, Head { seq, hash: prev }))
     }
 }
 
@@ -912,51 +974,9 @@ mod tests {
     use sekisho_policy_engine::audit::Outcome;
     use sekisho_policy_engine::Tier;
 
+    use crate::db::testing::targets;
+
     const GW: &str = "lgwan-gateway";
-
-    /// A temp SQLite file, and the PostgreSQL test database the test script
-    /// provides (`SEKISHO_TEST_PG_URL`, default the local `sekisho_test`), with a
-    /// tenant of its own per test.
-    struct Target {
-        url: String,
-        tenant: String,
-        _dir: Option<tempfile::TempDir>,
-    }
-
-    fn targets(test: &str) -> Vec<Target> {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let pg = std::env::var("SEKISHO_TEST_PG_URL")
-            .ok()
-            .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/sekisho_test".into());
-        vec![
-            Target {
-                url: format!("sqlite://{}", dir.path().join("gw.db").display()),
-                tenant: "city".into(),
-                _dir: Some(dir),
-            },
-            Target {
-                url: pg,
-                tenant: format!(
-                    "{test}-{}-{}",
-                    std::process::id(),
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_nanos())
-                        .unwrap_or(0)
-                ),
-                _dir: None,
-            },
-        ]
-    }
-
-    impl Target {
-        async fn db(&self) -> Db {
-            Db::open(&self.url, &self.tenant, Tier::Lgwan)
-                .await
-                .expect("open db")
-        }
-    }
 
     fn body(user: &str) -> EventBody {
         let mut b = EventBody::new("ignored", "ignored", "logon", Outcome::Allow);

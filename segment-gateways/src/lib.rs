@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod crypto;
 pub mod db;
 pub mod decide;
+pub mod effects;
 pub mod factors;
 pub mod forward;
 pub mod grpc;

@@ -51,61 +51,44 @@ pub async fn standing(db: &Db, user: &str) -> Result<Standing, StoreError> {
     })
 }
 
-/// Counts one failed attempt; returns the lock's end when this failure locked the
-/// user.
-pub async fn record_failure(
-    db: &Db,
-    user: &str,
-    policy: LockoutPolicy,
-    now_ms: i64,
-) -> Result<Option<i64>, StoreError> {
-    let mut tx = db.begin_write().await?;
-    let row = sqlx::query(
-        "SELECT failures, locked_until FROM gw_lockouts WHERE tenant = $1 AND tier = $2 AND user_id = $3",
-    )
-    .bind(&*db.tenant)
-    .bind(db.tier.name())
-    .bind(user)
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(db_err("reading a lockout"))?;
-    let (failures, locked_until): (i64, Option<i64>) = match row {
-        Some(r) => (
-            r.try_get(0).map_err(db_err("reading a lockout"))?,
-            r.try_get(1).map_err(db_err("reading a lockout"))?,
-        ),
-        None => (0, None),
-    };
-    let still_locked = locked_until.is_some_and(|t| t > now_ms);
-    // A lock that has run out starts a fresh count.
-    let failures = if locked_until.is_some() && !still_locked {
-        1
-    } else {
-        failures.saturating_add(1)
-    };
-    let (locked_until, newly) = if still_locked {
-        (locked_until, None)
-    } else if failures >= i64::from(policy.max_failures) {
-        let until = now_ms.saturating_add(policy.lock_ms);
-        (Some(until), Some(until))
-    } else {
-        (None, None)
-    };
-    sqlx::query(
-        "INSERT INTO gw_lockouts (tenant, tier, user_id, failures, locked_until) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (tenant, tier, user_id) DO UPDATE SET failures = excluded.failures,
-           locked_until = excluded.locked_until",
-    )
-    .bind(&*db.tenant)
-    .bind(db.tier.name())
-    .bind(user)
-    .bind(failures)
-    .bind(locked_until)
-    .execute(&mut *tx)
-    .await
-    .map_err(db_err("recording a failure"))?;
-    tx.commit().await.map_err(db_err("recording a failure"))?;
-    Ok(newly)
+impl Standing {
+    /// The standing after one more failure at `now_ms`, and the lock's end when this
+    /// failure locked the user. A lock that has run out starts a fresh count; a
+    /// failure while locked does not extend the lock.
+    pub fn after_failure(self, policy: LockoutPolicy, now_ms: i64) -> (Standing, Option<i64>) {
+        let still_locked = self.locked_at(now_ms).is_some();
+        let failures = if self.locked_until_ms.is_some() && !still_locked {
+            1
+        } else {
+            self.failures.saturating_add(1)
+        };
+        if still_locked {
+            (
+                Standing {
+                    failures,
+                    locked_until_ms: self.locked_until_ms,
+                },
+                None,
+            )
+        } else if failures >= policy.max_failures {
+            let until = now_ms.saturating_add(policy.lock_ms);
+            (
+                Standing {
+                    failures,
+                    locked_until_ms: Some(until),
+                },
+                Some(until),
+            )
+        } else {
+            (
+                Standing {
+                    failures,
+                    locked_until_ms: None,
+                },
+                None,
+            )
+        }
+    }
 }
 
 /// Forgets a user's failures and lock (after a successful logon, or an
@@ -134,37 +117,27 @@ pub async fn forget(db: &Db, user: &str) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sekisho_policy_engine::Tier;
 
-    #[tokio::test]
-    async fn locks_after_n_and_releases_after_the_time() {
-        let db = Db::open("sqlite::memory:", "t", Tier::Lgwan).await.unwrap();
+    #[test]
+    fn locks_after_n_and_releases_after_the_time() {
         let p = LockoutPolicy {
             max_failures: 3,
             lock_ms: 1_000,
         };
-        assert_eq!(record_failure(&db, "u", p, 0).await.unwrap(), None);
-        assert_eq!(record_failure(&db, "u", p, 1).await.unwrap(), None);
-        assert_eq!(record_failure(&db, "u", p, 2).await.unwrap(), Some(1_002));
+        let s = Standing::default();
+        let (s, newly) = s.after_failure(p, 0);
+        assert_eq!(newly, None);
+        let (s, newly) = s.after_failure(p, 1);
+        assert_eq!(newly, None);
+        let (s, newly) = s.after_failure(p, 2);
+        assert_eq!(newly, Some(1_002));
         // Failures while locked do not extend the lock.
-        assert_eq!(record_failure(&db, "u", p, 500).await.unwrap(), None);
-        let s = standing(&db, "u").await.unwrap();
+        let (s, newly) = s.after_failure(p, 500);
+        assert_eq!(newly, None);
         assert_eq!(s.locked_at(500), Some(1_002));
         assert_eq!(s.locked_at(1_002), None);
         // After the lock, counting starts again.
-        assert_eq!(record_failure(&db, "u", p, 2_000).await.unwrap(), None);
-        assert_eq!(standing(&db, "u").await.unwrap().failures, 1);
-        assert!(!clear(&db, "u", 2_000).await.unwrap());
-        assert_eq!(standing(&db, "u").await.unwrap(), Standing::default());
-        // Another tier's gateway sharing the database has its own count.
-        let other = Db {
-            tier: Tier::Mynumber,
-            ..db.clone()
-        };
-        for t in 0..3 {
-            record_failure(&db, "v", p, t).await.unwrap();
-        }
-        assert_eq!(standing(&other, "v").await.unwrap(), Standing::default());
-        assert!(clear(&db, "v", 10).await.unwrap());
+        let (s, newly) = s.after_failure(p, 2_000);
+        assert_eq!((s.failures, s.locked_until_ms, newly), (1, None, None));
     }
 }

@@ -13,10 +13,15 @@
 //! Every answer to a Complete, Unlock, Lock or Logoff is journaled before it is
 //! returned: one event per answer, built from the answer itself (so the trail says
 //! what the endpoint was told), plus a `lockout` event when a failure locked the
-//! user; an attempt that ends in an error is journaled as outcome `error`. When the
-//! journal cannot commit, the endpoint gets an error instead of the answer: the
-//! session or lockout change already made stays, but no one is let in without a
-//! record of it.
+//! user; an attempt that ends in an error is journaled as outcome `error`.
+//!
+//! A Complete or Unlock changes state only through its commit: the TOTP step it
+//! used, the failure it counts, the session it opens or resumes are
+//! [`Effect`]s committed in one transaction with its event, batched with every
+//! other answer of the moment ([`crate::effects`]). The lockout is read there too,
+//! so "locked" and a replayed code are judged at commit time, across replicas.
+//! When the journal cannot commit, the endpoint gets an error instead of the
+//! answer and none of its changes is kept: no one is let in without a record.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,16 +34,17 @@ use sekisho_policy_engine::{Action, DeviceKind, Factor, FactorSet, Via};
 use sekisho_proto::v1 as pb;
 
 use crate::challenge::{Challenge, ChallengeError, Challenges, CARD_NONCE};
-use crate::credentials::{CredentialError, CredentialStore, GatewayDevice};
+use crate::credentials::{CardsAndTotp, CredentialError, CredentialStore, GatewayDevice};
 use crate::db::now_ms;
 use crate::decide::{DecideError, Decider, Subject};
+use crate::effects::{Applied, Conflict, Effect};
 use crate::factors::biometric::{self, BiometricFactor};
 use crate::factors::card::{self, CardKind, CardTrust};
 use crate::factors::password::PasswordVerifier;
 use crate::factors::{emergency_otp, pin, totp, Failure};
 use crate::hashing::SecretHasher;
 use crate::journal::{AppendReceipt, Journal, JournalError};
-use crate::lockout::{self, LockoutPolicy};
+use crate::lockout::LockoutPolicy;
 use crate::ratelimit::RateLimiter;
 use crate::session::{self, SessionState};
 
@@ -126,17 +132,90 @@ pub struct Gateway {
 
 /// Who tried what where: the part of an attempt's audit event its answer does not
 /// carry.
-struct Attempt<'a> {
-    device: &'a str,
-    user: &'a str,
+#[derive(Clone)]
+struct Attempt {
+    gateway: String,
+    tier: &'static str,
+    device: String,
+    user: String,
     action: Action,
-    request_id: &'a str,
+    request_id: String,
 }
 
-/// A Complete's answer, and whether its failure locked the user (when).
-struct Completed {
+/// A Complete's answer as it stands if every effect holds, and those effects: they
+/// are committed with the answer's journal event ([`crate::effects`]).
+struct Prepared {
     result: pb::LogonResult,
-    locked_out: Option<i64>,
+    effects: Vec<Effect>,
+}
+
+impl Prepared {
+    fn new(result: pb::LogonResult, effects: Vec<Effect>) -> Self {
+        Prepared { result, effects }
+    }
+}
+
+impl Attempt {
+    fn event(&self, action: &str, outcome: Outcome) -> EventBody {
+        let mut e = EventBody::new(&self.gateway, self.tier, action, outcome);
+        e.device.clone_from(&self.device);
+        e.user.clone_from(&self.user);
+        e.operator.clone_from(&self.user);
+        e.request_id.clone_from(&self.request_id);
+        e
+    }
+
+    /// The audit event of one Complete/Unlock answer: verified factors and failure
+    /// codes come from the answer's factor results, so the trail says exactly what
+    /// the endpoint was told.
+    fn answered(&self, r: &pb::LogonResult) -> EventBody {
+        let outcome = if r.decision == pb::Decision::Allow as i32 {
+            Outcome::Allow
+        } else {
+            Outcome::Deny
+        };
+        let mut e = self.event(self.action.name(), outcome);
+        if !r.operator.is_empty() {
+            e.operator.clone_from(&r.operator);
+        }
+        e.factors = r
+            .factors
+            .iter()
+            .filter(|f| f.ok)
+            .map(|f| f.factor.clone())
+            .collect();
+        e.factors.sort();
+        e.failed = r
+            .factors
+            .iter()
+            .filter(|f| !f.ok)
+            .map(|f| (f.factor.clone(), f.reason.clone()))
+            .collect();
+        e.reason.clone_from(&r.reason);
+        e.policy_version.clone_from(&r.policy_version);
+        e.policy_ids.clone_from(&r.policy_ids);
+        e.session.clone_from(&r.session_id);
+        if let Some(until) = r.locked_until_unix_ms {
+            e.detail.insert("locked_until".into(), format_ts(until));
+        }
+        e
+    }
+
+    /// The audit event of an attempt that ended in an error rather than an answer.
+    fn failed(&self, error: &LogonError) -> EventBody {
+        let mut e = self.event(self.action.name(), Outcome::Error);
+        e.reason = error.code().into();
+        e
+    }
+
+    fn locked_out(&self, until: i64, max_failures: u32) -> EventBody {
+        let mut e = self.event("lockout", Outcome::Deny);
+        e.reason = reason::TOO_MANY_FAILURES.into();
+        e.detail.insert("locked_until".into(), format_ts(until));
+        e.detail
+            .insert("max_failures".into(), max_failures.to_string());
+        e
+    }
 }
 
 /// One proof's outcome.
@@ -168,71 +247,15 @@ impl Gateway {
         self.journal.append(event).await
     }
 
-    /// The audit event of one Complete/Unlock answer: verified factors and failure
-    /// codes come from the answer's factor results, so the trail says exactly what
-    /// the endpoint was told.
-    fn attempt_event(&self, a: &Attempt<'_>, r: &pb::LogonResult) -> EventBody {
-        let outcome = if r.decision == pb::Decision::Allow as i32 {
-            Outcome::Allow
-        } else {
-            Outcome::Deny
-        };
-        let mut e = self.event(a.action.name(), outcome);
-        e.device = a.device.into();
-        e.user = a.user.into();
-        e.operator = if r.operator.is_empty() {
-            a.user.into()
-        } else {
-            r.operator.clone()
-        };
-        e.factors = r
-            .factors
-            .iter()
-            .filter(|f| f.ok)
-            .map(|f| f.factor.clone())
-            .collect();
-        e.factors.sort();
-        e.failed = r
-            .factors
-            .iter()
-            .filter(|f| !f.ok)
-            .map(|f| (f.factor.clone(), f.reason.clone()))
-            .collect();
-        e.reason.clone_from(&r.reason);
-        e.policy_version.clone_from(&r.policy_version);
-        e.policy_ids.clone_from(&r.policy_ids);
-        e.session.clone_from(&r.session_id);
-        e.request_id = a.request_id.into();
-        if let Some(until) = r.locked_until_unix_ms {
-            e.detail.insert("locked_until".into(), format_ts(until));
+    fn attempt(&self, device: &str, user: &str, action: Action, request_id: &str) -> Attempt {
+        Attempt {
+            gateway: self.name().to_string(),
+            tier: self.tier_name(),
+            device: device.to_string(),
+            user: user.to_string(),
+            action,
+            request_id: request_id.to_string(),
         }
-        e
-    }
-
-    /// The audit event of an attempt that ended in an error rather than an answer.
-    fn error_event(&self, a: &Attempt<'_>, error: &LogonError) -> EventBody {
-        let mut e = self.event(a.action.name(), Outcome::Error);
-        e.device = a.device.into();
-        e.user = a.user.into();
-        e.operator = a.user.into();
-        e.reason = error.code().into();
-        e.request_id = a.request_id.into();
-        e
-    }
-
-    fn lockout_event(&self, a: &Attempt<'_>, until: i64) -> EventBody {
-        let mut e = self.event("lockout", Outcome::Deny);
-        e.device = a.device.into();
-        e.user = a.user.into();
-        e.operator = a.user.into();
-        e.reason = reason::TOO_MANY_FAILURES.into();
-        e.request_id = a.request_id.into();
-        e.detail.insert("locked_until".into(), format_ts(until));
-        e.detail.insert(
-            "max_failures".into(),
-            self.settings.lockout.max_failures.to_string(),
-        );
-        e
     }
 
     async fn registered_device(&self, device: &str) -> Result<GatewayDevice, LogonError> {
@@ -259,13 +282,7 @@ impl Gateway {
         let result = self.plan_challenge(device_id, request, request_id).await;
         if let Err(e) = &result {
             if !matches!(e, LogonError::RateLimited(_)) {
-                let attempt = Attempt {
-                    device: device_id,
-                    user: &user,
-                    action,
-                    request_id,
-                };
-                let mut event = self.error_event(&attempt, e);
+                let mut event = self.attempt(device_id, &user, action, request_id).failed(e);
                 if matches!(
                     e,
                     LogonError::DeviceNotRegistered { .. } | LogonError::DeviceMismatch { .. }
@@ -390,84 +407,92 @@ impl Gateway {
                     Err(_) => (String::new(), Action::Logon),
                 };
                 let r = deny(reason::CHALLENGE_INVALID, String::new(), Vec::new());
-                let attempt = Attempt {
-                    device: device_id,
-                    user: &user,
-                    action,
-                    request_id,
-                };
-                self.record(self.attempt_event(&attempt, &r)).await?;
+                let attempt = self.attempt(device_id, &user, action, request_id);
+                self.record(attempt.answered(&r)).await?;
                 return Ok(r);
             }
         };
-        let user = challenge.user.clone();
-        let attempt = Attempt {
-            device: device_id,
-            user: &user,
-            action: challenge.action,
-            request_id,
-        };
-        match self
+        let attempt = self.attempt(device_id, &challenge.user, challenge.action, request_id);
+        let prepared = match self
             .verify_and_decide(device_id, challenge, request, request_id)
             .await
         {
-            Ok(done) => {
-                self.record(self.attempt_event(&attempt, &done.result))
-                    .await?;
-                if let Some(until) = done.locked_out {
-                    self.record(self.lockout_event(&attempt, until)).await?;
-                }
-                Ok(done.result)
-            }
+            Ok(p) => p,
             Err(e) => {
-                if let Err(j) = self.record(self.error_event(&attempt, &e)).await {
+                if let Err(j) = self.record(attempt.failed(&e)).await {
                     tracing::error!(error = %j, failure = %e, "a failed attempt could not be journaled");
                 }
-                Err(e)
+                return Err(e);
             }
+        };
+        let Prepared { result, effects } = prepared;
+        let max_failures = self.settings.lockout.max_failures;
+        let events = {
+            let (attempt, result) = (attempt.clone(), result.clone());
+            Box::new(move |applied: &Applied| {
+                let mut events = vec![attempt.answered(&settle(result, applied))];
+                if let Some(until) = applied.newly_locked {
+                    events.push(attempt.locked_out(until, max_failures));
+                }
+                events
+            })
+        };
+        let committed = self.journal.commit(effects, events).await?;
+        if let Some(until) = committed.applied.newly_locked {
+            tracing::warn!(
+                user = %attempt.user,
+                device = device_id,
+                locked_until_ms = until,
+                "user locked out after repeated failures"
+            );
         }
+        let result = settle(result, &committed.applied);
+        if result.decision == pb::Decision::Allow as i32 {
+            tracing::info!(user = %attempt.user, device = device_id, action = attempt.action.name(), factors = ?result.factors.iter().map(|f| f.factor.as_str()).collect::<Vec<_>>(), policy_version = %result.policy_version, "allowed");
+        }
+        Ok(result)
     }
 
+    /// Verifies every proof and asks for a decision; the answer and the changes it
+    /// makes (TOTP step, failure count, session) are committed by the caller.
     async fn verify_and_decide(
         &self,
         device_id: &str,
         challenge: Challenge,
         request: pb::CompleteRequest,
         request_id: &str,
-    ) -> Result<Completed, LogonError> {
-        let answer = |result: pb::LogonResult| -> Result<Completed, LogonError> {
-            Ok(Completed {
-                result,
-                locked_out: None,
-            })
-        };
+    ) -> Result<Prepared, LogonError> {
         let device = self.registered_device(device_id).await?;
         let user = challenge.user.as_str();
-        let now = now_ms();
 
-        let checked = self
+        let (checked, totp_step) = self
             .check_proofs(&challenge, &device, request.proofs)
             .await?;
         let results = factor_results(&checked);
         let version = challenge.policy_version.clone();
+        // A verified TOTP code is used up whatever the answer.
+        let mut effects: Vec<Effect> = totp_step
+            .map(|step| Effect::TotpStep {
+                user: user.to_string(),
+                step,
+            })
+            .into_iter()
+            .collect();
         if checked.is_empty() {
-            return answer(deny(reason::INSUFFICIENT_FACTORS, version, results));
+            return Ok(Prepared::new(
+                deny(reason::INSUFFICIENT_FACTORS, version, results),
+                effects,
+            ));
         }
         if checked.iter().any(|c| c.result.is_err()) {
-            let newly =
-                lockout::record_failure(self.store.db(), user, self.settings.lockout, now).await?;
-            if let Some(until) = newly {
-                tracing::warn!(
-                    user,
-                    device = device_id,
-                    locked_until_ms = until,
-                    "user locked out after repeated failures"
-                );
-            }
-            return Ok(Completed {
-                result: deny(reason::FACTOR_FAILED, version, results),
-                locked_out: newly,
+            effects.push(Effect::CountFailure {
+                user: user.to_string(),
+                policy: self.settings.lockout,
             });
+            return Ok(Prepared::new(
+                deny(reason::FACTOR_FAILED, version, results),
+                effects,
+            ));
         }
         let verified = checked
             .iter()
@@ -485,7 +510,10 @@ impl Gateway {
             // deprovisioned since): refused like a factor set no policy permits, so
             // the answer does not tell whether the account exists.
             Err(DecideError::UnknownUser(_)) => {
-                return answer(deny(reason::INSUFFICIENT_FACTORS, String::new(), results));
+                return Ok(Prepared::new(
+                    deny(reason::INSUFFICIENT_FACTORS, String::new(), results),
+                    effects,
+                ));
             }
             other => other?,
         };
@@ -496,65 +524,66 @@ impl Gateway {
                 results,
             );
             r.policy_ids = decision.policy_ids;
-            return answer(r);
+            return Ok(Prepared::new(r, effects));
         }
-        // Only now, with a factor set that would have been accepted, is "locked"
-        // said: a guesser never learns it.
-        let standing = lockout::standing(self.store.db(), user).await?;
-        if let Some(until) = standing.locked_at(now) {
-            let mut r = deny(reason::LOCKED, decision.policy_version, results);
-            r.locked_until_unix_ms = Some(until);
-            return answer(r);
-        }
-        if standing.failures > 0 {
-            lockout::forget(self.store.db(), user).await?;
-        }
-
-        let session = match challenge.action {
-            Action::Logon => Some(session::open(self.store.db(), device_id, user, now).await?),
+        // Only now, with a factor set that would have been accepted, can "locked" be
+        // said (by the commit, which reads the lockout): a guesser never learns it.
+        effects.push(Effect::Admit {
+            user: user.to_string(),
+        });
+        let allow = |session_id: String, operator: String| pb::LogonResult {
+            decision: pb::Decision::Allow as i32,
+            factors: results.clone(),
+            policy_version: decision.policy_version.clone(),
+            policy_ids: decision.policy_ids.clone(),
+            session_id,
+            reason: String::new(),
+            locked_until_unix_ms: None,
+            operator,
+        };
+        let result = match challenge.action {
+            Action::Logon => {
+                let id = session::new_id()?;
+                effects.push(Effect::OpenSession {
+                    id: id.clone(),
+                    device: device_id.to_string(),
+                    user: user.to_string(),
+                });
+                allow(id, user.to_string())
+            }
             Action::Unlock | Action::SwitchOperator => {
                 let Some(current) = session::current(self.store.db(), device_id).await? else {
-                    return answer(deny(reason::NO_SESSION, decision.policy_version, results));
+                    return Ok(Prepared::new(
+                        deny(reason::NO_SESSION, decision.policy_version, results),
+                        effects,
+                    ));
                 };
                 // Another user may take over only a shared counter terminal; elsewhere
                 // the session's own user gets it back.
                 let operator = if user == current.operator {
                     None
                 } else if device.kind == DeviceKind::Shared || user == current.user {
-                    Some(user)
+                    Some(user.to_string())
                 } else {
-                    return answer(deny(
-                        reason::NOT_SESSION_USER,
-                        decision.policy_version,
-                        results,
+                    return Ok(Prepared::new(
+                        deny(reason::NOT_SESSION_USER, decision.policy_version, results),
+                        effects,
                     ));
                 };
-                session::update(
-                    self.store.db(),
-                    &current.id,
-                    SessionState::Active,
-                    operator,
-                    now,
-                )
-                .await?
+                effects.push(Effect::ResumeSession {
+                    id: current.id.clone(),
+                    operator: operator.clone(),
+                });
+                allow(current.id, operator.unwrap_or(current.operator))
             }
             Action::Elevate | Action::Presence => {
-                session::current(self.store.db(), device_id).await?
+                match session::current(self.store.db(), device_id).await? {
+                    Some(s) => allow(s.id, s.operator),
+                    None => allow(String::new(), user.to_string()),
+                }
             }
         };
-        tracing::info!(user, device = device_id, action = challenge.action.name(), factors = ?verified.names(), policy_version = %decision.policy_version, "allowed");
-        answer(pb::LogonResult {
-            decision: pb::Decision::Allow as i32,
-            factors: results,
-            policy_version: decision.policy_version,
-            policy_ids: decision.policy_ids,
-            session_id: session.as_ref().map(|s| s.id.clone()).unwrap_or_default(),
-            reason: String::new(),
-            locked_until_unix_ms: None,
-            operator: session
-                .map(|s| s.operator)
-                .unwrap_or_else(|| user.to_string()),
-        })
+        Ok(Prepared::new(result, effects))
     }
 
     /// Lock or Logoff a session of this device, journaled.
@@ -598,14 +627,29 @@ impl Gateway {
     }
 
     /// Runs every proof through its verifier. Each factor may be proved once.
+    /// Returns the outcomes and, when a TOTP code was correct, its time step (to be
+    /// recorded as used when the answer commits).
     async fn check_proofs(
         &self,
         challenge: &Challenge,
         device: &GatewayDevice,
         proofs: Vec<pb::Proof>,
-    ) -> Result<Vec<Checked>, LogonError> {
+    ) -> Result<(Vec<Checked>, Option<u64>), LogonError> {
         let user = challenge.user.as_str();
         let mut out: Vec<Checked> = Vec::with_capacity(proofs.len());
+        let mut totp_step = None;
+        // Cards and TOTP secret, read once (one query) if a proof needs either.
+        let mut material: Option<CardsAndTotp> = None;
+        let wants_material = proofs.iter().any(|p| {
+            matches!(
+                p.proof,
+                Some(pb::proof::Proof::Totp(_) | pb::proof::Proof::Card(_))
+            )
+        });
+        if wants_material {
+            material = Some(self.store.cards_and_totp(user).await?);
+        }
+        let material = material.unwrap_or_default();
         for proof in proofs {
             let Some(proof) = proof.proof else {
                 return Err(LogonError::BadRequest("a proof is empty".into()));
@@ -634,11 +678,17 @@ impl Gateway {
                         .await
                         .unwrap_or(Err(Failure::Unavailable))
                 }
-                pb::proof::Proof::Totp(code) => self.check_totp(user, &code).await?,
+                pb::proof::Proof::Totp(code) => match check_totp(&material, &code) {
+                    Ok(step) => {
+                        totp_step = Some(step);
+                        Ok(())
+                    }
+                    Err(f) => Err(f),
+                },
                 pb::proof::Proof::EmergencyOtp(code) => {
                     self.check_emergency_otp(user, &code).await?
                 }
-                pb::proof::Proof::Card(c) => match self.check_card(challenge, &c).await? {
+                pb::proof::Proof::Card(c) => match self.check_card(challenge, &material, &c) {
                     Ok(CardKind::MyNumber) => {
                         proves = proves.with(Factor::MynumberCard);
                         Ok(())
@@ -664,24 +714,7 @@ impl Gateway {
                 result,
             });
         }
-        Ok(out)
-    }
-
-    async fn check_totp(&self, user: &str, code: &str) -> Result<Result<(), Failure>, LogonError> {
-        let Some(cred) = self.store.totp(user).await? else {
-            return Ok(Err(Failure::Mismatch));
-        };
-        let now = u64::try_from(now_ms() / 1000).unwrap_or(0);
-        let step = match totp::verify(&cred.secret, &cred.params, code, now, cred.last_step) {
-            Ok(step) => step,
-            Err(f) => return Ok(Err(f)),
-        };
-        // Two logons racing with the same code: only one records the step.
-        Ok(if self.store.accept_totp_step(user, step).await? {
-            Ok(())
-        } else {
-            Err(Failure::Replayed)
-        })
+        Ok((out, totp_step))
     }
 
     async fn check_emergency_otp(
@@ -705,42 +738,39 @@ impl Gateway {
         })
     }
 
-    async fn check_card(
+    fn check_card(
         &self,
         challenge: &Challenge,
+        material: &CardsAndTotp,
         proof: &pb::CardProof,
-    ) -> Result<Result<CardKind, Failure>, LogonError> {
+    ) -> Result<CardKind, Failure> {
         let Some(nonce) = challenge.nonces.get(CARD_NONCE) else {
-            return Ok(Err(Failure::NotRequested));
+            return Err(Failure::NotRequested);
         };
-        let enrolled: Vec<rustls_pki_types::CertificateDer<'static>> = self
-            .store
-            .cards(&challenge.user)
-            .await?
-            .into_iter()
-            .map(|c| c.certificate.into())
+        let enrolled: Vec<rustls_pki_types::CertificateDer<'_>> = material
+            .cards
+            .iter()
+            .map(|c| rustls_pki_types::CertificateDer::from(c.certificate.as_slice()))
             .collect();
         let Some(trust) = &self.cards else {
             // No card CA configured on this tier: no card can be trusted.
-            return Ok(
-                if enrolled
-                    .iter()
-                    .any(|c| c.as_ref() == proof.certificate.as_slice())
-                {
-                    Err(Failure::UntrustedCertificate)
-                } else {
-                    Err(Failure::CardNotEnrolled)
-                },
-            );
+            return if enrolled
+                .iter()
+                .any(|c| c.as_ref() == proof.certificate.as_slice())
+            {
+                Err(Failure::UntrustedCertificate)
+            } else {
+                Err(Failure::CardNotEnrolled)
+            };
         };
-        Ok(card::verify(
+        card::verify(
             trust,
             &enrolled,
             &proof.certificate,
             nonce,
             &proof.signature,
             UnixTime::now(),
-        ))
+        )
     }
 
     async fn check_biometric(
@@ -768,6 +798,47 @@ impl Gateway {
         };
         Ok(biometric::best_match(&proof.vector, &templates, threshold).map(|_| ()))
     }
+}
+
+/// The time step of a correct, unused TOTP code. Whether it is still unused when
+/// the answer commits is decided there (two logons racing with one code).
+fn check_totp(material: &CardsAndTotp, code: &str) -> Result<u64, Failure> {
+    let Some(cred) = &material.totp else {
+        return Err(Failure::Mismatch);
+    };
+    let now = u64::try_from(now_ms() / 1000).unwrap_or(0);
+    totp::verify(&cred.secret, &cred.params, code, now, cred.last_step)
+}
+
+/// The answer as it stands after its effects were committed: a condition that no
+/// longer held (see [`Conflict`]) turns it into the deny it calls for.
+fn settle(mut r: pb::LogonResult, applied: &Applied) -> pb::LogonResult {
+    let Some(conflict) = applied.conflict else {
+        return r;
+    };
+    r.decision = pb::Decision::Deny as i32;
+    r.session_id.clear();
+    r.operator.clear();
+    r.policy_ids.clear();
+    match conflict {
+        Conflict::Locked { until_ms } => {
+            r.reason = reason::LOCKED.into();
+            r.locked_until_unix_ms = Some(until_ms);
+        }
+        Conflict::TotpReplayed => {
+            r.reason = reason::FACTOR_FAILED.into();
+            for f in r
+                .factors
+                .iter_mut()
+                .filter(|f| f.factor == Factor::Totp.name())
+            {
+                f.ok = false;
+                f.reason = Failure::Replayed.code().into();
+            }
+        }
+        Conflict::NoSession => r.reason = reason::NO_SESSION.into(),
+    }
+    r
 }
 
 fn is_unlock(action: Action) -> bool {

@@ -66,48 +66,16 @@ fn from_row(row: &sqlx::any::AnyRow) -> Result<Session, StoreError> {
     })
 }
 
-/// Opens a session for `user` on `device`, ending the one the device still had
-/// (a PC that crashed without logging off).
-pub async fn open(db: &Db, device: &str, user: &str, now_ms: i64) -> Result<Session, StoreError> {
-    let id = random_bytes::<16>()
+/// A new session id: 128 random bits, hex. The session itself is opened when the
+/// logon's answer commits ([`crate::effects::Effect::OpenSession`]), which also ends
+/// the one the device still had (a PC that crashed without logging off).
+pub fn new_id() -> Result<String, StoreError> {
+    random_bytes::<16>()
         .map(hex::encode)
         .map_err(|e| StoreError::Rejected {
             table: "gw_sessions",
             message: e.to_string(),
-        })?;
-    let mut tx = db.begin_write().await?;
-    sqlx::query(
-        "UPDATE gw_sessions SET state = 'ended', end_reason = 'superseded', updated_at = $4
-         WHERE tenant = $1 AND tier = $2 AND device = $3 AND state <> 'ended'",
-    )
-    .bind(&*db.tenant)
-    .bind(db.tier.name())
-    .bind(device)
-    .bind(now_ms)
-    .execute(&mut *tx)
-    .await
-    .map_err(db_err("ending a superseded session"))?;
-    sqlx::query(
-        "INSERT INTO gw_sessions (tenant, tier, id, device, user_id, operator, state, started_at, updated_at, end_reason)
-         VALUES ($1, $2, $3, $4, $5, $5, 'active', $6, $6, '')",
-    )
-    .bind(&*db.tenant)
-    .bind(db.tier.name())
-    .bind(&id)
-    .bind(device)
-    .bind(user)
-    .bind(now_ms)
-    .execute(&mut *tx)
-    .await
-    .map_err(db_err("opening a session"))?;
-    tx.commit().await.map_err(db_err("opening a session"))?;
-    Ok(Session {
-        id,
-        device: device.into(),
-        user: user.into(),
-        operator: user.into(),
-        state: SessionState::Active,
-    })
+        })
 }
 
 /// The device's session that has not ended, if any.
@@ -211,7 +179,26 @@ pub async fn end_all_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::effects::{self, Effect, Scope};
     use sekisho_policy_engine::Tier;
+
+    /// A logon's session, opened the way a committed answer opens it.
+    async fn open(db: &Db, device: &str, user: &str, now_ms: i64) -> Result<Session, StoreError> {
+        let id = new_id()?;
+        let effect = [Effect::OpenSession {
+            id: id.clone(),
+            device: device.into(),
+            user: user.into(),
+        }];
+        let mut conn = db.pool.acquire().await.map_err(db_err("test"))?;
+        let scope = Scope {
+            tenant: &db.tenant,
+            tier: db.tier.name(),
+        };
+        effects::apply(&mut conn, &scope, &[&effect], now_ms).await?;
+        drop(conn);
+        Ok(get(db, &id).await?.expect("opened"))
+    }
 
     #[tokio::test]
     async fn a_revoked_user_loses_every_session() {

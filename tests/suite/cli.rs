@@ -1,6 +1,6 @@
 //! The `sekisho` binary as an administrator uses it: validate, lint, decide.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

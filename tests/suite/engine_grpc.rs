@@ -1,7 +1,7 @@
 //! The engine over gRPC with mutual TLS, as gateways and administrators use it, on
 //! SQLite and on PostgreSQL.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,10 +3,11 @@
 //! Each checks that bad rows are named by row and column and change nothing, that a
 //! re-import changes nothing, and that a dry run writes nothing.
 
-mod common;
+use crate::common;
 
 use common::gateway::{now_secs, TestCard, TestGateway};
 use common::{pg_url, sekisho, unique_tenant, Backend};
+use sekisho_gateway::effects::Effect;
 use sekisho_gateway::factors::totp::{code_at, TotpParams};
 use sekisho_gateway::journal;
 use sekisho_policy_engine::store::Store;
@@ -324,7 +325,18 @@ async fn import_api_refuses_the_whole_batch_on_postgres() {
     assert!(first.applied);
     assert!(first.users.iter().all(|u| u.change == "added"));
     assert!(store.totp("a1").await.unwrap().is_some());
-    assert!(store.accept_totp_step("a1", 42).await.unwrap());
+    let step = Effect::TotpStep {
+        user: "a1".into(),
+        step: 42,
+    };
+    let done = gw
+        .running
+        .gateway
+        .journal
+        .commit(vec![step], Box::new(|_| Vec::new()))
+        .await
+        .unwrap();
+    assert_eq!(done.applied.conflict, None);
     let again = admin.import_users(batch).await.unwrap().into_inner();
     assert!(
         again.users.iter().all(|u| u.change == "unchanged"),

@@ -1,7 +1,7 @@
 //! Logons through a real gateway and a real engine over mutual TLS: each tier's
 //! reference policy allowed end to end, and every way a logon must fail.
 
-mod common;
+use crate::common;
 
 use common::gateway::{now_secs, vector, TestCard, TestGateway};
 use sekisho_gateway::factors::biometric::{sign_capture, BiometricFactor};

@@ -1,7 +1,7 @@
 //! The gateway commands of the `sekisho` binary against a real gateway: enrollment
 //! through the admin CLI, then `sekisho agent` logons with its exit codes.
 
-mod common;
+use crate::common;
 
 use common::gateway::{now_secs, TestGateway};
 use common::sekisho;

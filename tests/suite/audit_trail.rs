@@ -3,7 +3,7 @@
 //! and `sekisho audit verify` finds any changed or deleted event. On SQLite and
 //! PostgreSQL; the SIGKILL test runs the real binary.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

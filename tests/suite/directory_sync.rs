@@ -4,7 +4,7 @@
 //! mass-removal guard, and a directory that is down. On SQLite and PostgreSQL, through
 //! the `sekisho directory` commands.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

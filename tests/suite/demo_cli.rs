@@ -2,7 +2,7 @@
 //! stand on their own (the report as text, JSON and an offline HTML page, the audit
 //! trail that `sekisho audit verify` accepts, and the city to replay the day).
 
-mod common;
+use crate::common;
 
 use common::sekisho;
 

@@ -1,7 +1,7 @@
 //! `sekisho-sim load` against live services: a real engine and lgwan gateway (mutual
 //! TLS on loopback), driven at a fixed rate for one second each.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,0 +1,721 @@
+//! The state an answer changes, made durable in the same transaction as the journal
+//! event that records it.
+//!
+//! A logon used to make three commits of its own (the TOTP step, the session, the
+//! journal event), each paying an fsync and each contending for SQLite's write lock.
+//! Now the journal's writer applies the [`Effect`]s of every answer in its batch,
+//! seals their events and commits once: one fsync per batch, one writer, and a
+//! handful of statements per batch instead of several per logon.
+//!
+//! Conditions that can only be judged at commit time are judged here, against the
+//! database, so that they hold across gateway replicas sharing a store:
+//! - a user locked since the answer was prepared gets [`Conflict::Locked`];
+//! - a TOTP step that another logon recorded first gets [`Conflict::TotpReplayed`]
+//!   (two logons racing with one code: exactly one wins);
+//! - a session ended since the unlock was prepared gets [`Conflict::NoSession`].
+//!
+//! A conflict cancels the answer's session change and its clearing of failures; the
+//! TOTP step and a failure count are kept. A replay found only here (a race) is not
+//! counted as a failure: the losing code was correct when it was checked.
+
+use std::collections::{HashMap, HashSet};
+
+use sekisho_policy_engine::store::StoreError;
+use sqlx::{AnyConnection, Row};
+
+use crate::db::db_err;
+use crate::lockout::{LockoutPolicy, Standing};
+
+/// One change an answer makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// The answer lets `user` in: refused with [`Conflict::Locked`] when the user is
+    /// locked at commit time; otherwise their failure count is forgotten.
+    Admit { user: String },
+    /// Records TOTP `step` as used by `user`, unless it or a later step already was.
+    TotpStep { user: String, step: u64 },
+    /// Counts a failed attempt of `user`, locking them at `policy.max_failures`.
+    CountFailure { user: String, policy: LockoutPolicy },
+    /// Ends the device's open session (superseded) and opens session `id`.
+    OpenSession {
+        id: String,
+        device: String,
+        user: String,
+    },
+    /// Makes session `id` active again, with a new operator when given.
+    ResumeSession {
+        id: String,
+        operator: Option<String>,
+    },
+}
+
+impl Effect {
+    fn user(&self) -> Option<&str> {
+        match self {
+            Effect::Admit { user }
+            | Effect::TotpStep { user, .. }
+            | Effect::CountFailure { user, .. }
+            | Effect::OpenSession { user, .. } => Some(user),
+            Effect::ResumeSession { .. } => None,
+        }
+    }
+
+    fn device(&self) -> Option<&str> {
+        match self {
+            Effect::OpenSession { device, .. } => Some(device),
+            _ => None,
+        }
+    }
+}
+
+/// Why an answer's effects could not all be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conflict {
+    Locked { until_ms: i64 },
+    TotpReplayed,
+    NoSession,
+}
+
+/// What committing one answer's effects did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// The first condition that did not hold; the session change was not made.
+    pub conflict: Option<Conflict>,
+    /// The lock's end, when this answer's failure locked the user.
+    pub newly_locked: Option<i64>,
+}
+
+/// The tenant and tier every statement is bound to.
+pub(crate) struct Scope<'a> {
+    pub tenant: &'a str,
+    pub tier: &'a str,
+}
+
+/// Applies the effects of a batch of answers, in order, within the caller's
+/// transaction. Answers are split into rounds in which no user or device appears
+/// twice; each round costs a few statements whatever its size.
+pub(crate) async fn apply(
+    conn: &mut AnyConnection,
+    scope: &Scope<'_>,
+    answers: &[&[Effect]],
+    now_ms: i64,
+) -> Result<Vec<Applied>, StoreError> {
+    let mut applied = vec![Applied::default(); answers.len()];
+    for round in rounds(answers) {
+        apply_round(conn, scope, answers, &round, &mut applied, now_ms).await?;
+    }
+    Ok(applied)
+}
+
+/// Most answers per round. SQLite looks `$n` parameters up linearly, so statements
+/// stay short; a round of 128 logons is a few hundred parameters.
+const MAX_ROUND: usize = 128;
+
+/// Indices of `answers` in commit order, cut wherever a user or device repeats, so
+/// that one statement per kind of change can serve a whole round.
+fn rounds(answers: &[&[Effect]]) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut current = Vec::new();
+    let mut users: HashSet<&str> = HashSet::new();
+    let mut devices: HashSet<&str> = HashSet::new();
+    for (i, effects) in answers.iter().enumerate() {
+        if effects.is_empty() {
+            continue;
+        }
+        let clash = effects.iter().any(|e| {
+            e.user().is_some_and(|u| users.contains(u))
+                || e.device().is_some_and(|d| devices.contains(d))
+        });
+        if clash || current.len() == MAX_ROUND {
+            out.push(std::mem::take(&mut current));
+            users.clear();
+            devices.clear();
+        }
+        for e in effects.iter() {
+            users.extend(e.user());
+            devices.extend(e.device());
+        }
+        current.push(i);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// `$from, $from+1, … ` for `n` parameters.
+fn params(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|k| format!("${k}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn apply_round(
+    conn: &mut AnyConnection,
+    scope: &Scope<'_>,
+    answers: &[&[Effect]],
+    round: &[usize],
+    applied: &mut [Applied],
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let mut effects: Vec<(usize, &Effect)> = Vec::new();
+    for &i in round {
+        effects.extend(answers[i].iter().map(|e| (i, e)));
+    }
+
+    // 1. Lockout standing of every user admitted or failing in this round.
+    let lockout_users: Vec<&str> = effects
+        .iter()
+        .filter_map(|&(_, e)| match e {
+            Effect::Admit { user } | Effect::CountFailure { user, .. } => Some(user.as_str()),
+            _ => None,
+        })
+        .collect();
+    let standing = standings(conn, scope, &lockout_users).await?;
+    for &(i, e) in &effects {
+        if let Effect::Admit { user } = e {
+            if let Some(until) = standing
+                .get(user.as_str())
+                .and_then(|s| s.locked_at(now_ms))
+            {
+                applied[i]
+                    .conflict
+                    .get_or_insert(Conflict::Locked { until_ms: until });
+            }
+        }
+    }
+
+    // 2. TOTP steps: recorded only where no step at or after it was.
+    let steps: Vec<(usize, &str, i64)> = effects
+        .iter()
+        .filter_map(|&(i, e)| match e {
+            Effect::TotpStep { user, step } => {
+                Some((i, user.as_str(), i64::try_from(*step).unwrap_or(i64::MAX)))
+            }
+            _ => None,
+        })
+        .collect();
+    if !steps.is_empty() {
+        let recorded = record_steps(conn, scope, &steps).await?;
+        for (i, user, _) in &steps {
+            if !recorded.contains(*user) {
+                applied[*i].conflict.get_or_insert(Conflict::TotpReplayed);
+            }
+        }
+    }
+
+    // 3. Failures counted; admitted users' counts forgotten.
+    let mut counted = Vec::new();
+    for &(i, e) in &effects {
+        if let Effect::CountFailure { user, policy } = e {
+            let before = standing.get(user.as_str()).copied().unwrap_or_default();
+            let (after, newly) = before.after_failure(*policy, now_ms);
+            applied[i].newly_locked = newly;
+            counted.push((user.as_str(), after));
+        }
+    }
+    upsert_standings(conn, scope, &counted).await?;
+    let forgotten: Vec<&str> = effects
+        .iter()
+        .filter_map(|&(i, e)| match e {
+            Effect::Admit { user }
+                if applied[i].conflict.is_none() && standing.contains_key(user.as_str()) =>
+            {
+                Some(user.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    if !forgotten.is_empty() {
+        let sql = format!(
+            "DELETE FROM gw_lockouts WHERE tenant = $1 AND tier = $2 AND user_id IN ({})",
+            params(3, forgotten.len())
+        );
+        let mut q = sqlx::query(&sql).bind(scope.tenant).bind(scope.tier);
+        for u in &forgotten {
+            q = q.bind(*u);
+        }
+        q.execute(&mut *conn)
+            .await
+            .map_err(db_err("clearing lockouts"))?;
+    }
+
+    // 4. Sessions, for answers that still stand.
+    let opened: Vec<(&str, &str, &str)> = effects
+        .iter()
+        .filter_map(|&(i, e)| match e {
+            Effect::OpenSession { id, device, user } if applied[i].conflict.is_none() => {
+                Some((id.as_str(), device.as_str(), user.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
+    open_sessions(conn, scope, &opened, now_ms).await?;
+    for &(i, e) in &effects {
+        if let Effect::ResumeSession { id, operator } = e {
+            if applied[i].conflict.is_some() {
+                continue;
+            }
+            if !resume_session(conn, scope, id, operator.as_deref(), now_ms).await? {
+                applied[i].conflict = Some(Conflict::NoSession);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn standings<'u>(
+    conn: &mut AnyConnection,
+    scope: &Scope<'_>,
+    users: &[&'u str],
+) -> Result<HashMap<&'u str, Standing>, StoreError> {
+    let mut out = HashMap::new();
+    if users.is_empty() {
+        return Ok(out);
+    }
+    let sql = format!(
+        "SELECT user_id, failures, locked_until FROM gw_lockouts
+         WHERE tenant = $1 AND tier = $2 AND user_id IN ({})",
+        params(3, users.len())
+    );
+    let mut q = sqlx::query(&sql).bind(scope.tenant).bind(scope.tier);
+    for u in users {
+        q = q.bind(*u);
+    }
+    let rows = q
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_err("reading lockouts"))?;
+    for row in rows {
+        let user: String = row.try_get(0).map_err(db_err("reading lockouts"))?;
+        let failures: i64 = row.try_get(1).map_err(db_err("reading lockouts"))?;
+        let locked_until: Option<i64> = row.try_get(2).map_err(db_err("reading lockouts"))?;
+        if let Some(u) = users.iter().find(|u| **u == user) {
+            out.insert(
+                *u,
+                Standing {
+                    failures: u32::try_from(failures).unwrap_or(u32::MAX),
+                    locked_until_ms: locked_until,
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Records each user's step where it is later than the stored one; returns the
+/// users whose step was recorded.
+async fn record_steps(
+    conn: &mut AnyConnection,
+    scope: &Scope<'_>,
+    steps: &[(usize, &str, i64)],
+) -> Result<HashSet<String>, StoreError> {
+    // CASE user_id WHEN $3 THEN $4 WHEN $5 THEN $6 … END, used twice.
+    let mut case = String::from("CASE user_id");
+    for k in 0..steps.len() {
+        let p = 3 + 2 * k;
+        case.push_str(&format!(" WHEN ${p} THEN ${}", p + 1));
+    }
+    case.push_str(" END");
+    let users = (0..steps.len())
+        .map(|k| format!("${}", 3 + 2 * k))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "UPDATE gw_totp SET last_step = {case}
+         WHERE tenant = $1 AND tier = $2 AND user_id IN ({users})
+           AND (last_step IS NULL OR last_step < {case})
+         RETURNING user_id"
+    );
+    let mut q = sqlx::query(&sql).bind(scope.tenant).bind(scope.tier);
+    for (_, user, step) in steps {
+        q = q.bind(*user).bind(*step);
+    }
+    let rows = q
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_err("recording TOTP steps"))?;
+    rows.iter()
+        .map(|r| r.try_get::<String, _>(0))
+        .collect::<Result<_, _>>()
+        .map_err(db_err("recording TOTP steps"))
+}
+
+async fn upsert_standings(
+    conn: &mut AnyConnection,
+    scope: &Scope<'_>,
+    counted: &[(&str, Standing)],
+) -> Result<(), StoreError> {
+    if counted.is_empty() {
+        return Ok(());
+    }
+    let values = (0..counted.len())
+        .map(|k| {
+            let p = 3 + 3 * k;
+            format!("($1, $2, ${p}, ${}, ${})", p + 1, p + 2)
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "INSERT INTO gw_lockouts (tenant, tier, user_id, failures, locked_until) VALUES {values}
+         ON CONFLICT (tenant, tier, user_id) DO UPDATE SET failures = excluded.failures,
+           locked_until = excluded.locked_until"
+    );
+    let mut q = sqlx::query(&sql).bind(scope.tenant).bind(scope.tier);
+    for (user, s) in counted {
+        q = q
+            .bind(*user)
+            .bind(i64::from(s.failures))
+            .bind(s.locked_until_ms);
+    }
+    q.execute(&mut *conn)
+        .await
+        .map_err(db_err("recording failures"))?;
+    Ok(())
+}
+
+async fn open_sessions(
+    conn: &mut AnyConnection,
+    scope: &Scope<'_>,
+    opened: &[(&str, &str, &str)],
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    if opened.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "UPDATE gw_sessions SET state = 'ended', end_reason = 'superseded', updated_at = $3
+         WHERE tenant = $1 AND tier = $2 AND state <> 'ended' AND device IN ({})",
+        params(4, opened.len())
+    );
+    let mut q = sqlx::query(&sql)
+        .bind(scope.tenant)
+        .bind(scope.tier)
+        .bind(now_ms);
+    for (_, device, _) in opened {
+        q = q.bind(*device);
+    }
+    q.execute(&mut *conn)
+        .await
+        .map_err(db_err("ending superseded sessions"))?;
+
+    let values = (0..opened.len())
+        .map(|k| {
+            let p = 4 + 3 * k;
+            format!(
+                "($1, $2, ${p}, ${}, ${}, ${}, 'active', $3, $3, '')",
+                p + 1,
+                p + 2,
+                p + 2
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "INSERT INTO gw_sessions (tenant, tier, id, device, user_id, operator, state, started_at, updated_at, end_reason)
+         VALUES {values}"
+    );
+    let mut q = sqlx::query(&sql)
+        .bind(scope.tenant)
+        .bind(scope.tier)
+        .bind(now_ms);
+    for (id, device, user) in opened {
+        q = q.bind(*id).bind(*device).bind(*user);
+    }
+    q.execute(&mut *conn)
+        .await
+        .map_err(db_err("opening sessions"))?;
+    Ok(())
+}
+
+async fn resume_session(
+    conn: &mut AnyConnection,
+    scope: &Scope<'_>,
+    id: &str,
+    operator: Option<&str>,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE gw_sessions SET state = 'active', operator = COALESCE($4, operator), updated_at = $5
+         WHERE tenant = $1 AND tier = $2 AND id = $3 AND state <> 'ended'",
+    )
+    .bind(scope.tenant)
+    .bind(scope.tier)
+    .bind(id)
+    .bind(operator)
+    .bind(now_ms)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err("resuming a session"))?;
+    Ok(done.rows_affected() == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credentials::CredentialStore;
+    use crate::crypto::SealingKey;
+    use crate::db::testing::{targets, Target};
+    use crate::db::Db;
+    use crate::factors::totp::TotpParams;
+    use crate::journal::{self, Committed, Journal};
+    use crate::lockout;
+    use crate::session::{self, SessionState};
+    use sekisho_policy_engine::audit::event::EventBody;
+    use sekisho_policy_engine::audit::Outcome;
+    use sekisho_policy_engine::Tier;
+
+    const POLICY: LockoutPolicy = LockoutPolicy {
+        max_failures: 3,
+        lock_ms: 60_000,
+    };
+
+    struct Fixture {
+        db: Db,
+        journal: Journal,
+    }
+
+    async fn fixture(t: &Target) -> Fixture {
+        let db = t.db().await;
+        let store = CredentialStore::open(db.clone(), SealingKey::generate().unwrap())
+            .await
+            .unwrap();
+        for user in ["u1", "u2", "u3"] {
+            store
+                .set_totp(user, &[7; 20], &TotpParams::default())
+                .await
+                .unwrap();
+        }
+        let journal = Journal::start(db.clone(), "gw".into()).await.unwrap();
+        Fixture { db, journal }
+    }
+
+    fn event(user: &str) -> EventBody {
+        let mut e = EventBody::new("gw", "lgwan", "logon", Outcome::Allow);
+        e.user = user.into();
+        e
+    }
+
+    async fn commit(f: &Fixture, effects: Vec<Effect>) -> Committed {
+        let user = effects
+            .iter()
+            .find_map(|e| e.user().map(String::from))
+            .unwrap_or_default();
+        f.journal
+            .commit(effects, Box::new(move |_| vec![event(&user)]))
+            .await
+            .unwrap()
+    }
+
+    fn step(user: &str, step: u64) -> Effect {
+        Effect::TotpStep {
+            user: user.into(),
+            step,
+        }
+    }
+
+    fn admit(user: &str) -> Effect {
+        Effect::Admit { user: user.into() }
+    }
+
+    fn fail(user: &str) -> Effect {
+        Effect::CountFailure {
+            user: user.into(),
+            policy: POLICY,
+        }
+    }
+
+    fn open(id: &str, device: &str, user: &str) -> Effect {
+        Effect::OpenSession {
+            id: id.into(),
+            device: device.into(),
+            user: user.into(),
+        }
+    }
+
+    #[test]
+    fn rounds_never_repeat_a_user_or_a_device() {
+        let a = [step("u1", 1), open("s1", "d1", "u1")];
+        let b = [step("u2", 1), open("s2", "d2", "u2")];
+        let c = [step("u1", 2)];
+        let d = [open("s3", "d2", "u3")];
+        let e: [Effect; 0] = [];
+        let answers: Vec<&[Effect]> = vec![&a, &b, &e, &c, &d];
+        assert_eq!(rounds(&answers), vec![vec![0, 1], vec![3, 4]]);
+        let many: Vec<Vec<Effect>> = (0..300).map(|i| vec![admit(&format!("u{i}"))]).collect();
+        let many: Vec<&[Effect]> = many.iter().map(Vec::as_slice).collect();
+        let sizes: Vec<usize> = rounds(&many).iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![128, 128, 44]);
+    }
+
+    #[tokio::test]
+    async fn a_totp_step_is_recorded_once_even_when_answers_race() {
+        for t in targets("effects-totp") {
+            let f = fixture(&t).await;
+            assert_eq!(
+                commit(&f, vec![step("u1", 100)]).await.applied.conflict,
+                None
+            );
+            // The same step again, and an earlier one: replays.
+            for s in [100, 99] {
+                assert_eq!(
+                    commit(&f, vec![step("u1", s)]).await.applied.conflict,
+                    Some(Conflict::TotpReplayed)
+                );
+            }
+            // Racing answers with one code, in one batch or several: exactly one wins.
+            let racers: Vec<_> = (0..8)
+                .map(|_| {
+                    let j = f.journal.clone();
+                    tokio::spawn(async move {
+                        j.commit(
+                            vec![step("u2", 5), open(&session::new_id().unwrap(), "d2", "u2")],
+                            Box::new(|_| Vec::new()),
+                        )
+                        .await
+                        .unwrap()
+                    })
+                })
+                .collect();
+            let mut won = 0;
+            for r in racers {
+                match r.await.unwrap().applied.conflict {
+                    None => won += 1,
+                    Some(c) => assert_eq!(c, Conflict::TotpReplayed),
+                }
+            }
+            assert_eq!(won, 1, "{}", t.url);
+            // The losers opened no session: the winner's is the device's only one.
+            let s = session::current(&f.db, "d2").await.unwrap().unwrap();
+            assert_eq!((s.user.as_str(), s.state), ("u2", SessionState::Active));
+            // A user without TOTP cannot record a step.
+            assert_eq!(
+                commit(&f, vec![step("nobody", 1)]).await.applied.conflict,
+                Some(Conflict::TotpReplayed)
+            );
+            f.journal.close().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn failures_lock_and_a_locked_user_is_not_admitted() {
+        for t in targets("effects-lockout") {
+            let f = fixture(&t).await;
+            assert_eq!(
+                commit(&f, vec![fail("u1")]).await.applied.newly_locked,
+                None
+            );
+            // Admitted before the lock: the count is forgotten.
+            let done = commit(&f, vec![admit("u1"), open("s1", "d1", "u1")]).await;
+            assert_eq!(done.applied, Applied::default());
+            assert_eq!(
+                lockout::standing(&f.db, "u1").await.unwrap(),
+                Default::default()
+            );
+            let mut locked = None;
+            for _ in 0..3 {
+                locked = commit(&f, vec![fail("u1")]).await.applied.newly_locked;
+            }
+            let until = locked.expect("the third failure locks");
+            // Failures of one user in one batch are counted one by one.
+            let both = [vec![fail("u3")], vec![fail("u3")]];
+            let answers: Vec<&[Effect]> = both.iter().map(Vec::as_slice).collect();
+            assert_eq!(rounds(&answers).len(), 2);
+
+            let done = commit(&f, vec![admit("u1"), step("u1", 7), open("s2", "d1", "u1")]).await;
+            assert_eq!(
+                done.applied.conflict,
+                Some(Conflict::Locked { until_ms: until })
+            );
+            // The code is used up all the same; the session was not opened.
+            assert_eq!(
+                commit(&f, vec![step("u1", 7)]).await.applied.conflict,
+                Some(Conflict::TotpReplayed)
+            );
+            let s = session::current(&f.db, "d1").await.unwrap().unwrap();
+            assert_eq!(s.id, "s1");
+            // Another tier sharing the database has its own count.
+            let other = t.db_of(Tier::Mynumber).await;
+            assert_eq!(
+                lockout::standing(&other, "u1").await.unwrap(),
+                Default::default()
+            );
+            f.journal.close().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn sessions_supersede_and_resume_only_while_open() {
+        for t in targets("effects-sessions") {
+            let f = fixture(&t).await;
+            // Two logons on one device in one batch: the later one holds the device.
+            let first = vec![open("s1", "d1", "u1")];
+            let second = vec![open("s2", "d1", "u2")];
+            let answers: Vec<&[Effect]> = vec![&first, &second];
+            let mut conn = f.db.pool.acquire().await.unwrap();
+            let scope = Scope {
+                tenant: &f.db.tenant,
+                tier: f.db.tier.name(),
+            };
+            let applied = apply(&mut conn, &scope, &answers, 1).await.unwrap();
+            assert_eq!(applied, vec![Applied::default(); 2]);
+            drop(conn);
+            let s = session::current(&f.db, "d1").await.unwrap().unwrap();
+            assert_eq!((s.id.as_str(), s.user.as_str()), ("s2", "u2"));
+            assert_eq!(
+                session::get(&f.db, "s1").await.unwrap().unwrap().state,
+                SessionState::Ended
+            );
+
+            session::update(&f.db, "s2", SessionState::Locked, None, 2)
+                .await
+                .unwrap();
+            let resume = |operator: Option<&str>| Effect::ResumeSession {
+                id: "s2".into(),
+                operator: operator.map(String::from),
+            };
+            assert_eq!(
+                commit(&f, vec![resume(Some("u3"))]).await.applied.conflict,
+                None
+            );
+            let s = session::get(&f.db, "s2").await.unwrap().unwrap();
+            assert_eq!((s.state, s.operator.as_str()), (SessionState::Active, "u3"));
+            session::update(&f.db, "s2", SessionState::Ended, None, 3)
+                .await
+                .unwrap();
+            assert_eq!(
+                commit(&f, vec![resume(None)]).await.applied.conflict,
+                Some(Conflict::NoSession)
+            );
+            f.journal.close().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_changes_nothing() {
+        for t in targets("effects-atomic") {
+            let f = fixture(&t).await;
+            commit(&f, vec![open("s1", "d1", "u1")]).await;
+            let before = journal::verify(&f.db, "gw").await.unwrap().checked;
+            // A session id that exists already: the batch fails as a whole.
+            let refused = f
+                .journal
+                .commit(
+                    vec![step("u2", 9), fail("u3"), open("s1", "d2", "u2")],
+                    Box::new(|_| vec![event("u2")]),
+                )
+                .await;
+            assert!(refused.is_err(), "{}", t.url);
+            assert_eq!(journal::verify(&f.db, "gw").await.unwrap().checked, before);
+            assert_eq!(
+                lockout::standing(&f.db, "u3").await.unwrap(),
+                Default::default()
+            );
+            assert!(session::current(&f.db, "d2").await.unwrap().is_none());
+            // The step was not recorded: it can still be used.
+            assert_eq!(commit(&f, vec![step("u2", 9)]).await.applied.conflict, None);
+            f.journal.close().await;
+        }
+    }
+}
