@@ -25,6 +25,7 @@ use sqlx::{AnyConnection, Row};
 
 use crate::db::db_err;
 use crate::lockout::{LockoutPolicy, Standing};
+use crate::session::SessionState;
 
 /// One change an answer makes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,9 +43,11 @@ pub enum Effect {
         device: String,
         user: String,
     },
-    /// Makes session `id` active again, with a new operator when given.
-    ResumeSession {
+    /// Moves session `id`, unless it has ended, to `state` (with a new operator when
+    /// given): unlock and operator switch, lock, logoff.
+    SetSession {
         id: String,
+        state: SessionState,
         operator: Option<String>,
     },
 }
@@ -56,7 +59,7 @@ impl Effect {
             | Effect::TotpStep { user, .. }
             | Effect::CountFailure { user, .. }
             | Effect::OpenSession { user, .. } => Some(user),
-            Effect::ResumeSession { .. } => None,
+            Effect::SetSession { .. } => None,
         }
     }
 
@@ -253,11 +256,16 @@ async fn apply_round(
         .collect();
     open_sessions(conn, scope, &opened, now_ms).await?;
     for &(i, e) in &effects {
-        if let Effect::ResumeSession { id, operator } = e {
+        if let Effect::SetSession {
+            id,
+            state,
+            operator,
+        } = e
+        {
             if applied[i].conflict.is_some() {
                 continue;
             }
-            if !resume_session(conn, scope, id, operator.as_deref(), now_ms).await? {
+            if !set_session(conn, scope, id, *state, operator.as_deref(), now_ms).await? {
                 applied[i].conflict = Some(Conflict::NoSession);
             }
         }
@@ -429,25 +437,34 @@ async fn open_sessions(
     Ok(())
 }
 
-async fn resume_session(
+async fn set_session(
     conn: &mut AnyConnection,
     scope: &Scope<'_>,
     id: &str,
+    state: SessionState,
     operator: Option<&str>,
     now_ms: i64,
 ) -> Result<bool, StoreError> {
+    let end_reason = if state == SessionState::Ended {
+        "logoff"
+    } else {
+        ""
+    };
     let done = sqlx::query(
-        "UPDATE gw_sessions SET state = 'active', operator = COALESCE($4, operator), updated_at = $5
+        "UPDATE gw_sessions SET state = $4, operator = COALESCE($5, operator), updated_at = $6,
+           end_reason = $7
          WHERE tenant = $1 AND tier = $2 AND id = $3 AND state <> 'ended'",
     )
     .bind(scope.tenant)
     .bind(scope.tier)
     .bind(id)
+    .bind(state.name())
     .bind(operator)
     .bind(now_ms)
+    .bind(end_reason)
     .execute(&mut *conn)
     .await
-    .map_err(db_err("resuming a session"))?;
+    .map_err(db_err("updating a session"))?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -461,7 +478,7 @@ mod tests {
     use crate::factors::totp::TotpParams;
     use crate::journal::{self, Committed, Journal};
     use crate::lockout;
-    use crate::session::{self, SessionState};
+    use crate::session;
     use sekisho_policy_engine::audit::event::EventBody;
     use sekisho_policy_engine::audit::Outcome;
     use sekisho_policy_engine::Tier;
@@ -646,7 +663,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn sessions_supersede_and_resume_only_while_open() {
+    async fn sessions_supersede_and_move_only_while_open() {
         for t in targets("effects-sessions") {
             let f = fixture(&t).await;
             // Two logons on one device in one batch: the later one holds the device.
@@ -668,26 +685,30 @@ mod tests {
                 SessionState::Ended
             );
 
-            session::update(&f.db, "s2", SessionState::Locked, None, 2)
-                .await
-                .unwrap();
-            let resume = |operator: Option<&str>| Effect::ResumeSession {
+            let set = |state: SessionState, operator: Option<&str>| Effect::SetSession {
                 id: "s2".into(),
+                state,
                 operator: operator.map(String::from),
             };
-            assert_eq!(
-                commit(&f, vec![resume(Some("u3"))]).await.applied.conflict,
-                None
-            );
+            let lock = set(SessionState::Locked, None);
+            assert_eq!(commit(&f, vec![lock]).await.applied.conflict, None);
+            let resume = set(SessionState::Active, Some("u3"));
+            assert_eq!(commit(&f, vec![resume]).await.applied.conflict, None);
             let s = session::get(&f.db, "s2").await.unwrap().unwrap();
             assert_eq!((s.state, s.operator.as_str()), (SessionState::Active, "u3"));
-            session::update(&f.db, "s2", SessionState::Ended, None, 3)
-                .await
-                .unwrap();
-            assert_eq!(
-                commit(&f, vec![resume(None)]).await.applied.conflict,
-                Some(Conflict::NoSession)
-            );
+            let logoff = set(SessionState::Ended, None);
+            assert_eq!(commit(&f, vec![logoff]).await.applied.conflict, None);
+            // An ended session is never moved again.
+            for state in [
+                SessionState::Active,
+                SessionState::Locked,
+                SessionState::Ended,
+            ] {
+                assert_eq!(
+                    commit(&f, vec![set(state, None)]).await.applied.conflict,
+                    Some(Conflict::NoSession)
+                );
+            }
             f.journal.close().await;
         }
     }

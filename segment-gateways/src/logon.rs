@@ -570,8 +570,9 @@ impl Gateway {
                         effects,
                     ));
                 };
-                effects.push(Effect::ResumeSession {
+                effects.push(Effect::SetSession {
                     id: current.id.clone(),
+                    state: SessionState::Active,
                     operator: operator.clone(),
                 });
                 allow(current.id, operator.unwrap_or(current.operator))
@@ -596,13 +597,10 @@ impl Gateway {
     ) -> Result<pb::SessionState, LogonError> {
         self.registered_device(device_id).await?;
         let no_session = || LogonError::NoSession(session_id.to_string());
-        match session::get(self.store.db(), session_id).await? {
-            Some(s) if s.device == device_id && s.state != SessionState::Ended => {}
+        let s = match session::get(self.store.db(), session_id).await? {
+            Some(s) if s.device == device_id && s.state != SessionState::Ended => s,
             _ => return Err(no_session()),
-        }
-        let s = session::update(self.store.db(), session_id, state, None, now_ms())
-            .await?
-            .ok_or_else(no_session)?;
+        };
         let mut e = self.event(
             match state {
                 SessionState::Locked => "lock",
@@ -616,13 +614,33 @@ impl Gateway {
         e.operator = s.operator.clone();
         e.session = s.id.clone();
         e.request_id = request_id.into();
-        self.record(e).await?;
+        let change = Effect::SetSession {
+            id: s.id.clone(),
+            state,
+            operator: None,
+        };
+        // The state change and its event commit together; a session that ended in
+        // the meantime is neither changed nor journaled.
+        let events = Box::new(move |applied: &Applied| match applied.conflict {
+            None => vec![e],
+            Some(_) => Vec::new(),
+        });
+        if self
+            .journal
+            .commit(vec![change], events)
+            .await?
+            .applied
+            .conflict
+            .is_some()
+        {
+            return Err(no_session());
+        }
         Ok(pb::SessionState {
             session_id: s.id,
             device: s.device,
             user: s.user,
             operator: s.operator,
-            state: s.state.name().into(),
+            state: state.name().into(),
         })
     }
 
