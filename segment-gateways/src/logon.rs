@@ -932,3 +932,72 @@ fn parse_via(s: &str) -> Result<Via, LogonError> {
             LogonError::BadRequest(format!("via: {e}"))
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allowed_with_totp() -> pb::LogonResult {
+        let ok = |factor: &str| pb::FactorResult {
+            factor: factor.into(),
+            ok: true,
+            reason: String::new(),
+        };
+        pb::LogonResult {
+            decision: pb::Decision::Allow as i32,
+            factors: vec![ok("password"), ok("totp")],
+            policy_version: "v7".into(),
+            policy_ids: vec!["internet-totp-logon-unlock".into()],
+            session_id: "s1".into(),
+            reason: String::new(),
+            locked_until_unix_ms: None,
+            operator: "u1".into(),
+        }
+    }
+
+    fn applied(conflict: Option<Conflict>) -> Applied {
+        Applied {
+            conflict,
+            newly_locked: None,
+        }
+    }
+
+    #[test]
+    fn an_answer_without_conflict_stands() {
+        let r = allowed_with_totp();
+        assert_eq!(settle(r.clone(), &applied(None)), r);
+    }
+
+    #[test]
+    fn a_conflict_turns_an_allow_into_the_deny_it_calls_for() {
+        let locked = settle(
+            allowed_with_totp(),
+            &applied(Some(Conflict::Locked { until_ms: 42 })),
+        );
+        assert_eq!(locked.decision, pb::Decision::Deny as i32);
+        assert_eq!(
+            (locked.reason.as_str(), locked.locked_until_unix_ms),
+            (reason::LOCKED, Some(42))
+        );
+        assert!(locked.session_id.is_empty() && locked.operator.is_empty());
+        assert!(locked.policy_ids.is_empty());
+        assert_eq!(locked.policy_version, "v7");
+
+        let replayed = settle(allowed_with_totp(), &applied(Some(Conflict::TotpReplayed)));
+        assert_eq!(replayed.reason, reason::FACTOR_FAILED);
+        let failed: Vec<(&str, &str)> = replayed
+            .factors
+            .iter()
+            .filter(|f| !f.ok)
+            .map(|f| (f.factor.as_str(), f.reason.as_str()))
+            .collect();
+        assert_eq!(failed, vec![("totp", "replayed")]);
+        assert!(replayed.session_id.is_empty());
+
+        let gone = settle(allowed_with_totp(), &applied(Some(Conflict::NoSession)));
+        assert_eq!(
+            (gone.decision, gone.reason.as_str()),
+            (pb::Decision::Deny as i32, reason::NO_SESSION)
+        );
+    }
+}

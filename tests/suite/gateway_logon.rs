@@ -309,6 +309,35 @@ async fn internet_password_and_totp_with_replay_and_window() {
     let r = complete(&mut ep, &c, proofs()).await;
     assert_eq!(failures(&r), failed("totp", "replayed"));
 
+    // One code presented on two devices at once: exactly one logon gets in, the other
+    // is told the code was replayed, however the two interleave (the check that
+    // decides it is made when each answer commits).
+    gw.register("net-desk-02", "desktop", &["card"]).await;
+    let mut ep2 = gw.endpoint("net-desk-02").await;
+    let next = totp_now(&secret, 1);
+    let both = || {
+        vec![
+            password("u013-password"),
+            pb::proof::Proof::Totp(next.clone()),
+        ]
+    };
+    let (c1, c2) = (
+        begin(&mut ep, "u013", "logon").await,
+        begin(&mut ep2, "u013", "logon").await,
+    );
+    let (r1, r2) = tokio::join!(
+        complete(&mut ep, &c1, both()),
+        complete(&mut ep2, &c2, both())
+    );
+    assert_eq!(
+        [allowed(&r1), allowed(&r2)].iter().filter(|a| **a).count(),
+        1,
+        "{r1:?} {r2:?}"
+    );
+    let lost = if allowed(&r1) { &r2 } else { &r1 };
+    assert_eq!(failures(lost), failed("totp", "replayed"));
+    assert!(lost.session_id.is_empty());
+
     // A code five steps ahead (a phone whose clock runs fast): outside the window.
     // (An old code is refused as replayed once a later one was accepted.)
     let c = begin(&mut ep, "u013", "logon").await;
