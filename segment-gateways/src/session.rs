@@ -105,40 +105,6 @@ pub async fn get(db: &Db, id: &str) -> Result<Option<Session>, StoreError> {
     row.as_ref().map(from_row).transpose()
 }
 
-/// Moves a session that has not ended to `state` (with `operator`, when given).
-/// Returns the session as it is now, or `None` when it has ended or does not exist.
-pub async fn update(
-    db: &Db,
-    id: &str,
-    state: SessionState,
-    operator: Option<&str>,
-    now_ms: i64,
-) -> Result<Option<Session>, StoreError> {
-    let end_reason = if state == SessionState::Ended {
-        "logoff"
-    } else {
-        ""
-    };
-    let done = sqlx::query(
-        "UPDATE gw_sessions SET state = $4, operator = COALESCE($5, operator), updated_at = $6, end_reason = $7
-         WHERE tenant = $1 AND tier = $2 AND id = $3 AND state <> 'ended'",
-    )
-    .bind(&*db.tenant)
-    .bind(db.tier.name())
-    .bind(id)
-    .bind(state.name())
-    .bind(operator)
-    .bind(now_ms)
-    .bind(end_reason)
-    .execute(&db.pool)
-    .await
-    .map_err(db_err("updating a session"))?;
-    if done.rows_affected() == 0 {
-        return Ok(None);
-    }
-    get(db, id).await
-}
-
 /// Ends every session on this tier that `user` is the account or the operator of
 /// (a deprovisioned user), recording `reason`. Returns the sessions as they were.
 pub async fn end_all_of(
@@ -179,25 +145,50 @@ pub async fn end_all_of(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::effects::{self, Effect, Scope};
+    use crate::effects::{self, Applied, Effect, Scope};
     use sekisho_policy_engine::Tier;
 
-    /// A logon's session, opened the way a committed answer opens it.
-    async fn open(db: &Db, device: &str, user: &str, now_ms: i64) -> Result<Session, StoreError> {
-        let id = new_id()?;
-        let effect = [Effect::OpenSession {
-            id: id.clone(),
-            device: device.into(),
-            user: user.into(),
-        }];
+    /// Applies one effect the way a committed answer does.
+    async fn apply(db: &Db, effect: Effect, now_ms: i64) -> Result<Applied, StoreError> {
         let mut conn = db.pool.acquire().await.map_err(db_err("test"))?;
         let scope = Scope {
             tenant: &db.tenant,
             tier: db.tier.name(),
         };
-        effects::apply(&mut conn, &scope, &[&effect], now_ms).await?;
-        drop(conn);
+        let applied = effects::apply(&mut conn, &scope, &[&[effect]], now_ms).await?;
+        Ok(applied[0])
+    }
+
+    /// A logon's session, opened as a committed logon opens it.
+    async fn open(db: &Db, device: &str, user: &str, now_ms: i64) -> Result<Session, StoreError> {
+        let id = new_id()?;
+        let effect = Effect::OpenSession {
+            id: id.clone(),
+            device: device.into(),
+            user: user.into(),
+        };
+        apply(db, effect, now_ms).await?;
         Ok(get(db, &id).await?.expect("opened"))
+    }
+
+    /// Moves a session as a committed unlock, lock or logoff does; `None` when it had
+    /// ended.
+    async fn update(
+        db: &Db,
+        id: &str,
+        state: SessionState,
+        operator: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Option<Session>, StoreError> {
+        let effect = Effect::SetSession {
+            id: id.into(),
+            state,
+            operator: operator.map(String::from),
+        };
+        if apply(db, effect, now_ms).await?.conflict.is_some() {
+            return Ok(None);
+        }
+        get(db, id).await
     }
 
     #[tokio::test]
