@@ -6,11 +6,12 @@
 //! them (an endpoint talks to one replica for the seconds a logon takes).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sekisho_policy_engine::{Action, FactorSet, Via};
 
+use crate::credentials::CardsAndTotp;
 use crate::crypto::{random_bytes, CryptoError};
 
 /// The nonce-bearing factors and the names their nonces go by on the wire.
@@ -26,6 +27,8 @@ pub struct Challenge {
     /// Factor name (`card`, `face`, `vein`) → the 32-byte nonce to sign.
     pub nonces: HashMap<&'static str, [u8; 32]>,
     pub policy_version: String,
+    /// The user's cards and TOTP credential as Begin read them, for the Complete.
+    pub material: Arc<CardsAndTotp>,
     pub expires: Instant,
     pub expires_at_ms: i64,
 }
@@ -119,6 +122,7 @@ mod tests {
             upstream: FactorSet::EMPTY,
             nonces: HashMap::new(),
             policy_version: "v1".into(),
+            material: Arc::default(),
             expires: Instant::now() + ttl,
             expires_at_ms: 0,
         }

@@ -49,6 +49,9 @@ pub struct TotpCredential {
     pub secret: Vec<u8>,
     pub params: TotpParams,
     pub last_step: Option<u64>,
+    /// The secret as stored (sealed under a fresh nonce at every enrollment): what
+    /// the commit compares to be sure the code was checked against the current one.
+    pub sealed: String,
 }
 
 impl std::fmt::Debug for TotpCredential {
@@ -403,14 +406,14 @@ impl CredentialStore {
         let algorithm: String = row.try_get(1).map_err(corrupt("totp", user))?;
         let digits: i64 = row.try_get(2).map_err(corrupt("totp", user))?;
         let last_step: Option<i64> = row.try_get(3).map_err(corrupt("totp", user))?;
-        self.totp_credential(user, &sealed, &algorithm, digits, last_step)
+        self.totp_credential(user, sealed, &algorithm, digits, last_step)
             .map(Some)
     }
 
     fn totp_credential(
         &self,
         user: &str,
-        sealed: &str,
+        sealed: String,
         algorithm: &str,
         digits: i64,
         last_step: Option<i64>,
@@ -427,9 +430,10 @@ impl CredentialStore {
         let digits = u32::try_from(digits).map_err(corrupt("totp", user))?;
         let params = TotpParams::new(algorithm, digits, 30).map_err(corrupt("totp", user))?;
         Ok(TotpCredential {
-            secret: self.unseal(user, "totp", sealed)?,
+            secret: self.unseal(user, "totp", &sealed)?,
             params,
             last_step: last_step.and_then(|s| u64::try_from(s).ok()),
+            sealed,
         })
     }
 
@@ -460,49 +464,6 @@ impl CredentialStore {
         .await
         .map_err(db_err("enrolling a card"))?;
         Ok(done.rows_affected() == 1)
-    }
-
-    /// What a card or TOTP proof is checked against, in one round trip: the user's
-    /// enrolled cards (oldest first) and their TOTP credential.
-    pub async fn cards_and_totp(&self, user: &str) -> Result<CardsAndTotp, CredentialError> {
-        let rows = sqlx::query(
-            "SELECT 'totp', secret, algorithm, digits, last_step, 0 FROM gw_totp
-               WHERE tenant = $1 AND tier = $2 AND user_id = $3
-             UNION ALL
-             SELECT kind, certificate, '', 0, NULL, enrolled_at FROM gw_cards
-               WHERE tenant = $1 AND tier = $2 AND user_id = $3
-             ORDER BY 6",
-        )
-        .bind(self.tenant())
-        .bind(self.tier_name())
-        .bind(user)
-        .fetch_all(&self.db.pool)
-        .await
-        .map_err(db_err("reading cards and TOTP"))?;
-        let mut out = CardsAndTotp::default();
-        for row in &rows {
-            let kind: String = row.try_get(0).map_err(corrupt("card", user))?;
-            let what = if kind == "totp" { "totp" } else { "card" };
-            let text: String = row.try_get(1).map_err(corrupt(what, user))?;
-            match kind.as_str() {
-                "totp" => {
-                    let algorithm: String = row.try_get(2).map_err(corrupt("totp", user))?;
-                    let digits: i64 = row.try_get(3).map_err(corrupt("totp", user))?;
-                    let last_step: Option<i64> = row.try_get(4).map_err(corrupt("totp", user))?;
-                    out.totp =
-                        Some(self.totp_credential(user, &text, &algorithm, digits, last_step)?);
-                }
-                _ => out.cards.push(EnrolledCard {
-                    certificate: hex::decode(text).map_err(corrupt("card", user))?,
-                    kind: if kind == "mynumber" {
-                        CardKind::MyNumber
-                    } else {
-                        CardKind::Card
-                    },
-                }),
-            }
-        }
-        Ok(out)
     }
 
     /// Stores normalised templates (sealed), after the user's existing ones or
@@ -665,19 +626,37 @@ impl CredentialStore {
         Ok(done.rows_affected() == 1)
     }
 
-    /// What the user can present on this tier, in one round trip. `password` is
-    /// included when `directory_passwords` (a directory holds every password).
+    /// What the user can present on this tier. `password` is included when
+    /// `directory_passwords` (a directory holds every password).
     pub async fn enrollment(
         &self,
         user: &str,
         directory_passwords: bool,
     ) -> Result<Enrollment, CredentialError> {
+        Ok(self.for_logon(user, directory_passwords).await?.0)
+    }
+
+    /// What Begin needs, in one round trip: what the user can present (for the
+    /// plan), and their cards and TOTP credential, which the Complete checks proofs
+    /// against. Reading them here saves the Complete a read; the commit confirms the
+    /// TOTP secret is still the one enrolled (a re-enrollment in between refuses the
+    /// code), and cards are only ever added (a card enrolled in between is simply not
+    /// offered this time).
+    pub async fn for_logon(
+        &self,
+        user: &str,
+        directory_passwords: bool,
+    ) -> Result<(Enrollment, CardsAndTotp), CredentialError> {
         let rows = sqlx::query(
-            "SELECT factor, COUNT(*) FROM gw_secrets WHERE tenant = $1 AND tier = $2 AND user_id = $3 GROUP BY factor
-             UNION ALL SELECT 'totp', COUNT(*) FROM gw_totp WHERE tenant = $1 AND tier = $2 AND user_id = $3
-             UNION ALL SELECT kind, COUNT(*) FROM gw_cards WHERE tenant = $1 AND tier = $2 AND user_id = $3 GROUP BY kind
-             UNION ALL SELECT factor, COUNT(*) FROM gw_biometrics WHERE tenant = $1 AND tier = $2 AND user_id = $3 GROUP BY factor
-             UNION ALL SELECT 'emergency_otp', COUNT(*) FROM gw_emergency_otps
+            "SELECT factor, COUNT(*), '', '', 0, NULL FROM gw_secrets
+               WHERE tenant = $1 AND tier = $2 AND user_id = $3 GROUP BY factor
+             UNION ALL SELECT 'totp', 1, secret, algorithm, digits, last_step FROM gw_totp
+               WHERE tenant = $1 AND tier = $2 AND user_id = $3
+             UNION ALL SELECT kind, 1, certificate, '', 0, NULL FROM gw_cards
+               WHERE tenant = $1 AND tier = $2 AND user_id = $3
+             UNION ALL SELECT factor, COUNT(*), '', '', 0, NULL FROM gw_biometrics
+               WHERE tenant = $1 AND tier = $2 AND user_id = $3 GROUP BY factor
+             UNION ALL SELECT 'emergency_otp', COUNT(*), '', '', 0, NULL FROM gw_emergency_otps
                WHERE tenant = $1 AND tier = $2 AND user_id = $3 AND used_at IS NULL AND expires_at > $4",
         )
         .bind(self.tenant())
@@ -688,6 +667,7 @@ impl CredentialStore {
         .await
         .map_err(db_err("reading enrolment"))?;
         let mut e = Enrollment::default();
+        let mut material = CardsAndTotp::default();
         if directory_passwords {
             e.factors = e.factors.with(Factor::Password);
         }
@@ -701,14 +681,29 @@ impl CredentialStore {
             match name.as_str() {
                 "password" if !directory_passwords => e.factors = e.factors.with(Factor::Password),
                 "pin" => e.factors = e.factors.with(Factor::Pin),
-                "totp" => e.factors = e.factors.with(Factor::Totp),
-                "card" => {
+                "totp" => {
+                    e.factors = e.factors.with(Factor::Totp);
+                    let sealed: String = row.try_get(2).map_err(corrupt("totp", user))?;
+                    let algorithm: String = row.try_get(3).map_err(corrupt("totp", user))?;
+                    let digits: i64 = row.try_get(4).map_err(corrupt("totp", user))?;
+                    let last_step: Option<i64> = row.try_get(5).map_err(corrupt("totp", user))?;
+                    material.totp =
+                        Some(self.totp_credential(user, sealed, &algorithm, digits, last_step)?);
+                }
+                "card" | "mynumber" => {
                     e.factors = e.factors.with(Factor::Card);
                     e.cards += count;
-                }
-                "mynumber" => {
-                    e.factors = e.factors.with(Factor::Card).with(Factor::MynumberCard);
-                    e.cards += count;
+                    let kind = if name == "mynumber" {
+                        e.factors = e.factors.with(Factor::MynumberCard);
+                        CardKind::MyNumber
+                    } else {
+                        CardKind::Card
+                    };
+                    let cert: String = row.try_get(2).map_err(corrupt("card", user))?;
+                    material.cards.push(EnrolledCard {
+                        certificate: hex::decode(cert).map_err(corrupt("card", user))?,
+                        kind,
+                    });
                 }
                 "face" => {
                     e.factors = e.factors.with(Factor::Face);
@@ -722,7 +717,7 @@ impl CredentialStore {
                 _ => {}
             }
         }
-        Ok(e)
+        Ok((e, material))
     }
 }
 

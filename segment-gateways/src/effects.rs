@@ -11,7 +11,8 @@
 //! database, so that they hold across gateway replicas sharing a store:
 //! - a user locked since the answer was prepared gets [`Conflict::Locked`];
 //! - a TOTP step that another logon recorded first gets [`Conflict::TotpReplayed`]
-//!   (two logons racing with one code: exactly one wins);
+//!   (two logons racing with one code: exactly one wins), and a code checked against
+//!   a secret enrolled again since gets [`Conflict::TotpChanged`];
 //! - a session ended since the unlock was prepared gets [`Conflict::NoSession`].
 //!
 //! A conflict cancels the answer's session change and its clearing of failures; the
@@ -33,8 +34,14 @@ pub enum Effect {
     /// The answer lets `user` in: refused with [`Conflict::Locked`] when the user is
     /// locked at commit time; otherwise their failure count is forgotten.
     Admit { user: String },
-    /// Records TOTP `step` as used by `user`, unless it or a later step already was.
-    TotpStep { user: String, step: u64 },
+    /// Records TOTP `step` as used by `user`, unless it or a later step already was,
+    /// or the user's secret is no longer `secret` (as stored, sealed): the one the
+    /// code was checked against.
+    TotpStep {
+        user: String,
+        step: u64,
+        secret: String,
+    },
     /// Counts a failed attempt of `user`, locking them at `policy.max_failures`.
     CountFailure { user: String, policy: LockoutPolicy },
     /// Ends the device's open session (superseded) and opens session `id`.
@@ -74,8 +81,12 @@ impl Effect {
 /// Why an answer's effects could not all be made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Conflict {
-    Locked { until_ms: i64 },
+    Locked {
+        until_ms: i64,
+    },
     TotpReplayed,
+    /// The TOTP secret was enrolled again after the code was checked.
+    TotpChanged,
     NoSession,
 }
 
@@ -189,21 +200,36 @@ async fn apply_round(
         }
     }
 
-    // 2. TOTP steps: recorded only where no step at or after it was.
-    let steps: Vec<(usize, &str, i64)> = effects
+    // 2. TOTP steps: recorded only where no step at or after it was, against the
+    // secret the code was checked with.
+    let steps: Vec<(usize, &str, i64, &str)> = effects
         .iter()
         .filter_map(|&(i, e)| match e {
-            Effect::TotpStep { user, step } => {
-                Some((i, user.as_str(), i64::try_from(*step).unwrap_or(i64::MAX)))
-            }
+            Effect::TotpStep { user, step, secret } => Some((
+                i,
+                user.as_str(),
+                i64::try_from(*step).unwrap_or(i64::MAX),
+                secret.as_str(),
+            )),
             _ => None,
         })
         .collect();
     if !steps.is_empty() {
         let recorded = record_steps(conn, scope, &steps).await?;
-        for (i, user, _) in &steps {
-            if !recorded.contains(*user) {
-                applied[*i].conflict.get_or_insert(Conflict::TotpReplayed);
+        let lost: Vec<&(usize, &str, i64, &str)> = steps
+            .iter()
+            .filter(|(_, user, _, _)| !recorded.contains(*user))
+            .collect();
+        if !lost.is_empty() {
+            let users: Vec<&str> = lost.iter().map(|(_, u, _, _)| *u).collect();
+            let current = totp_secrets(conn, scope, &users).await?;
+            for (i, user, _, secret) in lost {
+                let conflict = if current.get(*user).map(String::as_str) == Some(*secret) {
+                    Conflict::TotpReplayed
+                } else {
+                    Conflict::TotpChanged
+                };
+                applied[*i].conflict.get_or_insert(conflict);
             }
         }
     }
@@ -312,33 +338,35 @@ async fn standings<'u>(
     Ok(out)
 }
 
-/// Records each user's step where it is later than the stored one; returns the
-/// users whose step was recorded.
+/// Records each user's step where it is later than the stored one and the secret is
+/// the one given; returns the users whose step was recorded.
 async fn record_steps(
     conn: &mut AnyConnection,
     scope: &Scope<'_>,
-    steps: &[(usize, &str, i64)],
+    steps: &[(usize, &str, i64, &str)],
 ) -> Result<HashSet<String>, StoreError> {
-    // CASE user_id WHEN $3 THEN $4 WHEN $5 THEN $6 … END, used twice.
-    let mut case = String::from("CASE user_id");
+    // CASE user_id WHEN $3 THEN $4 … END for the step, … THEN $5 … for the secret.
+    let (mut step, mut secret) = (String::from("CASE user_id"), String::from("CASE user_id"));
     for k in 0..steps.len() {
-        let p = 3 + 2 * k;
-        case.push_str(&format!(" WHEN ${p} THEN ${}", p + 1));
+        let p = 3 + 3 * k;
+        step.push_str(&format!(" WHEN ${p} THEN ${}", p + 1));
+        secret.push_str(&format!(" WHEN ${p} THEN ${}", p + 2));
     }
-    case.push_str(" END");
+    step.push_str(" END");
+    secret.push_str(" END");
     let users = (0..steps.len())
-        .map(|k| format!("${}", 3 + 2 * k))
+        .map(|k| format!("${}", 3 + 3 * k))
         .collect::<Vec<_>>()
         .join(", ");
     let sql = format!(
-        "UPDATE gw_totp SET last_step = {case}
+        "UPDATE gw_totp SET last_step = {step}
          WHERE tenant = $1 AND tier = $2 AND user_id IN ({users})
-           AND (last_step IS NULL OR last_step < {case})
+           AND (last_step IS NULL OR last_step < {step}) AND secret = {secret}
          RETURNING user_id"
     );
     let mut q = sqlx::query(&sql).bind(scope.tenant).bind(scope.tier);
-    for (_, user, step) in steps {
-        q = q.bind(*user).bind(*step);
+    for (_, user, step, secret) in steps {
+        q = q.bind(*user).bind(*step).bind(*secret);
     }
     let rows = q
         .fetch_all(&mut *conn)
@@ -348,6 +376,30 @@ async fn record_steps(
         .map(|r| r.try_get::<String, _>(0))
         .collect::<Result<_, _>>()
         .map_err(db_err("recording TOTP steps"))
+}
+
+/// The stored (sealed) TOTP secret of each of `users` that has one.
+async fn totp_secrets(
+    conn: &mut AnyConnection,
+    scope: &Scope<'_>,
+    users: &[&str],
+) -> Result<HashMap<String, String>, StoreError> {
+    let sql = format!(
+        "SELECT user_id, secret FROM gw_totp WHERE tenant = $1 AND tier = $2 AND user_id IN ({})",
+        params(3, users.len())
+    );
+    let mut q = sqlx::query(&sql).bind(scope.tenant).bind(scope.tier);
+    for u in users {
+        q = q.bind(*u);
+    }
+    let rows = q
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_err("reading TOTP secrets"))?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(db_err("reading TOTP secrets"))
 }
 
 async fn upsert_standings(
@@ -503,9 +555,24 @@ mod tests {
                 .set_totp(user, &[7; 20], &TotpParams::default())
                 .await
                 .unwrap();
+            set_stored_secret(&db, user, &format!("sealed-{user}")).await;
         }
         let journal = Journal::start(db.clone(), "gw".into()).await.unwrap();
         Fixture { db, journal }
+    }
+
+    /// Stands in for a (re-)enrollment: the effects only compare the stored text.
+    async fn set_stored_secret(db: &Db, user: &str, sealed: &str) {
+        sqlx::query(
+            "UPDATE gw_totp SET secret = $4 WHERE tenant = $1 AND tier = $2 AND user_id = $3",
+        )
+        .bind(&*db.tenant)
+        .bind(db.tier.name())
+        .bind(user)
+        .bind(sealed)
+        .execute(&db.pool)
+        .await
+        .unwrap();
     }
 
     fn event(user: &str) -> EventBody {
@@ -529,6 +596,7 @@ mod tests {
         Effect::TotpStep {
             user: user.into(),
             step,
+            secret: format!("sealed-{user}"),
         }
     }
 
@@ -606,10 +674,23 @@ mod tests {
             // The losers opened no session: the winner's is the device's only one.
             let s = session::current(&f.db, "d2").await.unwrap().unwrap();
             assert_eq!((s.user.as_str(), s.state), ("u2", SessionState::Active));
-            // A user without TOTP cannot record a step.
+            // A code checked against a secret enrolled again since: refused as such,
+            // and the new secret's replay guard is untouched.
+            set_stored_secret(&f.db, "u3", "sealed-again").await;
+            assert_eq!(
+                commit(&f, vec![step("u3", 200)]).await.applied.conflict,
+                Some(Conflict::TotpChanged)
+            );
+            let fresh = Effect::TotpStep {
+                user: "u3".into(),
+                step: 200,
+                secret: "sealed-again".into(),
+            };
+            assert_eq!(commit(&f, vec![fresh]).await.applied.conflict, None);
+            // A user without TOTP (removed in between) cannot record a step.
             assert_eq!(
                 commit(&f, vec![step("nobody", 1)]).await.applied.conflict,
-                Some(Conflict::TotpReplayed)
+                Some(Conflict::TotpChanged)
             );
             f.journal.close().await;
         }

@@ -318,9 +318,9 @@ impl Gateway {
             return Err(LogonError::RateLimited(device_id.to_string()));
         }
         self.registered_device(device_id).await?;
-        let enrollment = self
+        let (enrollment, material) = self
             .store
-            .enrollment(&request.user, self.passwords.is_directory())
+            .for_logon(&request.user, self.passwords.is_directory())
             .await?;
         let subject = Subject {
             user: &request.user,
@@ -368,6 +368,7 @@ impl Gateway {
             upstream,
             nonces: nonces.clone(),
             policy_version: plan.policy_version.clone(),
+            material: Arc::new(material),
             expires: Instant::now() + ttl,
             expires_at_ms,
         };
@@ -472,9 +473,10 @@ impl Gateway {
         let version = challenge.policy_version.clone();
         // A verified TOTP code is used up whatever the answer.
         let mut effects: Vec<Effect> = totp_step
-            .map(|step| Effect::TotpStep {
+            .map(|used| Effect::TotpStep {
                 user: user.to_string(),
-                step,
+                step: used.step,
+                secret: used.sealed,
             })
             .into_iter()
             .collect();
@@ -652,22 +654,11 @@ impl Gateway {
         challenge: &Challenge,
         device: &GatewayDevice,
         proofs: Vec<pb::Proof>,
-    ) -> Result<(Vec<Checked>, Option<u64>), LogonError> {
+    ) -> Result<(Vec<Checked>, Option<TotpUse>), LogonError> {
         let user = challenge.user.as_str();
         let mut out: Vec<Checked> = Vec::with_capacity(proofs.len());
         let mut totp_step = None;
-        // Cards and TOTP secret, read once (one query) if a proof needs either.
-        let mut material: Option<CardsAndTotp> = None;
-        let wants_material = proofs.iter().any(|p| {
-            matches!(
-                p.proof,
-                Some(pb::proof::Proof::Totp(_) | pb::proof::Proof::Card(_))
-            )
-        });
-        if wants_material {
-            material = Some(self.store.cards_and_totp(user).await?);
-        }
-        let material = material.unwrap_or_default();
+        let material = &challenge.material;
         for proof in proofs {
             let Some(proof) = proof.proof else {
                 return Err(LogonError::BadRequest("a proof is empty".into()));
@@ -696,9 +687,9 @@ impl Gateway {
                         .await
                         .unwrap_or(Err(Failure::Unavailable))
                 }
-                pb::proof::Proof::Totp(code) => match check_totp(&material, &code) {
-                    Ok(step) => {
-                        totp_step = Some(step);
+                pb::proof::Proof::Totp(code) => match check_totp(material, &code) {
+                    Ok(used) => {
+                        totp_step = Some(used);
                         Ok(())
                     }
                     Err(f) => Err(f),
@@ -706,7 +697,7 @@ impl Gateway {
                 pb::proof::Proof::EmergencyOtp(code) => {
                     self.check_emergency_otp(user, &code).await?
                 }
-                pb::proof::Proof::Card(c) => match self.check_card(challenge, &material, &c) {
+                pb::proof::Proof::Card(c) => match self.check_card(challenge, material, &c) {
                     Ok(CardKind::MyNumber) => {
                         proves = proves.with(Factor::MynumberCard);
                         Ok(())
@@ -818,14 +809,26 @@ impl Gateway {
     }
 }
 
-/// The time step of a correct, unused TOTP code. Whether it is still unused when
-/// the answer commits is decided there (two logons racing with one code).
-fn check_totp(material: &CardsAndTotp, code: &str) -> Result<u64, Failure> {
+/// A correct TOTP code not used before, as far as Begin saw. Whether it is still
+/// unused, and the secret still the one enrolled, is decided when the answer commits
+/// (two logons racing with one code; a re-enrollment in between).
+fn check_totp(material: &CardsAndTotp, code: &str) -> Result<TotpUse, Failure> {
     let Some(cred) = &material.totp else {
         return Err(Failure::Mismatch);
     };
     let now = u64::try_from(now_ms() / 1000).unwrap_or(0);
-    totp::verify(&cred.secret, &cred.params, code, now, cred.last_step)
+    let step = totp::verify(&cred.secret, &cred.params, code, now, cred.last_step)?;
+    Ok(TotpUse {
+        step,
+        sealed: cred.sealed.clone(),
+    })
+}
+
+/// A correct TOTP code: its time step, and the secret it was checked against (as
+/// stored), both confirmed when the answer commits.
+struct TotpUse {
+    step: u64,
+    sealed: String,
 }
 
 /// The answer as it stands after its effects were committed: a condition that no
@@ -843,20 +846,20 @@ fn settle(mut r: pb::LogonResult, applied: &Applied) -> pb::LogonResult {
             r.reason = reason::LOCKED.into();
             r.locked_until_unix_ms = Some(until_ms);
         }
-        Conflict::TotpReplayed => {
-            r.reason = reason::FACTOR_FAILED.into();
-            for f in r
-                .factors
-                .iter_mut()
-                .filter(|f| f.factor == Factor::Totp.name())
-            {
-                f.ok = false;
-                f.reason = Failure::Replayed.code().into();
-            }
-        }
+        Conflict::TotpReplayed => factor_failed(&mut r, Factor::Totp, Failure::Replayed),
+        Conflict::TotpChanged => factor_failed(&mut r, Factor::Totp, Failure::Mismatch),
         Conflict::NoSession => r.reason = reason::NO_SESSION.into(),
     }
     r
+}
+
+/// Marks `factor` as failed with `failure` in an answer that now denies for it.
+fn factor_failed(r: &mut pb::LogonResult, factor: Factor, failure: Failure) {
+    r.reason = reason::FACTOR_FAILED.into();
+    for f in r.factors.iter_mut().filter(|f| f.factor == factor.name()) {
+        f.ok = false;
+        f.reason = failure.code().into();
+    }
 }
 
 fn is_unlock(action: Action) -> bool {
@@ -993,6 +996,13 @@ mod tests {
             .collect();
         assert_eq!(failed, vec![("totp", "replayed")]);
         assert!(replayed.session_id.is_empty());
+
+        let changed = settle(allowed_with_totp(), &applied(Some(Conflict::TotpChanged)));
+        assert_eq!(changed.reason, reason::FACTOR_FAILED);
+        assert!(changed
+            .factors
+            .iter()
+            .any(|f| f.factor == "totp" && !f.ok && f.reason == "mismatch"));
 
         let gone = settle(allowed_with_totp(), &applied(Some(Conflict::NoSession)));
         assert_eq!(

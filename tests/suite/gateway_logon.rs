@@ -354,6 +354,24 @@ async fn internet_password_and_totp_with_replay_and_window() {
     let c = begin(&mut ep, "u013", "logon").await;
     let r = complete(&mut ep, &c, vec![password("not-it")]).await;
     assert_eq!(failures(&r), failed("password", "mismatch"));
+
+    // TOTP enrolled again (a new phone) between Begin and Complete: a code of the old
+    // secret is refused, although Begin read the old one.
+    gw.set_secret("u012", "password", "u012-password").await;
+    let old_secret = gw.enroll_totp("u012").await;
+    let c = begin(&mut ep, "u012", "logon").await;
+    let new_secret = gw.enroll_totp("u012").await;
+    let proofs = |secret: &[u8]| {
+        vec![
+            password("u012-password"),
+            pb::proof::Proof::Totp(totp_now(secret, 0)),
+        ]
+    };
+    let r = complete(&mut ep, &c, proofs(&old_secret)).await;
+    assert_eq!(failures(&r), failed("totp", "mismatch"));
+    let c = begin(&mut ep, "u012", "logon").await;
+    let r = complete(&mut ep, &c, proofs(&new_secret)).await;
+    assert!(allowed(&r), "{r:?}");
     gw.stop().await;
 }
 

@@ -324,10 +324,11 @@ async fn import_api_refuses_the_whole_batch_on_postgres() {
         .into_inner();
     assert!(first.applied);
     assert!(first.users.iter().all(|u| u.change == "added"));
-    assert!(store.totp("a1").await.unwrap().is_some());
+    let secret = store.totp("a1").await.unwrap().expect("imported").sealed;
     let step = Effect::TotpStep {
         user: "a1".into(),
         step: 42,
+        secret,
     };
     let done = gw
         .running
