@@ -22,7 +22,9 @@
 use std::collections::{HashMap, HashSet};
 
 use sekisho_policy_engine::store::StoreError;
-use sqlx::{AnyConnection, Row};
+use sqlx::any::AnyArguments;
+use sqlx::query::Query;
+use sqlx::{Any, AnyConnection, Row};
 
 use crate::db::db_err;
 use crate::lockout::{LockoutPolicy, Standing};
@@ -157,6 +159,20 @@ fn rounds(answers: &[&[Effect]]) -> Vec<Vec<usize>> {
     out
 }
 
+/// `sql` bound to the scope (`$1`, `$2`) and then to `keys` (`$3` …): the shape of
+/// every "these users of this tenant and tier" statement here.
+fn for_keys<'q>(
+    sql: &'q str,
+    scope: &Scope<'q>,
+    keys: &[&'q str],
+) -> Query<'q, Any, AnyArguments<'q>> {
+    let mut q = sqlx::query(sql).bind(scope.tenant).bind(scope.tier);
+    for k in keys {
+        q = q.bind(*k);
+    }
+    q
+}
+
 /// `$from, $from+1, … ` for `n` parameters.
 fn params(from: usize, n: usize) -> String {
     (from..from + n)
@@ -261,11 +277,8 @@ async fn apply_round(
             "DELETE FROM gw_lockouts WHERE tenant = $1 AND tier = $2 AND user_id IN ({})",
             params(3, forgotten.len())
         );
-        let mut q = sqlx::query(&sql).bind(scope.tenant).bind(scope.tier);
-        for u in &forgotten {
-            q = q.bind(*u);
-        }
-        q.execute(&mut *conn)
+        for_keys(&sql, scope, &forgotten)
+            .execute(&mut *conn)
             .await
             .map_err(db_err("clearing lockouts"))?;
     }
@@ -313,11 +326,7 @@ async fn standings<'u>(
          WHERE tenant = $1 AND tier = $2 AND user_id IN ({})",
         params(3, users.len())
     );
-    let mut q = sqlx::query(&sql).bind(scope.tenant).bind(scope.tier);
-    for u in users {
-        q = q.bind(*u);
-    }
-    let rows = q
+    let rows = for_keys(&sql, scope, users)
         .fetch_all(&mut *conn)
         .await
         .map_err(db_err("reading lockouts"))?;
@@ -388,11 +397,7 @@ async fn totp_secrets(
         "SELECT user_id, secret FROM gw_totp WHERE tenant = $1 AND tier = $2 AND user_id IN ({})",
         params(3, users.len())
     );
-    let mut q = sqlx::query(&sql).bind(scope.tenant).bind(scope.tier);
-    for u in users {
-        q = q.bind(*u);
-    }
-    let rows = q
+    let rows = for_keys(&sql, scope, users)
         .fetch_all(&mut *conn)
         .await
         .map_err(db_err("reading TOTP secrets"))?;
