@@ -26,6 +26,9 @@ use crate::factor::FactorSet;
 /// Decisions written per transaction at most.
 const WRITE_BATCH: usize = 2_000;
 
+/// How long the writer gathers decisions before writing what it has.
+const GATHER: Duration = Duration::from_millis(20);
+
 /// Least time between two "decision log full" warnings.
 const WARN_EVERY_MS: i64 = 5_000;
 
@@ -270,7 +273,9 @@ async fn write_loop(
             .drain(..)
             .map(|d| {
                 next_id += 1;
-                d.entry(format!("{prefix}-{next_id}"))
+                // Fixed width, so ids sort in the order they were made and each
+                // batch lands at the end of the key's index, not all over it.
+                d.entry(format!("{prefix}-{next_id:012x}"))
             })
             .collect();
         entries
@@ -280,6 +285,17 @@ async fn write_loop(
             n = rx.recv_many(&mut buf, WRITE_BATCH) => {
                 if n == 0 {
                     break;
+                }
+                // Under a steady stream each wake-up finds a handful of decisions;
+                // gathering for a moment makes one transaction of what would have
+                // been dozens.
+                let until = tokio::time::Instant::now() + GATHER;
+                while buf.len() < WRITE_BATCH {
+                    let room = WRITE_BATCH - buf.len();
+                    tokio::select! {
+                        n = rx.recv_many(&mut buf, room) => if n == 0 { break },
+                        () = tokio::time::sleep_until(until) => break,
+                    }
                 }
                 let entries = write(&mut buf);
                 store_entries(&audit, &entries).await;

@@ -39,7 +39,11 @@ const IMPORT_CHUNK: usize = 5_000;
 const EVENT_COLS: usize = 12;
 
 /// Columns of one `audit_decisions` row in the bulk insert.
-const DECISION_COLS: usize = 15;
+/// Rows per decision INSERT at most. A batch goes in chunks whose sizes are powers
+/// of two up to this, so only seven statement texts exist and each stays prepared
+/// on its connection: preparing a fresh statement of thousands of rows for every
+/// batch, as before, cost more than storing the rows.
+const DECISION_ROWS_PER_INSERT: usize = 64;
 
 /// One event as shipped by a gateway: where it sits in that gateway's journal, and
 /// the JSON line exactly as hashed.
@@ -1186,14 +1190,18 @@ impl AuditStore {
             .map(|d| (json_list(&d.upstream), json_list(&d.factors)))
             .collect();
         let mut tx = self.begin_write().await?;
-        let per = MAX_BINDS / DECISION_COLS;
-        for (chunk, lists) in entries.chunks(per).zip(lists.chunks(per)) {
+        let rows: Vec<(&DecisionEntry, &(String, String))> = entries.iter().zip(&lists).collect();
+        let mut rest = rows.as_slice();
+        while !rest.is_empty() {
+            let n = 1 << rest.len().min(DECISION_ROWS_PER_INSERT).ilog2();
+            let (chunk, tail) = rest.split_at(n);
+            rest = tail;
             let mut sql = Sql::new(
                 self.backend(),
                 "INSERT INTO audit_decisions (tenant, id, ts_ms, kind, user_id, device, action, via, \
                  upstream, hour, factors, inputs, result, policy_version, request_id) VALUES ",
             );
-            for (i, (d, (upstream, factors))) in chunk.iter().zip(lists).enumerate() {
+            for (i, (d, (upstream, factors))) in chunk.iter().enumerate() {
                 sql.push(if i == 0 { "(" } else { ", (" });
                 sql.str(&tenant).push(", ");
                 sql.str(&d.id).push(", ");
@@ -1213,6 +1221,7 @@ impl AuditStore {
             }
             sql.push(" ON CONFLICT (tenant, id) DO NOTHING");
             sql.query()
+                .persistent(true)
                 .execute(&mut *tx)
                 .await
                 .map_err(db("recording decisions"))?;
