@@ -27,6 +27,7 @@ use sekisho_policy_engine::entities::EntityDeletion;
 use sekisho_policy_engine::store::Store;
 use sekisho_policy_engine::{server, DecisionRequest, FactorSet};
 use sekisho_proto::v1 as pb;
+use sekisho_testkit::process_cpu_time;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 extern "C" {
@@ -110,16 +111,6 @@ async fn call(
     }
 }
 
-/// utime + stime of this process, from /proc/self/stat.
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    Duration::from_millis(ticks * 10) // USER_HZ = 100
-}
-
 fn print_row(name: &str, s: &Summary, extra: &str) {
     println!(
         "{name:<52} {:>7} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>9.1}  {extra}",
@@ -156,7 +147,7 @@ async fn concurrent(
 ) -> (Summary, f64, Duration) {
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
-    let cpu0 = cpu_time();
+    let cpu0 = process_cpu_time();
     let deadline = start + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
     for t in 0..IN_FLIGHT {
@@ -181,7 +172,7 @@ async fn concurrent(
         all.extend(t.await.expect("task"));
     }
     let elapsed = start.elapsed();
-    let cpu = cpu_time() - cpu0;
+    let cpu = process_cpu_time() - cpu0;
     let n = all.len();
     (
         Summary::of(&mut all),

@@ -38,6 +38,7 @@ use sekisho_policy_engine::audit::{Filter, Outcome};
 use sekisho_policy_engine::config::EngineConfig;
 use sekisho_policy_engine::server;
 use sekisho_policy_engine::Tier;
+use sekisho_testkit::process_cpu_time;
 
 const GATEWAY: &str = "internet-gateway-bench";
 /// Connect and per-call timeout of the engine channel (a 20,000-record stream on a
@@ -61,15 +62,6 @@ fn now_unix() -> u64 {
 }
 
 /// utime + stime of this process (engine, gateway and load in one), from /proc.
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    Duration::from_millis(ticks * 10) // USER_HZ = 100
-}
-
 /// A realistic allowed logon: card + password, a session and a request id.
 fn event(task: u64, i: u64) -> EventBody {
     let mut b = EventBody::new("", "", "logon", Outcome::Allow);
@@ -167,7 +159,7 @@ async fn run_once(
         .await
         .expect("engine channel");
 
-    let cpu0 = cpu_time();
+    let cpu0 = process_cpu_time();
     let start = Instant::now();
     let forwarder = Forwarder::spawn(db.clone(), &journal, channel, settings);
     let mut through = forwarder.forwarded_through();
@@ -176,7 +168,7 @@ async fn run_once(
         .expect("caught up in time")
         .expect("forwarder alive");
     let catchup_secs = start.elapsed().as_secs_f64();
-    let cpu_secs = (cpu_time() - cpu0).as_secs_f64();
+    let cpu_secs = (process_cpu_time() - cpu0).as_secs_f64();
 
     forwarder.stop().await;
     assert_eq!(journal::acked_seq(&db, GATEWAY).await.expect("acked"), n);

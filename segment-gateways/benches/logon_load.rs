@@ -19,10 +19,10 @@
 //! A logon: Begin(user) → sign the `card` nonce with the user's card key (ECDSA P-256,
 //! done by the load generator, as the endpoint would) → Complete(card proof, TOTP
 //! code). The gateway calls the engine's Plan (in Begin) and Authorize (in Complete).
-//! A TOTP code is accepted once per user and step, so users are taken round-robin and
-//! each one's last used step is tracked: the current step's code, else (already used
-//! this step) the next step's code, which the ±1 window accepts; a user who used both
-//! is skipped. With enough users no user repeats within a run.
+//! A TOTP code is accepted once per user and step, in increasing steps, so users are
+//! taken round-robin and each one's last used step is tracked: the previous step's
+//! code (early in a step), else the current one's, else the next one's, all of which
+//! the ±1 window accepts; a user who used them all is skipped (`common::Pool`).
 //!
 //! Engine, gateway and load generator share this process and the machine's cores:
 //! engine and gateway on one tokio runtime, the clients on others.
@@ -30,7 +30,9 @@
 //! Environment: `SEKISHO_BENCH_SECS` (default 10) measured seconds of the 64-in-flight
 //! run, after a 2 s warm-up; `SEKISHO_BENCH_SEQ` (default 2,000) one-at-a-time logons;
 //! `SEKISHO_BENCH_USERS`; `SEKISHO_BENCH_IN_FLIGHT` (default 64);
-//! `SEKISHO_BENCH_CHANNELS` (default 16, one device each); `SEKISHO_BENCH_PARTS=0`
+//! `SEKISHO_BENCH_CHANNELS` (default 16, one device each);
+//! `SEKISHO_BENCH_DECISION_SAMPLE` (default 1, the engine's default: every decision
+//! in the decision log; 0 turns the log off); `SEKISHO_BENCH_PARTS=0`
 //! skips the per-part timings at the end; `SEKISHO_BENCH_RATES` (e.g. `1500,2000`)
 //! adds an open-loop run at each offered rate (logons started on a fixed schedule,
 //! latency counted from when each was due), after the in-flight run
@@ -45,8 +47,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    card_key_pair, connect, cpu_time, drive, header, row, BenchUser, CardIssuer, LoadSettings,
-    Pool, Summary,
+    card_key_pair, connect, drive, header, row, BenchUser, CardIssuer, LoadSettings, Pool, Summary,
 };
 use sekisho_gateway::config::GatewayConfig;
 use sekisho_gateway::decide::Subject;
@@ -58,6 +59,7 @@ use sekisho_policy_engine::entities::{DeviceRecord, EntityBatch, UserRecord};
 use sekisho_policy_engine::pki::PkiFiles;
 use sekisho_policy_engine::{Action, Capabilities, DeviceKind, FactorSet, Tier, Via};
 use sekisho_proto::v1 as pb;
+use sekisho_testkit::process_cpu_time;
 
 const POLICIES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies");
 const ENTITIES: &str = concat!(
@@ -236,13 +238,13 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     let mut samples = Vec::with_capacity(n);
-    let cpu0 = cpu_time();
+    let cpu0 = process_cpu_time();
     for i in 0..n {
         let t = Instant::now();
         f(i).await;
         samples.push(t.elapsed());
     }
-    let cpu = (cpu_time() - cpu0) / n as u32;
+    let cpu = (process_cpu_time() - cpu0) / n as u32;
     (
         Summary::of(&mut samples),
         format!("{:.0} µs CPU/call", cpu.as_secs_f64() * 1e6),
@@ -505,10 +507,7 @@ fn main() {
     };
     engine_config.bootstrap.policies = Some(policy_dir.clone());
     engine_config.bootstrap.entities = Some(PathBuf::from(ENTITIES));
-    engine_config.audit.decision_sample = std::env::var("XDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1.0);
+    engine_config.audit.decision_sample = common::env_num("SEKISHO_BENCH_DECISION_SAMPLE", 1.0);
 
     // Engine and gateway on one runtime (one worker per core); clients on others.
     let server_rt = tokio::runtime::Builder::new_multi_thread()

@@ -580,12 +580,8 @@ impl Writer {
             done.push(Committed { applied, receipts });
         }
 
-        let mut rest = rows.as_slice();
-        while !rest.is_empty() {
-            let k = rest.len().ilog2().min(ROWS_PER_INSERT.ilog2());
-            let (chunk, tail) = rest.split_at(1 << k);
-            rest = tail;
-            let mut q = sqlx::query(&self.insert_sql[k as usize]);
+        for chunk in sekisho_policy_engine::store::pow2_chunks(&rows, ROWS_PER_INSERT) {
+            let mut q = sqlx::query(&self.insert_sql[chunk.len().ilog2() as usize]);
             for r in chunk {
                 q = q
                     .bind(self.id.tenant.as_str())

@@ -10,7 +10,9 @@
 //! installs those (`slapd`, `ldap-utils`) on a fresh machine.
 
 pub mod ldif;
+pub mod measure;
 pub mod slapd;
 
 pub use ldif::{dn_escape, group_ldif, user_password_ldif, CITY_FIXTURE};
+pub use measure::process_cpu_time;
 pub use slapd::{Slapd, SlapdError, SlapdTls};

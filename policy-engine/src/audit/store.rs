@@ -23,7 +23,7 @@ use sqlx::{Any, Row, Transaction};
 
 use super::event::{parse_ts, AuditEvent, BrokenLink, ChainState};
 use super::query::{Cursor, Filter, Page};
-use crate::store::{self, Backend, Store, StoreError, MAX_BINDS};
+use crate::store::{self, Backend, Store, StoreError};
 
 /// Longest event line accepted. Events hold names, ids and reason codes; a line this
 /// long is not an event but something else pushed through the pipe.
@@ -35,15 +35,8 @@ const READ_CHUNK: usize = 10_000;
 /// Lines per statement group when importing a journal file (bounds memory).
 const IMPORT_CHUNK: usize = 5_000;
 
-/// Columns of one `audit_events` row in the bulk insert.
-const EVENT_COLS: usize = 12;
-
-/// Columns of one `audit_decisions` row in the bulk insert.
-/// Rows per decision INSERT at most. A batch goes in chunks whose sizes are powers
-/// of two up to this, so only seven statement texts exist and each stays prepared
-/// on its connection: preparing a fresh statement of thousands of rows for every
-/// batch, as before, cost more than storing the rows.
-const DECISION_ROWS_PER_INSERT: usize = 64;
+/// Rows per INSERT of events or decisions at most ([`store::pow2_chunks`]).
+const ROWS_PER_INSERT: usize = 64;
 
 /// One event as shipped by a gateway: where it sits in that gateway's journal, and
 /// the JSON line exactly as hashed.
@@ -588,7 +581,7 @@ impl AuditStore {
         let received_at = now_ms();
         let tenant = self.tenant().to_string();
         let mut inserted = 0;
-        for chunk in rows.chunks(MAX_BINDS / EVENT_COLS) {
+        for chunk in store::pow2_chunks(rows, ROWS_PER_INSERT) {
             let mut sql = Sql::new(
                 self.backend(),
                 "INSERT INTO audit_events (tenant, gateway, seq, ts_ms, tier, device, user_id, \
@@ -612,6 +605,7 @@ impl AuditStore {
             sql.push(" ON CONFLICT (tenant, gateway, seq) DO NOTHING");
             let n = sql
                 .query()
+                .persistent(true)
                 .execute(&mut **tx)
                 .await
                 .map_err(db("storing audit events"))?
@@ -1191,11 +1185,7 @@ impl AuditStore {
             .collect();
         let mut tx = self.begin_write().await?;
         let rows: Vec<(&DecisionEntry, &(String, String))> = entries.iter().zip(&lists).collect();
-        let mut rest = rows.as_slice();
-        while !rest.is_empty() {
-            let n = 1 << rest.len().min(DECISION_ROWS_PER_INSERT).ilog2();
-            let (chunk, tail) = rest.split_at(n);
-            rest = tail;
+        for chunk in store::pow2_chunks(&rows, ROWS_PER_INSERT) {
             let mut sql = Sql::new(
                 self.backend(),
                 "INSERT INTO audit_decisions (tenant, id, ts_ms, kind, user_id, device, action, via, \

@@ -40,6 +40,24 @@ use crate::policies::{PolicyFile, PolicySources};
 /// and PostgreSQL's is 65,535; staying under both keeps one code path.
 pub(crate) const MAX_BINDS: usize = 30_000;
 
+/// `rows` in chunks whose lengths are powers of two no larger than `max`, largest
+/// first. A multi-row INSERT built per chunk then comes in only a few texts, each
+/// prepared once per connection and reused; a statement sized to every batch would
+/// be parsed anew each time, and for rows of a dozen columns that parse cost more
+/// than storing them.
+pub fn pow2_chunks<T>(rows: &[T], max: usize) -> impl Iterator<Item = &[T]> {
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        let n = rest.len().min(max.max(1));
+        if n == 0 {
+            return None;
+        }
+        let (chunk, tail) = rest.split_at(1 << n.ilog2());
+        rest = tail;
+        Some(chunk)
+    })
+}
+
 /// How long a SQLite writer waits for another writer before giving up.
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 15_000;
 

@@ -940,3 +940,29 @@ async fn timing_100000_users() {
         fx.cleanup(&s).await;
     }
 }
+
+#[test]
+fn pow2_chunks_cover_the_rows_in_few_sizes() {
+    for (len, max) in [
+        (0, 64),
+        (1, 64),
+        (7, 64),
+        (64, 64),
+        (300, 64),
+        (5, 3),
+        (4, 0),
+    ] {
+        let rows: Vec<usize> = (0..len).collect();
+        let chunks: Vec<&[usize]> = super::pow2_chunks(&rows, max).collect();
+        assert_eq!(chunks.concat(), rows, "len {len} max {max}");
+        for c in &chunks {
+            assert!(
+                c.len().is_power_of_two() && c.len() <= max.max(1),
+                "len {len} max {max}: a chunk of {}",
+                c.len()
+            );
+        }
+    }
+    let sizes: Vec<usize> = super::pow2_chunks(&[0; 300], 64).map(<[_]>::len).collect();
+    assert_eq!(sizes, [64, 64, 64, 64, 32, 8, 4]);
+}

@@ -24,6 +24,7 @@ use sekisho_gateway::factors::totp::{self, TotpParams};
 use sekisho_gateway::tls::ClientTls;
 use sekisho_policy_engine::pki::{CertificateAuthority, PkiFiles, Usage};
 use sekisho_proto::v1 as pb;
+use sekisho_testkit::process_cpu_time;
 use tonic::transport::Channel;
 
 pub const WARMUP_SECS: f64 = 2.0;
@@ -84,16 +85,6 @@ pub fn row(name: &str, s: &Summary, extra: &str) {
         ms(s.p999),
         ms(s.max)
     );
-}
-
-/// utime + stime of this process, from /proc/self/stat.
-pub fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    Duration::from_millis(ticks * 10) // USER_HZ = 100
 }
 
 pub fn now_unix() -> u64 {
@@ -281,7 +272,7 @@ pub async fn concurrent(
     secs: f64,
 ) -> RunResult {
     let start = Instant::now();
-    let cpu0 = cpu_time();
+    let cpu0 = process_cpu_time();
     let deadline = start + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
     for t in 0..in_flight {
@@ -322,7 +313,7 @@ pub async fn concurrent(
         r.complete.extend(c);
     }
     r.elapsed = start.elapsed();
-    r.cpu = cpu_time() - cpu0;
+    r.cpu = process_cpu_time() - cpu0;
     r
 }
 
@@ -338,7 +329,7 @@ pub async fn open_loop(
     secs: f64,
 ) -> RunResult {
     let start = tokio::time::Instant::now();
-    let cpu0 = cpu_time();
+    let cpu0 = process_cpu_time();
     let count = (rate * secs).round() as usize;
     let mut tasks = Vec::with_capacity(count);
     for k in 0..count {
@@ -377,7 +368,7 @@ pub async fn open_loop(
         }
     }
     r.elapsed = start.elapsed();
-    r.cpu = cpu_time() - cpu0;
+    r.cpu = process_cpu_time() - cpu0;
     r
 }
 
@@ -388,7 +379,7 @@ pub async fn sequential(
     count: usize,
 ) -> RunResult {
     let start = Instant::now();
-    let cpu0 = cpu_time();
+    let cpu0 = process_cpu_time();
     let mut r = RunResult {
         total: Vec::with_capacity(count),
         begin: Vec::with_capacity(count),
@@ -416,7 +407,7 @@ pub async fn sequential(
         }
     }
     r.elapsed = start.elapsed();
-    r.cpu = cpu_time() - cpu0;
+    r.cpu = process_cpu_time() - cpu0;
     r
 }
 
