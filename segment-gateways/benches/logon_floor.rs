@@ -316,7 +316,8 @@ fn main() {
             totp_secret: secret,
         });
     }
-    let trust = CardTrust::from_pem_files(&[card_ca.pem_file.clone()], &[], &[]).expect("trust");
+    let trust = CardTrust::from_pem_files(std::slice::from_ref(&card_ca.pem_file), &[], &[])
+        .expect("trust");
 
     let gateway_url = server_rt.block_on(async {
         let (listener, tls) = listen(&pki).await;

@@ -577,7 +577,7 @@ pub fn drive(
     let (secs, seq, in_flight) = (settings.secs, settings.seq, settings.in_flight);
     let rates = &settings.rates;
     println!(
-        "load: {in_flight} logons in flight over {} device channels ({}), {secs} s after a {WARMUP_SECS} s warm-up; {seq} one at a time; card proofs signed with ECDSA P-256 by the load generator",
+        "load: {in_flight} logons in flight (0: none), then open loop at {rates:?} logons/s, over {} device channels ({}), {secs} s each after a {WARMUP_SECS} s warm-up; {seq} one at a time; card proofs signed with ECDSA P-256 by the load generator",
         clients.len(),
         used_devices.join(", ")
     );
@@ -593,8 +593,8 @@ pub fn drive(
             connect(gateway_url, &device_tls(pki, &used_devices[0])).await,
         );
         // Warm-up: connections, the engine's plan tables, the gateway's statement cache.
-        let _ = sequential(&mut client, &pool, &failures, 200).await;
-        sequential(&mut client, &pool, &failures, seq).await
+        let _ = sequential(&mut client, pool, &failures, 200).await;
+        sequential(&mut client, pool, &failures, seq).await
     });
     header("Logon (card + TOTP), latency in ms");
     let (_, seq_total) = report("1 at a time", seq_result, true);
@@ -617,19 +617,19 @@ pub fn drive(
     if in_flight > 0 {
         let _ = client_rt.block_on(concurrent(
             &clients,
-            &pool,
+            pool,
             &failures,
             in_flight,
             WARMUP_SECS,
         ));
-        let run = client_rt.block_on(concurrent(&clients, &pool, &failures, in_flight, secs));
+        let run = client_rt.block_on(concurrent(&clients, pool, &failures, in_flight, secs));
         let name = format!("{in_flight} in flight");
         let (rate, total) = report(&name, run, true);
         verdicts.push(verdict(name, rate, &total));
     }
     for offered in rates {
-        let _ = client_rt.block_on(open_loop(&clients, &pool, &failures, *offered, WARMUP_SECS));
-        let run = client_rt.block_on(open_loop(&clients, &pool, &failures, *offered, secs));
+        let _ = client_rt.block_on(open_loop(&clients, pool, &failures, *offered, WARMUP_SECS));
+        let run = client_rt.block_on(open_loop(&clients, pool, &failures, *offered, secs));
         let name = format!("{offered:.0}/s offered");
         let (rate, total) = report(&name, run, true);
         verdicts.push(verdict(name, rate, &total));

@@ -17,11 +17,11 @@ const PEER_NAMES_KEPT: usize = 4096;
 
 /// The common name of the caller's client certificate.
 ///
-/// A device presents the same certificate on every call, and parsing it (about
-/// 12 µs) was the largest part of the gateway's own work per call after the store,
-/// so names are remembered by the certificate's bytes. That is safe because the name is a function of those bytes
-/// alone: TLS has already verified the certificate for this connection, and a
-/// certificate is public, so the memory holds nothing secret.
+/// A device presents the same certificate on every call, and parsing it cost about
+/// 12 µs a call, so names are remembered by the certificate's bytes. That is safe
+/// because the name is a function of those bytes alone: TLS has already verified the
+/// certificate for this connection, and a certificate is public, so the memory holds
+/// nothing secret.
 pub(crate) fn peer_name<T>(request: &Request<T>) -> Option<String> {
     static NAMES: OnceLock<Mutex<HashMap<Vec<u8>, String>>> = OnceLock::new();
     let certs = request.peer_certs()?;
