@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{card_key_pair, drive, BenchUser, CardIssuer, LoadSettings, Pool, TIMEOUT};
+use common::{card_key_pair, drive, runtimes, BenchUser, CardIssuer, LoadSettings, Pool, TIMEOUT};
 use futures::Stream;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use sekisho_gateway::factors::card::{self, CardTrust};
@@ -283,16 +283,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (pki, _) = PkiFiles::ensure(dir.path(), &["localhost"]).expect("PKI");
 
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("server")
-        .build()
-        .unwrap();
-    let client_rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("client")
-        .build()
-        .unwrap();
+    let (server_rt, client_rt) = runtimes();
 
     let card_ca = CardIssuer::new(dir.path());
     let mut users = Vec::with_capacity(settings.users);

@@ -47,7 +47,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    card_key_pair, connect, drive, header, row, BenchUser, CardIssuer, LoadSettings, Pool, Summary,
+    card_key_pair, connect, drive, header, row, runtimes, BenchUser, CardIssuer, LoadSettings,
+    Pool, Summary,
 };
 use sekisho_gateway::config::GatewayConfig;
 use sekisho_gateway::decide::Subject;
@@ -510,16 +511,7 @@ fn main() {
     engine_config.audit.decision_sample = common::env_num("SEKISHO_BENCH_DECISION_SAMPLE", 1.0);
 
     // Engine and gateway on one runtime (one worker per core); clients on others.
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("server")
-        .build()
-        .unwrap();
-    let client_rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("client")
-        .build()
-        .unwrap();
+    let (server_rt, client_rt) = runtimes();
 
     let t = Instant::now();
     let engine = server_rt

@@ -499,6 +499,20 @@ pub fn device_tls(pki: &PkiFiles, device: &str) -> ClientTls {
     }
 }
 
+/// The servers' runtime and the load generator's, each with a worker per core: the
+/// servers share theirs as an engine and a gateway on one machine would share its
+/// cores, and the clients compete with them for the same cores.
+pub fn runtimes() -> (tokio::runtime::Runtime, tokio::runtime::Runtime) {
+    let runtime = |name: &str| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name(name)
+            .build()
+            .expect("tokio runtime")
+    };
+    (runtime("server"), runtime("client"))
+}
+
 /// What to run, from the environment (see `logon_load`'s header).
 pub struct LoadSettings {
     pub secs: f64,
