@@ -27,7 +27,7 @@ use sekisho_policy_engine::entities::EntityDeletion;
 use sekisho_policy_engine::store::Store;
 use sekisho_policy_engine::{server, DecisionRequest, FactorSet};
 use sekisho_proto::v1 as pb;
-use sekisho_testkit::process_cpu_time;
+use sekisho_testkit::{process_cpu_time, Summary};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 extern "C" {

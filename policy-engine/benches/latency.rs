@@ -16,6 +16,7 @@ use common::*;
 use sekisho_policy_engine::analysis::PrincipalScope;
 use sekisho_policy_engine::entities::Directory;
 use sekisho_policy_engine::{CompiledPolicies, DecisionRequest, Engine, FactorSet};
+use sekisho_testkit::Summary;
 
 extern "C" {
     // glibc: hand freed heap back to the OS, so VmRSS shows what is still in use.

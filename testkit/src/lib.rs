@@ -14,5 +14,5 @@ pub mod measure;
 pub mod slapd;
 
 pub use ldif::{dn_escape, group_ldif, user_password_ldif, CITY_FIXTURE};
-pub use measure::process_cpu_time;
+pub use measure::{process_cpu_time, Summary};
 pub use slapd::{Slapd, SlapdError, SlapdTls};

@@ -17,9 +17,59 @@ pub fn process_cpu_time() -> Duration {
     Duration::from_millis(ticks * 10) // USER_HZ = 100
 }
 
+/// Percentiles of a set of latency samples.
+pub struct Summary {
+    pub n: usize,
+    pub p50: Duration,
+    pub p90: Duration,
+    pub p95: Duration,
+    pub p99: Duration,
+    pub p999: Duration,
+    pub max: Duration,
+    pub mean: Duration,
+}
+
+impl Summary {
+    /// Sorts `samples` and reads the nearest-rank percentiles. Panics when empty: a
+    /// benchmark that measured nothing has nothing to report.
+    pub fn of(samples: &mut [Duration]) -> Summary {
+        assert!(!samples.is_empty(), "no samples");
+        samples.sort_unstable();
+        let at = |q: f64| {
+            samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1]
+        };
+        let total: Duration = samples.iter().sum();
+        Summary {
+            n: samples.len(),
+            p50: at(0.50),
+            p90: at(0.90),
+            p95: at(0.95),
+            p99: at(0.99),
+            p999: at(0.999),
+            max: samples[samples.len() - 1],
+            mean: total / samples.len() as u32,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::process_cpu_time;
+    use std::time::Duration;
+
+    use super::{process_cpu_time, Summary};
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let mut samples: Vec<Duration> = (1..=1000).rev().map(Duration::from_millis).collect();
+        let s = Summary::of(&mut samples);
+        assert_eq!(s.n, 1000);
+        assert_eq!(s.p50, Duration::from_millis(500));
+        assert_eq!(s.p90, Duration::from_millis(900));
+        assert_eq!(s.p99, Duration::from_millis(990));
+        assert_eq!(s.p999, Duration::from_millis(999));
+        assert_eq!(s.max, Duration::from_millis(1000));
+        assert_eq!(s.mean, Duration::from_micros(500_500));
+    }
 
     #[test]
     fn grows_with_work() {

@@ -660,37 +660,6 @@ pub fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-/// Percentiles of a set of samples.
-pub struct Summary {
-    pub n: usize,
-    pub p50: Duration,
-    pub p90: Duration,
-    pub p99: Duration,
-    pub p999: Duration,
-    pub max: Duration,
-    pub mean: Duration,
-}
-
-impl Summary {
-    pub fn of(samples: &mut [Duration]) -> Summary {
-        assert!(!samples.is_empty());
-        samples.sort_unstable();
-        let at = |q: f64| {
-            samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1]
-        };
-        let total: Duration = samples.iter().sum();
-        Summary {
-            n: samples.len(),
-            p50: at(0.50),
-            p90: at(0.90),
-            p99: at(0.99),
-            p999: at(0.999),
-            max: *samples.last().unwrap(),
-            mean: total / samples.len() as u32,
-        }
-    }
-}
-
 pub fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }

@@ -25,6 +25,7 @@ use sekisho_gateway::tls::ClientTls;
 use sekisho_policy_engine::pki::{CertificateAuthority, PkiFiles, Usage};
 use sekisho_proto::v1 as pb;
 use sekisho_testkit::process_cpu_time;
+pub use sekisho_testkit::Summary;
 use tonic::transport::Channel;
 
 pub const WARMUP_SECS: f64 = 2.0;
@@ -32,36 +33,6 @@ pub const TIMEOUT: Duration = Duration::from_secs(30);
 
 // -----------------------------------------------------------------------------
 // Measurement helpers
-
-pub struct Summary {
-    pub n: usize,
-    pub p50: Duration,
-    pub p95: Duration,
-    pub p99: Duration,
-    pub p999: Duration,
-    pub max: Duration,
-    pub mean: Duration,
-}
-
-impl Summary {
-    pub fn of(samples: &mut [Duration]) -> Summary {
-        assert!(!samples.is_empty(), "no samples");
-        samples.sort_unstable();
-        let at = |q: f64| {
-            samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1]
-        };
-        let total: Duration = samples.iter().sum();
-        Summary {
-            n: samples.len(),
-            p50: at(0.50),
-            p95: at(0.95),
-            p99: at(0.99),
-            p999: at(0.999),
-            max: *samples.last().unwrap(),
-            mean: total / samples.len() as u32,
-        }
-    }
-}
 
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
@@ -263,6 +234,18 @@ pub struct RunResult {
     pub cpu: Duration,
 }
 
+impl RunResult {
+    pub fn with_capacity(n: usize) -> RunResult {
+        RunResult {
+            total: Vec::with_capacity(n),
+            begin: Vec::with_capacity(n),
+            complete: Vec::with_capacity(n),
+            elapsed: Duration::ZERO,
+            cpu: Duration::ZERO,
+        }
+    }
+}
+
 /// `in_flight` tasks, each with one logon outstanding, over `clients` round-robin.
 pub async fn concurrent(
     clients: &[Client],
@@ -299,13 +282,7 @@ pub async fn concurrent(
             out
         }));
     }
-    let mut r = RunResult {
-        total: Vec::new(),
-        begin: Vec::new(),
-        complete: Vec::new(),
-        elapsed: Duration::ZERO,
-        cpu: Duration::ZERO,
-    };
+    let mut r = RunResult::with_capacity(0);
     for t in tasks {
         let (a, b, c) = t.await.expect("load task");
         r.total.extend(a);
@@ -353,13 +330,7 @@ pub async fn open_loop(
             }
         }));
     }
-    let mut r = RunResult {
-        total: Vec::with_capacity(count),
-        begin: Vec::with_capacity(count),
-        complete: Vec::with_capacity(count),
-        elapsed: Duration::ZERO,
-        cpu: Duration::ZERO,
-    };
+    let mut r = RunResult::with_capacity(count);
     for t in tasks {
         if let Some((since_due, t)) = t.await.expect("load task") {
             r.total.push(since_due);
@@ -380,13 +351,7 @@ pub async fn sequential(
 ) -> RunResult {
     let start = Instant::now();
     let cpu0 = process_cpu_time();
-    let mut r = RunResult {
-        total: Vec::with_capacity(count),
-        begin: Vec::with_capacity(count),
-        complete: Vec::with_capacity(count),
-        elapsed: Duration::ZERO,
-        cpu: Duration::ZERO,
-    };
+    let mut r = RunResult::with_capacity(count);
     let mut failed = 0usize;
     while r.total.len() + failed < count {
         let Some((i, step)) = pool.pick() else {
