@@ -298,13 +298,13 @@ pub struct DecisionService(pub Arc<EngineState>);
 type VersionStream =
     Pin<Box<dyn Stream<Item = Result<pb::PolicyVersionInfo, Status>> + Send + 'static>>;
 
-#[tonic::async_trait]
-impl pb::policy_decision_server::PolicyDecision for DecisionService {
-    async fn plan(
-        &self,
-        request: Request<pb::PlanRequest>,
-    ) -> Result<Response<pb::PlanResponse>, Status> {
-        let r = request.into_inner();
+/// Most calls one `Decide` may carry: a gateway sends at most what its logons are
+/// waiting for, far fewer; the bound keeps one request from holding a worker long.
+pub const MAX_DECIDE_CALLS: usize = 256;
+
+/// The decisions themselves, shared by the single calls and `Decide`.
+impl DecisionService {
+    fn plan_one(&self, r: pb::PlanRequest) -> Result<pb::PlanResponse, Status> {
         let id = request_id(&r.request_id);
         let span = tracing::info_span!("plan", request_id = %id, user = %r.user, device = %r.device, action = %r.action);
         let _e = span.enter();
@@ -350,14 +350,10 @@ impl pb::policy_decision_server::PolicyDecision for DecisionService {
                 },
             });
         }
-        Ok(Response::new(response?))
+        response
     }
 
-    async fn authorize(
-        &self,
-        request: Request<pb::AuthorizeRequest>,
-    ) -> Result<Response<pb::AuthorizeResponse>, Status> {
-        let r = request.into_inner();
+    fn authorize_one(&self, r: pb::AuthorizeRequest) -> Result<pb::AuthorizeResponse, Status> {
         let id = request_id(&r.request_id);
         let span = tracing::info_span!("authorize", request_id = %id, user = %r.user, device = %r.device, action = %r.action);
         let _e = span.enter();
@@ -392,7 +388,58 @@ impl pb::policy_decision_server::PolicyDecision for DecisionService {
                 },
             });
         }
-        Ok(Response::new(response?))
+        response
+    }
+}
+
+#[tonic::async_trait]
+impl pb::policy_decision_server::PolicyDecision for DecisionService {
+    async fn plan(
+        &self,
+        request: Request<pb::PlanRequest>,
+    ) -> Result<Response<pb::PlanResponse>, Status> {
+        self.plan_one(request.into_inner()).map(Response::new)
+    }
+
+    async fn authorize(
+        &self,
+        request: Request<pb::AuthorizeRequest>,
+    ) -> Result<Response<pb::AuthorizeResponse>, Status> {
+        self.authorize_one(request.into_inner()).map(Response::new)
+    }
+
+    async fn decide(
+        &self,
+        request: Request<pb::DecideRequest>,
+    ) -> Result<Response<pb::DecideResponse>, Status> {
+        use pb::decision_answer::Answer;
+        use pb::decision_call::Call;
+        let calls = request.into_inner().calls;
+        if calls.len() > MAX_DECIDE_CALLS {
+            return Err(invalid(format!(
+                "{} calls in one Decide; at most {MAX_DECIDE_CALLS}",
+                calls.len()
+            )));
+        }
+        let answers = calls
+            .into_iter()
+            .map(|call| {
+                let answer = match call.call {
+                    Some(Call::Plan(r)) => self.plan_one(r).map(Answer::Plan),
+                    Some(Call::Authorize(r)) => self.authorize_one(r).map(Answer::Authorize),
+                    None => Err(invalid("a Decide call is neither a plan nor an authorize")),
+                };
+                pb::DecisionAnswer {
+                    answer: Some(answer.unwrap_or_else(|status| {
+                        Answer::Failure(pb::DecisionFailure {
+                            code: status.code() as i32,
+                            message: status.message().to_string(),
+                        })
+                    })),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::DecideResponse { answers }))
     }
 
     type WatchPolicyStream = VersionStream;

@@ -15,6 +15,10 @@
 
 mod common;
 
+/// The allocator of the `sekisho` binary, as in `logon_load`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -67,6 +71,30 @@ impl pb::policy_decision_server::PolicyDecision for FloorEngine {
             policy_version: POLICY_VERSION.into(),
             errors: Vec::new(),
         }))
+    }
+
+    /// The floor's gateway calls Plan and Authorize one at a time; this answers a
+    /// batch the same way, for completeness.
+    async fn decide(
+        &self,
+        request: Request<pb::DecideRequest>,
+    ) -> Result<Response<pb::DecideResponse>, Status> {
+        use pb::decision_answer::Answer;
+        use pb::decision_call::Call;
+        let mut answers = Vec::new();
+        for call in request.into_inner().calls {
+            let answer = match call.call {
+                Some(Call::Plan(r)) => Answer::Plan(self.plan(Request::new(r)).await?.into_inner()),
+                Some(Call::Authorize(r)) => {
+                    Answer::Authorize(self.authorize(Request::new(r)).await?.into_inner())
+                }
+                None => return Err(Status::invalid_argument("empty call")),
+            };
+            answers.push(pb::DecisionAnswer {
+                answer: Some(answer),
+            });
+        }
+        Ok(Response::new(pb::DecideResponse { answers }))
     }
 
     type WatchPolicyStream = Never<pb::PolicyVersionInfo>;

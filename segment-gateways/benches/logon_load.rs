@@ -28,7 +28,7 @@
 //! engine and gateway on one tokio runtime, the clients on others.
 //!
 //! Environment: `SEKISHO_BENCH_SECS` (default 10) measured seconds of the 64-in-flight
-//! run, after a 2 s warm-up; `SEKISHO_BENCH_SEQ` (default 2,000) one-at-a-time logons;
+//! run, after a 2 s warm-up; `SEKISHO_BENCH_SEQ` (default 2,000; 0 skips them) one-at-a-time logons;
 //! `SEKISHO_BENCH_USERS`; `SEKISHO_BENCH_IN_FLIGHT` (default 64);
 //! `SEKISHO_BENCH_CHANNELS` (default 16, one device each);
 //! `SEKISHO_BENCH_DECISION_SAMPLE` (default 1, the engine's default: every decision
@@ -39,6 +39,10 @@
 //! (`SEKISHO_BENCH_IN_FLIGHT=0` skips that one).
 
 mod common;
+
+/// The allocator the `sekisho` binary runs the engine and gateway with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

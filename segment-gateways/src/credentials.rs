@@ -647,6 +647,12 @@ impl CredentialStore {
         user: &str,
         directory_passwords: bool,
     ) -> Result<(Enrollment, CardsAndTotp), CredentialError> {
+        let mut conn = self
+            .db
+            .logon_reads
+            .get()
+            .await
+            .map_err(db_err("reading enrolment"))?;
         let rows = sqlx::query(
             "SELECT factor, COUNT(*), '', '', 0, NULL FROM gw_secrets
                WHERE tenant = $1 AND tier = $2 AND user_id = $3 GROUP BY factor
@@ -663,9 +669,10 @@ impl CredentialStore {
         .bind(self.tier_name())
         .bind(user)
         .bind(now_ms())
-        .fetch_all(&self.db.pool)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db_err("reading enrolment"))?;
+        conn.keep();
         let mut e = Enrollment::default();
         let mut material = CardsAndTotp::default();
         if directory_passwords {

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use sekisho_policy_engine::store::{self, Backend, Migration, MigrationSet, StoreError};
+use sekisho_policy_engine::store::{self, Backend, Held, Migration, MigrationSet, StoreError};
 use sekisho_policy_engine::Tier;
 use sqlx::{Any, AnyPool, Transaction};
 
@@ -16,9 +16,20 @@ use sqlx::{Any, AnyPool, Transaction};
 #[derive(Clone)]
 pub struct Db {
     pub(crate) pool: AnyPool,
+    /// For the read every Begin makes (a user's enrolment), without the pool's pings.
+    pub(crate) logon_reads: Arc<Held>,
     pub(crate) backend: Backend,
     pub(crate) tenant: Arc<str>,
     pub(crate) tier: Tier,
+}
+
+/// Connections held for Begin's read: two keep both cores busy on SQLite (its reads
+/// run on one worker thread per connection); PostgreSQL answers more at once.
+fn logon_read_connections(backend: Backend) -> usize {
+    match backend {
+        Backend::Sqlite => 2,
+        Backend::Postgres => 4,
+    }
 }
 
 impl std::fmt::Debug for Db {
@@ -41,6 +52,7 @@ impl Db {
         store::check_tenant(tenant)?;
         let (pool, backend) = store::connect(url, &GATEWAY).await?;
         Ok(Db {
+            logon_reads: Arc::new(Held::new(pool.clone(), logon_read_connections(backend))),
             pool,
             backend,
             tenant: Arc::from(tenant),
@@ -70,6 +82,7 @@ impl Db {
     }
 
     pub async fn close(&self) {
+        self.logon_reads.close().await;
         self.pool.close().await;
     }
 }

@@ -25,24 +25,79 @@ async fn decisions_and_publishing(backend: Backend, name: &str) {
     assert_eq!(options(&p), [["card", "password"]]);
     assert_eq!(p.policy_version, "v1");
 
-    let a = gw
-        .authorize(pb::AuthorizeRequest {
-            user: "u023".into(),
-            device: "lgwan-desk-17".into(),
-            action: "logon".into(),
-            factors: vec!["card".into(), "password".into()],
-            context: Some(pb::DecisionContext {
-                hour: Some(10),
-                ..Default::default()
-            }),
-            request_id: "req-1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let authorize = pb::AuthorizeRequest {
+        user: "u023".into(),
+        device: "lgwan-desk-17".into(),
+        action: "logon".into(),
+        factors: vec!["card".into(), "password".into()],
+        context: Some(pb::DecisionContext {
+            hour: Some(10),
+            ..Default::default()
+        }),
+        request_id: "req-1".into(),
+    };
+    let a = gw.authorize(authorize.clone()).await.unwrap().into_inner();
     assert_eq!(a.decision, pb::Decision::Allow as i32);
     assert_eq!(a.policy_ids, ["lgwan-desktop-logon"]);
     assert_eq!(a.policy_version, "v1");
+
+    // Decide: several calls answered in order, each as it would have been alone; a
+    // failing call fails only itself.
+    {
+        use pb::decision_answer::Answer;
+        use pb::decision_call::Call;
+        let call = |c: Call| pb::DecisionCall { call: Some(c) };
+        let answers = gw
+            .decide(pb::DecideRequest {
+                calls: vec![
+                    call(Call::Plan(plan_request("u023", "lgwan-desk-17", "logon"))),
+                    call(Call::Authorize(authorize.clone())),
+                    call(Call::Plan(plan_request("nobody", "lgwan-desk-17", "logon"))),
+                    pb::DecisionCall { call: None },
+                    call(Call::Plan(plan_request("u023", "lgwan-desk-17", "login"))),
+                ],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .answers;
+        let answers: Vec<Answer> = answers.into_iter().map(|a| a.answer.unwrap()).collect();
+        let failure = |a: &Answer, code: Code, text: &str| matches!(a, Answer::Failure(f) if f.code == code as i32 && f.message.contains(text));
+        assert_eq!(answers.len(), 5);
+        assert_eq!(answers[0], Answer::Plan(p.clone()));
+        assert_eq!(answers[1], Answer::Authorize(a.clone()));
+        assert!(
+            failure(&answers[2], Code::NotFound, "unknown user 'nobody'"),
+            "{:?}",
+            answers[2]
+        );
+        assert!(
+            failure(
+                &answers[3],
+                Code::InvalidArgument,
+                "neither a plan nor an authorize"
+            ),
+            "{:?}",
+            answers[3]
+        );
+        assert!(
+            failure(&answers[4], Code::InvalidArgument, "unknown action 'login'"),
+            "{:?}",
+            answers[4]
+        );
+        // Too many calls in one request: refused whole, naming the limit.
+        let too_many = vec![call(Call::Authorize(authorize.clone())); 257];
+        let e = gw
+            .decide(pb::DecideRequest { calls: too_many })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(
+            e.message().contains("257 calls in one Decide; at most 256"),
+            "{}",
+            e.message()
+        );
+    }
 
     // Unknown user, bad input: specific statuses naming what was wrong.
     let e = gw

@@ -11,6 +11,7 @@ mod demo;
 mod demo_cli;
 mod directory_sync;
 mod engine_grpc;
+mod gateway_decide;
 mod gateway_logon;
 mod import;
 mod sim_load;

@@ -17,8 +17,10 @@
 //! [`crate::entities::Directory::apply`], which callers run before persisting.
 
 pub mod directory;
+mod held;
 mod migrations;
 
+pub use held::{Held, HeldConnection};
 pub use migrations::{Migration, MigrationSet};
 
 use std::collections::HashSet;
@@ -818,7 +820,11 @@ pub async fn connect(url: &str, set: &MigrationSet) -> Result<(AnyPool, Backend)
     let target = parse_url(url)?;
     let opts = match target.backend {
         Backend::Sqlite => {
+            // A connection to a local file does not go stale between uses, so the
+            // ping before each acquire (a round trip to its worker thread) checks
+            // nothing; a failing connection still fails its own query.
             let base = AnyPoolOptions::new()
+                .test_before_acquire(false)
                 .acquire_timeout(Duration::from_secs(60))
                 .after_connect(|conn, _meta| {
                     Box::pin(async move {

@@ -562,21 +562,24 @@ pub fn drive(
     );
     println!();
 
-    // One at a time: a current-thread client with its own channel.
-    let one_rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let seq_result = one_rt.block_on(async {
-        let mut client = pb::logon_client::LogonClient::new(
-            connect(gateway_url, &device_tls(pki, &used_devices[0])).await,
-        );
-        // Warm-up: connections, the engine's plan tables, the gateway's statement cache.
-        let _ = sequential(&mut client, pool, &failures, 200).await;
-        sequential(&mut client, pool, &failures, seq).await
-    });
     header("Logon (card + TOTP), latency in ms");
-    let (_, seq_total) = report("1 at a time", seq_result, true);
+    // One at a time (`SEKISHO_BENCH_SEQ=0` skips it): a current-thread client with its
+    // own channel.
+    let seq_total = (seq > 0).then(|| {
+        let one_rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let seq_result = one_rt.block_on(async {
+            let mut client = pb::logon_client::LogonClient::new(
+                connect(gateway_url, &device_tls(pki, &used_devices[0])).await,
+            );
+            // Warm-up: connections, the engine's plan tables, the gateway's statement cache.
+            let _ = sequential(&mut client, pool, &failures, 200).await;
+            sequential(&mut client, pool, &failures, seq).await
+        });
+        report("1 at a time", seq_result, true).1
+    });
 
     let mut verdicts = Vec::new();
     let verdict = |name: String, rate: f64, total: &Summary| {
@@ -633,9 +636,11 @@ pub fn drive(
     for v in verdicts {
         println!("{v}");
     }
-    println!(
-        "1 at a time: p50 {:.2} ms, p99 {:.2} ms",
-        ms(seq_total.p50),
-        ms(seq_total.p99)
-    );
+    if let Some(seq_total) = seq_total {
+        println!(
+            "1 at a time: p50 {:.2} ms, p99 {:.2} ms",
+            ms(seq_total.p50),
+            ms(seq_total.p99)
+        );
+    }
 }
