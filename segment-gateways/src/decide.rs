@@ -9,10 +9,10 @@
 //! Calls go out in `PolicyDecision.Decide` batches. A decision on its own costs the
 //! engine a few tens of µs, but a gRPC call around it over mutual TLS costs more
 //! than that on each side (HTTP/2 frames, a stream and a task per call, TLS
-//! records, wake-ups): under load that was a third of a logon's CPU. A call made
-//! while no batch is waiting goes out at once, alone, so an idle gateway adds no
-//! delay; calls made while [`BATCHES_IN_FLIGHT`] batches are out wait for the
-//! next one and go together.
+//! records, wake-ups); under load the two engine calls were a large share of a
+//! logon's CPU (BENCHMARKS.md, "Fewer hand-offs"). A call made while fewer than
+//! [`BATCHES_IN_FLIGHT`] batches are out goes at once, alone, so an idle gateway
+//! adds no delay; calls made while they are all out go together in the next one.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,8 +25,8 @@ use sekisho_proto::v1::policy_decision_client::PolicyDecisionClient;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::transport::Channel;
 
-/// Batches out to the engine at once. Two keep an engine on two cores busy while
-/// the next batch fills; more only make the batches smaller.
+/// Batches out to the engine at once: the engine works on one while the next is on
+/// the wire or filling; more would only make the batches smaller.
 pub const BATCHES_IN_FLIGHT: usize = 2;
 
 /// Calls in one batch; the engine accepts up to its `MAX_DECIDE_CALLS` (256).
