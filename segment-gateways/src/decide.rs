@@ -29,8 +29,9 @@ use tonic::transport::Channel;
 /// the wire or filling; more would only make the batches smaller.
 pub const BATCHES_IN_FLIGHT: usize = 2;
 
-/// Calls in one batch; the engine accepts up to its `MAX_DECIDE_CALLS` (256).
+/// Calls in one batch.
 pub const MAX_BATCH: usize = 64;
+const _: () = assert!(MAX_BATCH <= sekisho_policy_engine::grpc::MAX_DECIDE_CALLS);
 
 /// Calls waiting for a batch before callers wait to add theirs.
 const QUEUE: usize = 1024;

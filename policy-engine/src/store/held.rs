@@ -42,6 +42,8 @@ impl std::fmt::Debug for Held {
 
 impl Held {
     /// At most `size` connections (at least one), taken from `pool` as first needed.
+    /// Taken out, they no longer count against the pool's `max_connections`: the
+    /// database sees up to that many plus `size`.
     pub fn new(pool: AnyPool, size: usize) -> Held {
         let pass_through = pool.options().get_max_connections() <= 1;
         Held {
