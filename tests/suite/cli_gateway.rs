@@ -93,7 +93,7 @@ async fn enroll_and_log_on_with_the_agent_command() {
     );
     assert_eq!(code, 0, "{err}");
     let session = out.trim().to_string();
-    assert_eq!(session.len(), 32, "one line with the session id: {out}");
+    assert_eq!(session.len(), 44, "one line with the session id: {out}");
 
     // The same code again is refused: exit 1, the reason on stderr.
     let (code, _, err) = agent(

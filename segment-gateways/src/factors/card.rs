@@ -6,9 +6,12 @@
 //! signature check itself all go through `rustls-webpki`, so this module only decides
 //! which trust anchors to try and how to name the outcome.
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
+use ring::digest::{digest, SHA256};
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, RsaKeyPair};
 use rustls_pki_types::pem::PemObject;
@@ -69,6 +72,10 @@ pub enum CardTrustError {
     NoTrustAnchors,
 }
 
+/// Chains remembered before the memory is emptied and starts again: one per card
+/// in use, so this holds every card of a large city at a few hundred bytes each.
+const MAX_REMEMBERED_CHAINS: usize = 200_000;
+
 /// The CAs and CRLs a tier trusts for cards.
 #[derive(Debug)]
 pub struct CardTrust {
@@ -76,6 +83,21 @@ pub struct CardTrust {
     mynumber_anchors: Vec<TrustAnchor<'static>>,
     intermediates: Vec<CertificateDer<'static>>,
     crls: Vec<CertRevocationList<'static>>,
+    /// Card certificates whose chain has been validated, by the SHA-256 of their DER.
+    /// Path building costs a CA signature check (about 100 µs for P-256 here, half of
+    /// a card logon's verification), and its outcome for a given certificate changes
+    /// only with the time (validity periods, kept here) or the CRLs (fixed for the
+    /// life of this value). Failures are not remembered: they take the full path and
+    /// get its exact reason.
+    chains: Mutex<HashMap<[u8; 32], ValidChain>>,
+}
+
+/// A validated chain, and the span in which every certificate on it is valid.
+#[derive(Debug, Clone, Copy)]
+struct ValidChain {
+    kind: CardKind,
+    not_before: UnixTime,
+    not_after: UnixTime,
 }
 
 impl CardTrust {
@@ -142,7 +164,24 @@ impl CardTrust {
             mynumber_anchors,
             intermediates,
             crls,
+            chains: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The remembered chain of `der`, if it is valid at `now`.
+    fn remembered(&self, key: &[u8; 32], now: UnixTime) -> Option<CardKind> {
+        let chains = self.chains.lock().unwrap_or_else(PoisonError::into_inner);
+        let chain = chains.get(key)?;
+        // webpki's own test: valid from not_before through not_after, inclusive.
+        (chain.not_before <= now && now <= chain.not_after).then_some(chain.kind)
+    }
+
+    fn remember(&self, key: [u8; 32], chain: ValidChain) {
+        let mut chains = self.chains.lock().unwrap_or_else(PoisonError::into_inner);
+        if chains.len() >= MAX_REMEMBERED_CHAINS {
+            chains.clear();
+        }
+        chains.insert(key, chain);
     }
 }
 
@@ -257,6 +296,11 @@ fn verify_chain(
     cert: &EndEntityCert<'_>,
     now: UnixTime,
 ) -> Result<CardKind, Failure> {
+    let mut key = [0u8; 32];
+    key.copy_from_slice(digest(&SHA256, cert.der().as_ref()).as_ref());
+    if let Some(kind) = trust.remembered(&key, now) {
+        return Ok(kind);
+    }
     let crls: Vec<&CertRevocationList<'_>> = trust.crls.iter().collect();
     // Only the card certificate is checked, and a CRL from some other CA (the
     // card CA's CRL when the card is a My Number card) must not fail everything.
@@ -284,7 +328,19 @@ fn verify_chain(
             revocation,
             None,
         ) {
-            Ok(_) => return Ok(kind),
+            Ok(path) => {
+                if let Some((not_before, not_after)) = path_validity(&path) {
+                    trust.remember(
+                        key,
+                        ValidChain {
+                            kind,
+                            not_before,
+                            not_after,
+                        },
+                    );
+                }
+                return Ok(kind);
+            }
             Err(e) => {
                 let mapped = map_chain_error(&e);
                 if mapped != Failure::UntrustedCertificate {
@@ -294,6 +350,33 @@ fn verify_chain(
         }
     }
     Err(failure)
+}
+
+/// The span in which the card certificate and every intermediate on its path are all
+/// valid, which is what webpki checked of them (trust anchors carry no validity).
+/// `None` when a certificate's dates cannot be read, and the chain is then simply
+/// not remembered.
+fn path_validity(path: &webpki::VerifiedPath<'_>) -> Option<(UnixTime, UnixTime)> {
+    let certs = std::iter::once(path.end_entity().der())
+        .chain(path.intermediate_certificates().map(|c| c.der()));
+    let mut span: Option<(UnixTime, UnixTime)> = None;
+    for der in certs {
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+        let validity = cert.validity();
+        let from = unix_time(validity.not_before.timestamp())?;
+        let until = unix_time(validity.not_after.timestamp())?;
+        span = Some(match span {
+            None => (from, until),
+            Some((f, u)) => (f.max(from), u.min(until)),
+        });
+    }
+    span
+}
+
+fn unix_time(secs: i64) -> Option<UnixTime> {
+    u64::try_from(secs)
+        .ok()
+        .map(|s| UnixTime::since_unix_epoch(std::time::Duration::from_secs(s)))
 }
 
 fn map_chain_error(error: &webpki::Error) -> Failure {
@@ -372,23 +455,47 @@ pub mod testing {
         ca: CertifiedIssuer<'static, KeyPair>,
     }
 
+    fn ca_params(
+        common_name: &str,
+        not_before: (i32, u8, u8),
+        not_after: (i32, u8, u8),
+    ) -> CertificateParams {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.not_before = date_time_ymd(not_before.0, not_before.1, not_before.2);
+        params.not_after = date_time_ymd(not_after.0, not_after.1, not_after.2);
+        params
+    }
+
     impl TestCa {
+        /// A root CA valid 2020-01-01 to 2040-01-01.
         pub fn new(common_name: &str) -> TestCa {
-            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-            params
-                .distinguished_name
-                .push(DnType::CommonName, common_name);
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.key_usages = vec![
-                KeyUsagePurpose::KeyCertSign,
-                KeyUsagePurpose::CrlSign,
-                KeyUsagePurpose::DigitalSignature,
-            ];
-            params.not_before = date_time_ymd(2020, 1, 1);
-            params.not_after = date_time_ymd(2040, 1, 1);
+            let params = ca_params(common_name, (2020, 1, 1), (2040, 1, 1));
             let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
             TestCa {
                 ca: CertifiedIssuer::self_signed(params, key).unwrap(),
+            }
+        }
+
+        /// An intermediate CA under this one, valid as given.
+        pub fn intermediate(
+            &self,
+            common_name: &str,
+            not_before: (i32, u8, u8),
+            not_after: (i32, u8, u8),
+        ) -> TestCa {
+            let params = ca_params(common_name, not_before, not_after);
+            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            TestCa {
+                ca: CertifiedIssuer::signed_by(params, key, &self.ca).unwrap(),
             }
         }
 
@@ -533,6 +640,69 @@ mod tests {
             verify(&p.trust, &enrolled, &cert, NONCE, b"", now()),
             Err(Failure::BadSignature)
         );
+    }
+
+    fn at(y: i32, m: u8, d: u8) -> UnixTime {
+        let secs = rcgen::date_time_ymd(y, m, d).unix_timestamp();
+        UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs as u64))
+    }
+
+    /// A remembered chain saves the path building, never the checks that depend on
+    /// the moment or the request: the dates are checked again on every use, and so is
+    /// the nonce signature.
+    #[test]
+    fn a_remembered_chain_still_expires() {
+        let p = pki(&[]);
+        let ec = ecdsa_key();
+        let pem = ec.serialize_pem();
+        let cert = p.card_ca.issue_valid(&ec, 7, (2024, 1, 1), (2026, 1, 1));
+        let certs = std::slice::from_ref(&cert);
+        let sig = sign_nonce(&pem, NONCE).unwrap();
+        let verify_at = |time| verify(&p.trust, certs, &cert, NONCE, &sig, time);
+        assert_eq!(verify_at(now()), Ok(CardKind::Card));
+        assert_eq!(p.trust.chains.lock().unwrap().len(), 1);
+        assert_eq!(verify_at(now()), Ok(CardKind::Card));
+        assert_eq!(verify_at(at(2025, 12, 31)), Ok(CardKind::Card));
+        assert_eq!(verify_at(at(2026, 1, 2)), Err(Failure::CertificateExpired));
+        assert_eq!(
+            verify_at(at(2023, 12, 31)),
+            Err(Failure::CertificateExpired)
+        );
+        let other = sign_nonce(&pem, b"another nonce").unwrap();
+        assert_eq!(
+            verify(&p.trust, certs, &cert, NONCE, &other, now()),
+            Err(Failure::BadSignature)
+        );
+        // A failure is not remembered: the same certificate stays refused.
+        let expired = p.card_ca.issue_valid(&ec, 8, (2020, 1, 1), (2021, 1, 1));
+        for _ in 0..2 {
+            assert_eq!(
+                check(&p.trust, &expired, &pem),
+                Err(Failure::CertificateExpired)
+            );
+        }
+        assert_eq!(p.trust.chains.lock().unwrap().len(), 1);
+    }
+
+    /// The remembered span is that of the whole path: an intermediate that expires
+    /// before the card ends the card's use with it.
+    #[test]
+    fn a_remembered_chain_ends_with_its_intermediate() {
+        let root = TestCa::new("Sekisho Test Root");
+        let issuing = root.intermediate("Sekisho Test Issuing CA", (2024, 6, 1), (2025, 9, 1));
+        let trust =
+            CardTrust::new(vec![root.cert()], vec![], vec![issuing.cert()], vec![]).unwrap();
+        let ec = ecdsa_key();
+        let pem = ec.serialize_pem();
+        let cert = issuing.issue(&ec, 9);
+        let certs = std::slice::from_ref(&cert);
+        let sig = sign_nonce(&pem, NONCE).unwrap();
+        let verify_at = |time| verify(&trust, certs, &cert, NONCE, &sig, time);
+        assert_eq!(verify_at(now()), Ok(CardKind::Card));
+        assert_eq!(verify_at(at(2025, 8, 31)), Ok(CardKind::Card));
+        assert_eq!(verify_at(at(2025, 9, 2)), Err(Failure::CertificateExpired));
+        assert_eq!(verify_at(at(2024, 5, 31)), Err(Failure::CertificateExpired));
+        assert_eq!(verify_at(now()), Ok(CardKind::Card));
     }
 
     #[test]

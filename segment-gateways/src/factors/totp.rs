@@ -133,7 +133,16 @@ impl TotpParams {
 /// to `params.digits()`.
 pub fn code_at(secret: &[u8], params: &TotpParams, step: u64) -> String {
     let key = hmac::Key::new(params.algorithm.hmac(), secret);
-    let tag = hmac::sign(&key, &step.to_be_bytes());
+    format!(
+        "{:0width$}",
+        hotp(&key, params, step),
+        width = params.digits as usize
+    )
+}
+
+/// HOTP's value for `step`, as a number below 10^digits.
+fn hotp(key: &hmac::Key, params: &TotpParams, step: u64) -> u32 {
+    let tag = hmac::sign(key, &step.to_be_bytes());
     let mac = tag.as_ref();
     // The last nibble picks 4 bytes; the MAC is at least 20 bytes, so offset+3 < len.
     let offset = usize::from(mac[mac.len() - 1] & 0x0f);
@@ -143,20 +152,17 @@ pub fn code_at(secret: &[u8], params: &TotpParams, step: u64) -> String {
         mac[offset + 2],
         mac[offset + 3],
     ]);
-    let modulus = 10u32.pow(params.digits);
-    format!(
-        "{:0width$}",
-        binary % modulus,
-        width = params.digits as usize
-    )
+    binary % 10u32.pow(params.digits)
 }
 
 /// Checks `code` against the time step of `now_unix` and returns the step it matched,
 /// which the caller stores as the new `last_accepted_step` so the code cannot be used
 /// twice.
 ///
-/// Every step in the skew window is computed and compared in constant time before any
-/// decision, so the time taken does not depend on which step (if any) matched.
+/// The accepted window is computed and compared in constant time first, and a fresh
+/// code in it is accepted at once. Anything else computes and compares every step
+/// of the skew window before it names the failure, so a refusal takes the same time
+/// whatever its reason (the caller learns acceptance from the answer anyway).
 pub fn verify(
     secret: &[u8],
     params: &TotpParams,
@@ -167,27 +173,33 @@ pub fn verify(
     if code.len() != params.digits as usize || !code.bytes().all(|b| b.is_ascii_digit()) {
         return Err(Failure::Malformed);
     }
+    // At most 8 digits, all ASCII digits: the number fits in a u32.
+    let given = code
+        .bytes()
+        .fold(0u32, |n, b| n * 10 + u32::from(b - b'0'))
+        .to_be_bytes();
+    let key = hmac::Key::new(params.algorithm.hmac(), secret);
     let now_step = now_unix / params.period_secs;
-
-    let matches: Vec<(i64, u64)> = (-SKEW_WINDOW..=SKEW_WINDOW)
-        .filter_map(|offset| now_step.checked_add_signed(offset).map(|s| (offset, s)))
-        .filter_map(|(offset, step)| {
-            let expected = code_at(secret, params, step);
-            crypto::ct_eq(expected.as_bytes(), code.as_bytes()).then_some((offset, step))
-        })
-        .collect();
-
+    let matching = |window: i64| -> Vec<(i64, u64)> {
+        (-window..=window)
+            .filter_map(|offset| now_step.checked_add_signed(offset).map(|s| (offset, s)))
+            .filter_map(|(offset, step)| {
+                let expected = hotp(&key, params, step).to_be_bytes();
+                crypto::ct_eq(&expected, &given).then_some((offset, step))
+            })
+            .collect()
+    };
     let replayed = |step: u64| last_accepted_step.is_some_and(|last| step <= last);
-    let in_window = |offset: i64| offset.abs() <= ACCEPT_WINDOW;
 
     // Prefer the step nearest to now among fresh matches in the accepted window.
-    if let Some(&(_, step)) = matches
+    if let Some(&(_, step)) = matching(ACCEPT_WINDOW)
         .iter()
-        .filter(|&&(offset, step)| in_window(offset) && !replayed(step))
+        .filter(|&&(_, step)| !replayed(step))
         .min_by_key(|&&(offset, _)| offset.abs())
     {
         return Ok(step);
     }
+    let matches = matching(SKEW_WINDOW);
     if matches.iter().any(|&(_, step)| replayed(step)) {
         return Err(Failure::Replayed);
     }
