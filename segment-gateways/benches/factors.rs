@@ -421,7 +421,7 @@ fn summary() {
         (
             "totp",
             "verify_accept",
-            "TOTP verify, accepted (21 steps computed)",
+            "TOTP verify, accepted (3 steps computed)",
         ),
         (
             "totp",
