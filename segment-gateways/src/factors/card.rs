@@ -84,8 +84,8 @@ pub struct CardTrust {
     intermediates: Vec<CertificateDer<'static>>,
     crls: Vec<CertRevocationList<'static>>,
     /// Card certificates whose chain has been validated, by the SHA-256 of their DER.
-    /// Path building costs a CA signature check (about 100 µs for P-256 here, half of
-    /// a card logon's verification), and its outcome for a given certificate changes
+    /// Path building costs a CA signature check (60–100 µs for P-256 on the machines
+    /// in BENCHMARKS.md, half of a card logon's verification), and its outcome for a given certificate changes
     /// only with the time (validity periods, kept here) or the CRLs (fixed for the
     /// life of this value). Failures are not remembered: they take the full path and
     /// get its exact reason.
@@ -168,7 +168,8 @@ impl CardTrust {
         })
     }
 
-    /// The remembered chain of `der`, if it is valid at `now`.
+    /// The kind of the remembered chain under `key`, if every certificate on it is
+    /// valid at `now`.
     fn remembered(&self, key: &[u8; 32], now: UnixTime) -> Option<CardKind> {
         let chains = self.chains.lock().unwrap_or_else(PoisonError::into_inner);
         let chain = chains.get(key)?;
