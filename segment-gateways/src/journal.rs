@@ -50,9 +50,8 @@ use sekisho_policy_engine::audit::event::EventBody;
 use sekisho_policy_engine::audit::{
     format_ts, parse_ts, AuditEvent, BrokenLink, ChainState, GENESIS_HASH,
 };
-use sekisho_policy_engine::store::{self, Backend, StoreError};
-use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyPool, Connection, Row};
+use sekisho_policy_engine::store::{self, Backend, Held, StoreError};
+use sqlx::{AnyPool, Connection, Row};
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
 use tokio::task::JoinHandle;
 
@@ -220,7 +219,7 @@ impl Journal {
             insert_sql: (0..=ROWS_PER_INSERT.ilog2())
                 .map(|k| insert_sql(db.backend, 1 << k))
                 .collect(),
-            conn: None,
+            conn: Held::new(db.pool.clone(), 1),
             pool: db.pool.clone(),
             backend: db.backend,
             id: id.clone(),
@@ -418,10 +417,13 @@ struct Writer {
     counters: Arc<Counters>,
     /// INSERTs of 1, 2, 4, … [`ROWS_PER_INSERT`] rows.
     insert_sql: Vec<String>,
-    /// Held while batches follow each other, which saves a pool check-out (and its
-    /// liveness ping) per commit; given back whenever the writer goes idle, so
-    /// closing the pool never waits on an idle journal.
-    conn: Option<PoolConnection<Any>>,
+    /// The writer's own connection, kept between batches. Taken from the pool for
+    /// each batch, connections took turns, and on SQLite every turn started with an
+    /// empty page cache (a WAL reader drops its cache whenever another connection
+    /// has committed), so each batch read its B-tree pages again. Kept out of the
+    /// pool, so closing the pool never waits on it; closed when the writer stops, and
+    /// replaced after a failed batch (the connection may be what failed).
+    conn: Held,
 }
 
 impl Writer {
@@ -429,15 +431,8 @@ impl Writer {
         let mut batch: Vec<(Unit, Reply)> = Vec::new();
         let mut flushes = Vec::new();
         loop {
-            let first = match rx.try_recv() {
-                Ok(msg) => msg,
-                Err(_) => {
-                    self.conn = None;
-                    match rx.recv().await {
-                        Some(msg) => msg,
-                        None => break,
-                    }
-                }
+            let Some(first) = rx.recv().await else {
+                break;
             };
             let mut next = Some(first);
             while let Some(msg) = next {
@@ -460,6 +455,7 @@ impl Writer {
                 let _ = f.send(());
             }
         }
+        self.conn.close().await;
         tracing::debug!(journal = %self.id, "audit journal writer stopped");
     }
 
@@ -489,8 +485,6 @@ impl Writer {
                 }
             }
             Err(e) => {
-                // The connection may be what failed.
-                self.conn = None;
                 tracing::error!(journal = %self.id, answers = replies.len(), error = %e, "audit journal commit failed; the events of this batch were refused");
                 self.fail(replies, &e.to_string());
                 // The head is whatever the database holds now: unchanged, or the
@@ -525,15 +519,12 @@ impl Writer {
         head: &Head,
         units: Vec<Unit>,
     ) -> Result<(Vec<Committed>, Head), StoreError> {
-        let conn = match &mut self.conn {
-            Some(c) => c,
-            None => self.conn.insert(
-                self.pool
-                    .acquire()
-                    .await
-                    .map_err(db_err("connecting for an audit journal write"))?,
-            ),
-        };
+        // Dropped on an error below, the connection is closed, not kept.
+        let mut conn = self
+            .conn
+            .get()
+            .await
+            .map_err(db_err("connecting for an audit journal write"))?;
         let mut tx = conn
             .begin_with(self.backend.begin_write())
             .await
@@ -600,6 +591,7 @@ impl Writer {
         tx.commit()
             .await
             .map_err(db_err("committing the audit journal"))?;
+        conn.keep();
         Ok((done, Head { seq, hash: prev }))
     }
 }
