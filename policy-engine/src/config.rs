@@ -54,7 +54,9 @@ pub struct AuditConfig {
     /// when the log's volume matters more than a complete answer to "why".
     pub decision_sample: f64,
     /// Decisions waiting for the background writer at most; beyond it they are
-    /// dropped (and counted) rather than slowing decisions down.
+    /// dropped (and counted) rather than slowing decisions down. The writer takes
+    /// them every 20 ms while decisions keep coming, so this must hold 20 ms of
+    /// them: the default, 10,000, does up to 500,000 decisions a second.
     pub decision_queue: usize,
 }
 

@@ -595,7 +595,29 @@ fn main() {
             .collect(),
     ));
     println!("engine, gateway and load generator share this process and the machine's cores");
+    let (journal0, decide0) = (
+        gateway.gateway.journal.stats(),
+        gateway.gateway.decider.stats(),
+    );
     drive(&client_rt, &gw_url, &pki, &devices, &pool, &settings);
+    let (journal1, decide1) = (
+        gateway.gateway.journal.stats(),
+        gateway.gateway.decider.stats(),
+    );
+    let per = |n: u64, d: u64| n as f64 / d.max(1) as f64;
+    println!(
+        "journal: {} commits, {:.1} events each; engine: {} Decide batches, {:.1} calls each",
+        journal1.batches - journal0.batches,
+        per(
+            journal1.events - journal0.events,
+            journal1.batches - journal0.batches
+        ),
+        decide1.batches - decide0.batches,
+        per(
+            decide1.calls - decide0.calls,
+            decide1.batches - decide0.batches
+        ),
+    );
 
     if do_parts {
         let gw = gateway.gateway.clone();

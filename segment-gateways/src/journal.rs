@@ -45,6 +45,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use sekisho_policy_engine::audit::event::EventBody;
 use sekisho_policy_engine::audit::{
@@ -66,6 +67,17 @@ pub const MAX_BATCH: usize = 2048;
 pub const ROWS_PER_INSERT: usize = 256;
 /// Appends waiting for the writer before `append` itself waits (back-pressure).
 const QUEUE: usize = 8192;
+
+/// How long the checkpointer lets commits gather before copying them from the WAL
+/// into the database file: a page changed by many commits in that time is copied
+/// once.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// WAL pages at which the writer's own commit checkpoints after all, should the
+/// checkpointer fall behind (SQLite's default is 1,000, about 4 MiB): a backstop
+/// against a WAL that only grows.
+const WRITER_AUTOCHECKPOINT_PAGES: u32 = 10_000;
+
 /// Rows per query when a journal is read through.
 const PAGE: usize = 1000;
 
@@ -167,6 +179,8 @@ pub struct Journal {
     tx: mpsc::Sender<Msg>,
     id: Arc<JournalId>,
     committed: watch::Receiver<u64>,
+    /// Checkpoints the [`checkpointer`] has made (SQLite; stays 0 elsewhere).
+    checkpointed: watch::Receiver<u64>,
     counters: Arc<Counters>,
     task: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
@@ -220,6 +234,7 @@ impl Journal {
                 .map(|k| insert_sql(db.backend, 1 << k))
                 .collect(),
             conn: Held::new(db.pool.clone(), 1),
+            conn_configured: db.backend != Backend::Sqlite,
             pool: db.pool.clone(),
             backend: db.backend,
             id: id.clone(),
@@ -227,12 +242,22 @@ impl Journal {
             committed: committed_tx,
             counters: counters.clone(),
         };
+        let (checkpoints, checkpointed) = watch::channel(0);
+        if db.backend == Backend::Sqlite {
+            tokio::spawn(checkpointer(
+                db.pool.clone(),
+                committed.clone(),
+                checkpoints,
+                id.clone(),
+            ));
+        }
         let (tx, rx) = mpsc::channel(QUEUE);
         let task = tokio::spawn(writer.run(rx));
         Ok(Journal {
             tx,
             id: Arc::new(id),
             committed,
+            checkpointed,
             counters,
             task: Arc::new(Mutex::new(Some(task))),
         })
@@ -302,6 +327,11 @@ impl Journal {
     /// The last committed seq, updated after every commit: what the forwarder waits on.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.committed.clone()
+    }
+
+    /// How many WAL checkpoints have been made beside the writer (SQLite).
+    pub fn checkpoints(&self) -> watch::Receiver<u64> {
+        self.checkpointed.clone()
     }
 
     pub fn stats(&self) -> JournalStats {
@@ -424,6 +454,54 @@ struct Writer {
     /// pool, so closing the pool never waits on it; closed when the writer stops, and
     /// replaced after a failed batch (the connection may be what failed).
     conn: Held,
+    /// Whether `conn` has been told to leave checkpoints to the [`checkpointer`]
+    /// (SQLite only); a replaced connection is told again.
+    conn_configured: bool,
+}
+
+/// Copies committed pages from SQLite's WAL into the database file, beside the
+/// writer rather than inside one of its commits. SQLite checkpoints in the commit
+/// that takes the WAL past 1,000 pages: under load a few commits a second also
+/// copied up to 4 MiB and synced the database file, and every logon in that batch
+/// and queued behind it waited; now and then that took over 300 ms (BENCHMARKS.md,
+/// "Checkpoints beside the journal writer"). A PASSIVE checkpoint waits for no
+/// reader or writer. Runs after commits, at most every [`CHECKPOINT_EVERY`], and
+/// ends with the writer.
+async fn checkpointer(
+    pool: AnyPool,
+    mut committed: watch::Receiver<u64>,
+    done: watch::Sender<u64>,
+    id: JournalId,
+) {
+    let mut failing = false;
+    // Ends when the writer (the sender) is gone.
+    while committed.changed().await.is_ok() {
+        tokio::time::sleep(CHECKPOINT_EVERY).await;
+        if pool.is_closed() {
+            break;
+        }
+        match checkpoint(&pool).await {
+            Ok(()) => {
+                done.send_modify(|n| *n += 1);
+                if std::mem::take(&mut failing) {
+                    tracing::info!(journal = %id, "WAL checkpoints succeed again");
+                }
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(journal = %id, error = %e, "WAL checkpoint failed; the writer checkpoints itself once the WAL reaches {WRITER_AUTOCHECKPOINT_PAGES} pages (logged again when this changes)");
+                }
+            }
+        }
+    }
+}
+
+/// One PASSIVE checkpoint: as much of the WAL as no reader still needs.
+async fn checkpoint(pool: &AnyPool) -> Result<(), sqlx::Error> {
+    sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+        .execute(pool)
+        .await
+        .map(drop)
 }
 
 impl Writer {
@@ -487,6 +565,9 @@ impl Writer {
             Err(e) => {
                 tracing::error!(journal = %self.id, answers = replies.len(), error = %e, "audit journal commit failed; the events of this batch were refused");
                 self.fail(replies, &e.to_string());
+                // The connection was closed with the failed batch; its successor
+                // needs telling again.
+                self.conn_configured = self.backend != Backend::Sqlite;
                 // The head is whatever the database holds now: unchanged, or the
                 // batch after all if only the report of its commit failed.
                 match load_head(&self.pool, &self.id).await {
@@ -525,6 +606,15 @@ impl Writer {
             .get()
             .await
             .map_err(db_err("connecting for an audit journal write"))?;
+        if !self.conn_configured {
+            sqlx::query(&format!(
+                "PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}"
+            ))
+            .execute(&mut *conn)
+            .await
+            .map_err(db_err("configuring the audit journal's connection"))?;
+            self.conn_configured = true;
+        }
         let mut tx = conn
             .begin_with(self.backend.begin_write())
             .await
@@ -1035,6 +1125,32 @@ mod tests {
             );
             db.close().await;
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_is_checkpointed_beside_the_writer() {
+        let t = targets("journal-checkpoint").remove(0);
+        let file = t.url.trim_start_matches("sqlite://").to_string();
+        let db = t.db().await;
+        let journal = Journal::start(db.clone(), GW.into()).await.unwrap();
+        let size = || std::fs::metadata(&file).expect("database file").len();
+        let initial = size();
+        append_concurrently(&journal, 50, 20).await;
+        journal.flush().await.unwrap();
+        let mut checkpoints = journal.checkpoints();
+        tokio::time::timeout(Duration::from_secs(30), checkpoints.wait_for(|n| *n >= 1))
+            .await
+            .expect("a checkpoint within 30 s of the commits")
+            .expect("the checkpointer is running");
+        assert!(
+            size() > initial,
+            "committed pages reached the database file ({} bytes, {initial} before)",
+            size()
+        );
+        let v = verify(&db, GW).await.unwrap();
+        assert_eq!((v.checked, v.broken), (1000, None));
+        journal.close().await;
+        db.close().await;
     }
 
     #[tokio::test]
