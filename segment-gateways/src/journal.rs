@@ -462,11 +462,10 @@ struct Writer {
 /// Copies committed pages from SQLite's WAL into the database file, beside the
 /// writer rather than inside one of its commits. SQLite checkpoints in the commit
 /// that takes the WAL past 1,000 pages: under load a few commits a second also
-/// copied up to 4 MiB and synced the database file, and every logon in that batch
-/// and queued behind it waited; now and then that took over 300 ms (BENCHMARKS.md,
-/// "Checkpoints beside the journal writer"). A PASSIVE checkpoint waits for no
-/// reader or writer. Runs after commits, at most every [`CHECKPOINT_EVERY`], and
-/// ends with the writer.
+/// copied up to 4 MiB and synced the database file while every logon in that batch,
+/// and those queued behind it, waited (BENCHMARKS.md, "Where a logon's CPU goes
+/// now"). A PASSIVE checkpoint waits for no reader or writer. Runs after commits,
+/// at most every [`CHECKPOINT_EVERY`], and ends with the writer.
 async fn checkpointer(
     pool: AnyPool,
     mut committed: watch::Receiver<u64>,

@@ -289,7 +289,7 @@ async fn write_loop(
                 // Under a steady stream each wake-up finds a handful of decisions;
                 // gathering for a moment makes one transaction of what would have
                 // been dozens. The writer sleeps through the gathering rather than
-                // waking for each arrival (those wake-ups were about a seventh of
+                // waking for each arrival (those wake-ups were about a sixth of
                 // the log's CPU, `--bench decision_log`); the queue holds what
                 // comes meanwhile.
                 tokio::time::sleep(GATHER).await;
