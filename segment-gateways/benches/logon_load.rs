@@ -595,28 +595,19 @@ fn main() {
             .collect(),
     ));
     println!("engine, gateway and load generator share this process and the machine's cores");
-    let (journal0, decide0) = (
-        gateway.gateway.journal.stats(),
-        gateway.gateway.decider.stats(),
-    );
+    let (journal, decider) = (&gateway.gateway.journal, &gateway.gateway.decider);
+    let (journal0, decide0) = (journal.stats(), decider.stats());
     drive(&client_rt, &gw_url, &pki, &devices, &pool, &settings);
-    let (journal1, decide1) = (
-        gateway.gateway.journal.stats(),
-        gateway.gateway.decider.stats(),
-    );
-    let per = |n: u64, d: u64| n as f64 / d.max(1) as f64;
-    println!(
-        "journal: {} commits, {:.1} events each; engine: {} Decide batches, {:.1} calls each",
+    let (journal1, decide1) = (journal.stats(), decider.stats());
+    let (commits, batches) = (
         journal1.batches - journal0.batches,
-        per(
-            journal1.events - journal0.events,
-            journal1.batches - journal0.batches
-        ),
         decide1.batches - decide0.batches,
-        per(
-            decide1.calls - decide0.calls,
-            decide1.batches - decide0.batches
-        ),
+    );
+    let per = |n: u64, of: u64| n as f64 / of.max(1) as f64;
+    println!(
+        "journal: {commits} commits, {:.1} events each; engine: {batches} Decide batches, {:.1} calls each",
+        per(journal1.events - journal0.events, commits),
+        per(decide1.calls - decide0.calls, batches),
     );
 
     if do_parts {

@@ -234,7 +234,7 @@ impl Journal {
                 .map(|k| insert_sql(db.backend, 1 << k))
                 .collect(),
             conn: Held::new(db.pool.clone(), 1),
-            conn_configured: db.backend != Backend::Sqlite,
+            conn_configured: false,
             pool: db.pool.clone(),
             backend: db.backend,
             id: id.clone(),
@@ -455,7 +455,7 @@ struct Writer {
     /// replaced after a failed batch (the connection may be what failed).
     conn: Held,
     /// Whether `conn` has been told to leave checkpoints to the [`checkpointer`]
-    /// (SQLite only); a replaced connection is told again.
+    /// (SQLite); a replaced connection is told again.
     conn_configured: bool,
 }
 
@@ -479,8 +479,12 @@ async fn checkpointer(
         if pool.is_closed() {
             break;
         }
-        match checkpoint(&pool).await {
-            Ok(()) => {
+        // PASSIVE: as much of the WAL as no reader still needs.
+        match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            Ok(_) => {
                 done.send_modify(|n| *n += 1);
                 if std::mem::take(&mut failing) {
                     tracing::info!(journal = %id, "WAL checkpoints succeed again");
@@ -493,14 +497,6 @@ async fn checkpointer(
             }
         }
     }
-}
-
-/// One PASSIVE checkpoint: as much of the WAL as no reader still needs.
-async fn checkpoint(pool: &AnyPool) -> Result<(), sqlx::Error> {
-    sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-        .execute(pool)
-        .await
-        .map(drop)
 }
 
 impl Writer {
@@ -566,7 +562,7 @@ impl Writer {
                 self.fail(replies, &e.to_string());
                 // The connection was closed with the failed batch; its successor
                 // needs telling again.
-                self.conn_configured = self.backend != Backend::Sqlite;
+                self.conn_configured = false;
                 // The head is whatever the database holds now: unchanged, or the
                 // batch after all if only the report of its commit failed.
                 match load_head(&self.pool, &self.id).await {
@@ -605,7 +601,7 @@ impl Writer {
             .get()
             .await
             .map_err(db_err("connecting for an audit journal write"))?;
-        if !self.conn_configured {
+        if self.backend == Backend::Sqlite && !self.conn_configured {
             sqlx::query(&format!(
                 "PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}"
             ))
