@@ -25,7 +25,7 @@ async fn open(
     tls::endpoint(url, tls, server_name, CONNECT_TIMEOUT)
         .with_context(|| format!("the {what}"))?
         .timeout(ADMIN_CALL_TIMEOUT)
-        .connect()
+        .connect_with_connector(sekisho_policy_engine::transport::Connector)
         .await
         .with_context(|| format!("cannot connect to the {what} at {url}"))
 }

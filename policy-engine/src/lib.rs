@@ -22,6 +22,7 @@ pub mod pki;
 pub mod policies;
 pub mod server;
 pub mod store;
+pub mod transport;
 
 pub use engine::{
     AuthorizeOutcome, DecisionRequest, Engine, EngineError, Plan, PlanInputs, Unavailability,

@@ -275,8 +275,7 @@ pub async fn start(config: &EngineConfig) -> Result<RunningEngine, ServeError> {
         )
         .add_service(audit_sink.server());
     let server = tokio::spawn(router.serve_with_incoming_shutdown(
-        // Without NODELAY some answers wait ~40 ms for the client's delayed ACK.
-        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        crate::transport::incoming(listener),
         async {
             let _ = stopped.await;
         },

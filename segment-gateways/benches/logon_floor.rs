@@ -351,9 +351,7 @@ fn main() {
                 .add_service(pb::policy_decision_server::PolicyDecisionServer::new(
                     FloorEngine,
                 ))
-                .serve_with_incoming(
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                ),
+                .serve_with_incoming(sekisho_policy_engine::transport::incoming(listener)),
         );
         let engine_tls = ClientTls {
             ca: pki.ca(),
@@ -380,9 +378,7 @@ fn main() {
                 .tls_config(tls)
                 .expect("gateway TLS")
                 .add_service(pb::logon_server::LogonServer::new(gateway))
-                .serve_with_incoming(
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                ),
+                .serve_with_incoming(sekisho_policy_engine::transport::incoming(listener)),
         );
         url
     });

@@ -235,7 +235,7 @@ pub async fn start(resolved: Resolved) -> Result<RunningGateway, GatewayError> {
         Some(&config.engine.server_name),
         Duration::from_millis(config.engine.timeout_ms),
     )?
-    .connect_lazy();
+    .connect_with_connector_lazy(sekisho_policy_engine::transport::Connector);
     let forwarder = if config.audit.forward {
         Some(Forwarder::spawn(
             store.db().clone(),
@@ -309,7 +309,7 @@ pub async fn start(resolved: Resolved) -> Result<RunningGateway, GatewayError> {
             .max_decoding_message_size(ADMIN_MAX_MESSAGE),
         );
     let server = tokio::spawn(router.serve_with_incoming_shutdown(
-        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        sekisho_policy_engine::transport::incoming(listener),
         async {
             let _ = stopped.await;
         },

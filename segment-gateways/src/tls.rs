@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use sekisho_policy_engine::transport;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// The CA to trust and the certificate to present (PEM files).
@@ -80,7 +81,8 @@ pub fn endpoint(
     }
 }
 
-/// Opens a channel now (so a refused certificate or a closed port is reported here).
+/// Opens a channel now (so a refused certificate or a closed port is reported here),
+/// over the project's coalescing TCP ([`transport`]).
 pub async fn connect(
     url: &str,
     tls: &ClientTls,
@@ -88,7 +90,7 @@ pub async fn connect(
     timeout: Duration,
 ) -> Result<Channel, ConnectError> {
     endpoint(url, tls, server_name, timeout)?
-        .connect()
+        .connect_with_connector(transport::Connector)
         .await
         .map_err(|source| ConnectError::Connect {
             url: url.to_string(),
