@@ -30,6 +30,10 @@ use tonic::transport::server::{Connected, TcpIncoming};
 /// flush: bulk transfers (an import, a catch-up of shipped events) stream as before.
 const COALESCE_LIMIT: usize = 64 * 1024;
 
+/// What an idle connection keeps of its buffer: a city's endpoints each hold a
+/// connection to their gateway, and one bulk answer should not pin 64 KiB on each.
+const KEEP_CAPACITY: usize = 16 * 1024;
+
 /// A byte stream whose writes wait in a buffer until the next flush.
 #[derive(Debug)]
 pub struct Coalesced<T> {
@@ -64,6 +68,7 @@ impl<T: AsyncWrite + Unpin> Coalesced<T> {
             self.sent += n;
         }
         self.buf.clear();
+        self.buf.shrink_to(KEEP_CAPACITY);
         self.sent = 0;
         Poll::Ready(Ok(()))
     }
