@@ -7,9 +7,9 @@
 //! with its own `writev`: a logon made 8 to 10 of them, and on loopback each send
 //! also runs the receiver's TCP path. [`Coalesced`] sits between TLS
 //! and the socket: TLS records pile up in a buffer, and a flush sends them all with
-//! one write. A flush with buffered bytes first yields to the runtime once, so the
-//! frames another task is about to queue on the same connection (the body after the
-//! headers, the other streams' answers) join the same write.
+//! one write. A flush with less than 16 KiB waiting first yields to the runtime
+//! once, so the frames another task is about to queue on the same connection (the
+//! body after the headers, the other streams' answers) join the same write.
 //!
 //! Plaintext still goes through TLS record by record; only the system calls are
 //! shared (about 6 writes a logon instead of 8 to 10, BENCHMARKS.md). Reads are
@@ -28,8 +28,16 @@ use tonic::codegen::http::Uri;
 use tonic::transport::server::{Connected, TcpIncoming};
 
 /// Past this many buffered bytes a write goes to the socket without waiting for a
-/// flush: bulk transfers (an import, a catch-up of shipped events) stream as before.
+/// flush, so a writer that never flushes cannot grow the buffer without bound.
+/// HTTP/2 flushes after every DATA frame that fills its 16 KiB, so on the gRPC legs
+/// a bulk transfer (an import, a catch-up of shipped events) goes frame by frame and
+/// the buffer stays below this.
 const COALESCE_LIMIT: usize = 64 * 1024;
+
+/// A flush yields only while less than this is waiting: a full 16 KiB HTTP/2 frame
+/// of a bulk transfer fills a system call by itself, and holding it back only
+/// delays the stream.
+const YIELD_BELOW: usize = 16 * 1024;
 
 /// What an idle connection keeps of its buffer: a city's endpoints each hold a
 /// connection to their gateway, and one bulk answer should not pin 64 KiB on each.
@@ -128,7 +136,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.sent < self.buf.len() {
-            if !self.yielded {
+            if !self.yielded && self.buf.len() - self.sent < YIELD_BELOW {
                 self.yielded = true;
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
@@ -236,6 +244,19 @@ mod tests {
             std::future::poll_fn(|cx| std::task::Poll::Ready(Pin::new(&mut client).poll_flush(cx)))
                 .await;
         assert!(idle.is_ready());
+    }
+
+    #[tokio::test]
+    async fn a_flush_of_a_full_frame_does_not_wait() {
+        let (client, mut server) = tokio::io::duplex(4 * YIELD_BELOW);
+        let mut client = Coalesced::new(client);
+        client.write_all(&vec![1u8; YIELD_BELOW]).await.unwrap();
+        let flushed =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(Pin::new(&mut client).poll_flush(cx)))
+                .await;
+        assert!(matches!(flushed, std::task::Poll::Ready(Ok(()))));
+        let mut got = vec![0u8; YIELD_BELOW];
+        server.read_exact(&mut got).await.unwrap();
     }
 
     #[tokio::test]

@@ -483,3 +483,46 @@ fn a_missing_sqlite_store_is_not_created() {
         "{err}"
     );
 }
+
+/// A bulk import through the coalescing transport, both ways: the request (about
+/// 420 KiB, many TLS records and HTTP/2 frames, each flush yielding once) and the
+/// answer (one result per user, about 80 KiB) cross mutual TLS over
+/// `sekisho_policy_engine::transport` whole and in order, and are applied.
+#[tokio::test]
+async fn a_bulk_import_crosses_the_coalesced_transport_both_ways() {
+    let gw = TestGateway::start(Tier::Lgwan, |_| {}).await;
+    let users: Vec<pb::ImportUser> = (0..2_000u32)
+        .map(|i| pb::ImportUser {
+            id: format!("bulk{i:05}"),
+            name: Some(format!("{i:05} {}", "名".repeat(60))),
+            department: Some(format!("課{i}")),
+            row: i + 2,
+            ..pb::ImportUser::default()
+        })
+        .collect();
+    let mut admin = gw.admin().await;
+    let answer = admin
+        .import_users(pb::ImportUsersRequest {
+            users,
+            dry_run: false,
+        })
+        .await
+        .expect("import over the coalesced transport")
+        .into_inner();
+    assert!(answer.applied, "{:?}", answer.problems);
+    assert_eq!(answer.users.len(), 2_000);
+    for (i, u) in answer.users.iter().enumerate() {
+        assert_eq!(u.user, format!("bulk{i:05}"));
+        assert_eq!(u.change, "added");
+    }
+    let last = gw
+        .running
+        .gateway
+        .store
+        .user("bulk01999")
+        .await
+        .unwrap()
+        .expect("the last user was written");
+    assert!(last.name.starts_with("01999 名"), "{last:?}");
+    gw.stop().await;
+}
