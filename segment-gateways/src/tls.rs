@@ -43,7 +43,10 @@ fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, ConnectError> {
 
 /// An endpoint for `url` (`https://` with mutual TLS, or `http://` for a plaintext
 /// loopback test bed). The server's certificate is checked against `server_name`, or
-/// the URL's host when `None`.
+/// the URL's host when `None`. Open it with [`transport::Connector`]
+/// (`connect_with_connector`, or its `_lazy` form), as every channel of the project
+/// does: that connector sets NODELAY and coalesces writes, and tonic's own TCP
+/// settings on the endpoint do not apply to it.
 pub fn endpoint(
     url: &str,
     tls: &ClientTls,
@@ -58,8 +61,7 @@ pub fn endpoint(
     let endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| bad(e.to_string()))?
         .connect_timeout(timeout)
-        .timeout(timeout)
-        .tcp_nodelay(true);
+        .timeout(timeout);
     match url.split_once("://") {
         Some(("https", rest)) => {
             let host = rest
