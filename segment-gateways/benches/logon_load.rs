@@ -32,7 +32,9 @@
 //! `SEKISHO_BENCH_USERS`; `SEKISHO_BENCH_IN_FLIGHT` (default 64);
 //! `SEKISHO_BENCH_CHANNELS` (default 16, one device each);
 //! `SEKISHO_BENCH_DECISION_SAMPLE` (default 1, the engine's default: every decision
-//! in the decision log; 0 turns the log off); `SEKISHO_BENCH_PARTS=0`
+//! in the decision log; 0 turns the log off); `SEKISHO_BENCH_FORWARD=0` keeps the
+//! journal in the gateway (`audit.forward = false`) instead of shipping it to the
+//! engine's audit store; `SEKISHO_BENCH_PARTS=0`
 //! skips the per-part timings at the end; `SEKISHO_BENCH_RATES` (e.g. `1500,2000`)
 //! adds an open-loop run at each offered rate (logons started on a fixed schedule,
 //! latency counted from when each was due), after the in-flight run
@@ -560,6 +562,8 @@ fn main() {
     gw_config.cards.ca = vec![card_ca.pem_file.clone()];
     gw_config.rate_limit.per_device_per_minute = 1e9;
     gw_config.rate_limit.burst = 1_000_000;
+    let forward = common::env_num("SEKISHO_BENCH_FORWARD", 1.0) != 0.0;
+    gw_config.audit.forward = forward;
     let resolved = gw_config.resolve("bench", &gw_dir).expect("gateway config");
     let gateway = server_rt
         .block_on(sekisho_gateway::server::start(resolved))
@@ -575,10 +579,15 @@ fn main() {
         .collect();
     let secrets = client_rt.block_on(enroll(&gw_url, &pki, &devices, &id_ders));
     println!(
-        "gateway (internet, SQLite): registered {} devices, enrolled {} users (card + TOTP) in {:.1} s",
+        "gateway (internet, SQLite): registered {} devices, enrolled {} users (card + TOTP) in {:.1} s; journal {}",
         devices.len(),
         secrets.len(),
-        t.elapsed().as_secs_f64()
+        t.elapsed().as_secs_f64(),
+        if forward {
+            "shipped to the engine's audit store"
+        } else {
+            "kept in the gateway (SEKISHO_BENCH_FORWARD=0)"
+        }
     );
     drop(id_ders);
 
