@@ -208,7 +208,12 @@ impl tower_service::Service<Uri> for Connector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    /// One poll of `flush`, to see whether it yields.
+    async fn poll_flush_once(client: &mut Coalesced<DuplexStream>) -> Poll<io::Result<()>> {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *client).poll_flush(cx))).await
+    }
 
     #[tokio::test]
     async fn writes_wait_for_the_flush_and_leave_in_one_piece() {
@@ -230,9 +235,7 @@ mod tests {
         let (client, mut server) = tokio::io::duplex(1024);
         let mut client = Coalesced::new(client);
         client.write_all(b"HEADERS ").await.unwrap();
-        let first =
-            std::future::poll_fn(|cx| std::task::Poll::Ready(Pin::new(&mut client).poll_flush(cx)))
-                .await;
+        let first = poll_flush_once(&mut client).await;
         assert!(first.is_pending(), "the first poll of a flush yields");
         client.write_all(b"DATA").await.unwrap();
         client.flush().await.unwrap();
@@ -240,9 +243,7 @@ mod tests {
         let n = server.read(&mut got).await.unwrap();
         assert_eq!(&got[..n], b"HEADERS DATA", "one write carries both");
         // Nothing buffered: a flush goes straight through.
-        let idle =
-            std::future::poll_fn(|cx| std::task::Poll::Ready(Pin::new(&mut client).poll_flush(cx)))
-                .await;
+        let idle = poll_flush_once(&mut client).await;
         assert!(idle.is_ready());
     }
 
@@ -251,9 +252,7 @@ mod tests {
         let (client, mut server) = tokio::io::duplex(4 * YIELD_BELOW);
         let mut client = Coalesced::new(client);
         client.write_all(&vec![1u8; YIELD_BELOW]).await.unwrap();
-        let flushed =
-            std::future::poll_fn(|cx| std::task::Poll::Ready(Pin::new(&mut client).poll_flush(cx)))
-                .await;
+        let flushed = poll_flush_once(&mut client).await;
         assert!(matches!(flushed, std::task::Poll::Ready(Ok(()))));
         let mut got = vec![0u8; YIELD_BELOW];
         server.read_exact(&mut got).await.unwrap();
