@@ -22,10 +22,10 @@ async fn open(
     server_name: Option<&str>,
     what: &str,
 ) -> Result<Channel> {
-    tls::endpoint(url, tls, server_name, CONNECT_TIMEOUT)
+    let endpoint = tls::endpoint(url, tls, server_name, CONNECT_TIMEOUT)
         .with_context(|| format!("the {what}"))?
-        .timeout(ADMIN_CALL_TIMEOUT)
-        .connect_with_connector(sekisho_policy_engine::transport::Connector)
+        .timeout(ADMIN_CALL_TIMEOUT);
+    tls::open(endpoint)
         .await
         .with_context(|| format!("cannot connect to the {what} at {url}"))
 }

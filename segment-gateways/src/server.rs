@@ -229,13 +229,12 @@ pub async fn start(resolved: Resolved) -> Result<RunningGateway, GatewayError> {
     };
     // Lazy: the gateway starts (and answers "engine unavailable") while the engine
     // is down, and connects when it comes up.
-    let channel = tls::endpoint(
+    let channel = tls::open_lazy(tls::endpoint(
         &config.engine.url,
         &engine_tls,
         Some(&config.engine.server_name),
         Duration::from_millis(config.engine.timeout_ms),
-    )?
-    .connect_with_connector_lazy(sekisho_policy_engine::transport::Connector);
+    )?);
     let forwarder = if config.audit.forward {
         Some(Forwarder::spawn(
             store.db().clone(),

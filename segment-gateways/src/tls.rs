@@ -43,10 +43,9 @@ fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, ConnectError> {
 
 /// An endpoint for `url` (`https://` with mutual TLS, or `http://` for a plaintext
 /// loopback test bed). The server's certificate is checked against `server_name`, or
-/// the URL's host when `None`. Open it with [`transport::Connector`]
-/// (`connect_with_connector`, or its `_lazy` form), as every channel of the project
-/// does: that connector sets NODELAY and coalesces writes, and tonic's own TCP
-/// settings on the endpoint do not apply to it.
+/// the URL's host when `None`. Open it with [`open`] or [`open_lazy`], which put it
+/// on the project's TCP (NODELAY, coalesced writes: [`transport`]); tonic's own TCP
+/// settings on the endpoint do not apply there.
 pub fn endpoint(
     url: &str,
     tls: &ClientTls,
@@ -83,16 +82,26 @@ pub fn endpoint(
     }
 }
 
-/// Opens a channel now (so a refused certificate or a closed port is reported here),
-/// over the project's coalescing TCP ([`transport`]).
+/// Opens `endpoint` now, so that a refused certificate or a closed port is reported
+/// here, over the project's coalescing TCP ([`transport`]).
+pub async fn open(endpoint: Endpoint) -> Result<Channel, tonic::transport::Error> {
+    endpoint.connect_with_connector(transport::Connector).await
+}
+
+/// [`open`], connecting on first use and again after a failure: for a peer that may
+/// be down when the channel is made.
+pub fn open_lazy(endpoint: Endpoint) -> Channel {
+    endpoint.connect_with_connector_lazy(transport::Connector)
+}
+
+/// [`endpoint`], opened now with [`open`].
 pub async fn connect(
     url: &str,
     tls: &ClientTls,
     server_name: Option<&str>,
     timeout: Duration,
 ) -> Result<Channel, ConnectError> {
-    endpoint(url, tls, server_name, timeout)?
-        .connect_with_connector(transport::Connector)
+    open(endpoint(url, tls, server_name, timeout)?)
         .await
         .map_err(|source| ConnectError::Connect {
             url: url.to_string(),
