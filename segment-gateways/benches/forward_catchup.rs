@@ -206,6 +206,7 @@ async fn bench(backend: &Backend, root: &Path, runs: usize, tasks: u64) {
         ForwardSettings {
             batch_size: 2000,
             stream_records: 20_000,
+            ..ForwardSettings::default()
         },
     ];
     for settings in all {

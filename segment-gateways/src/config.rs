@@ -248,6 +248,9 @@ pub struct AuditConfig {
     pub batch_size: usize,
     /// Events sent before waiting for the engine to confirm them (one stream).
     pub stream_records: usize,
+    /// Least milliseconds between the starts of two shipments while the journal
+    /// keeps growing (each costs the engine a transaction); a backlog ships at once.
+    pub interval_ms: u64,
 }
 
 impl Default for AuditConfig {
@@ -257,10 +260,13 @@ impl Default for AuditConfig {
             forward: true,
             batch_size: f.batch_size,
             stream_records: f.stream_records,
+            interval_ms: f.interval.as_millis() as u64,
         }
     }
 }
 
+/// Events reach the engine's audit store within this of their commit.
+const MAX_AUDIT_INTERVAL_MS: u64 = 10_000;
 /// Keeps one message well under gRPC's default 4 MiB limit (events are under 2 KiB).
 const MAX_AUDIT_BATCH: usize = 2000;
 const MAX_AUDIT_STREAM: usize = 100_000;
@@ -417,6 +423,12 @@ impl GatewayConfig {
                 a.batch_size, a.stream_records
             )));
         }
+        if a.interval_ms > MAX_AUDIT_INTERVAL_MS {
+            return Err(invalid(format!(
+                "audit.interval_ms must be at most {MAX_AUDIT_INTERVAL_MS}, got {}",
+                a.interval_ms
+            )));
+        }
         self.argon2
             .validate()
             .map_err(|e| invalid(format!("argon2: {e}")))?;
@@ -523,5 +535,6 @@ mod tests {
                 .contains("audit.stream_records")
         );
         assert!(e("tier = \"lgwan\"\n[audit]\nfoward = false").contains("unknown field `foward`"));
+        assert!(e("tier = \"lgwan\"\n[audit]\ninterval_ms = 60000").contains("audit.interval_ms"));
     }
 }

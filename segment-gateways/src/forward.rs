@@ -7,11 +7,14 @@
 //! the new position. Sending again after a lost acknowledgement is harmless: the
 //! engine stores each (gateway, seq) once.
 //!
-//! It wakes when the journal commits and every [`IDLE_RECHECK`] otherwise. On
-//! failure it retries after 100 ms, doubling to 30 s, and logs when the state
+//! It wakes when the journal commits and every [`IDLE_RECHECK`] otherwise, but
+//! starts shipments no closer together than [`ForwardSettings::interval`]: each
+//! costs the engine a transaction, so under a steady stream of logons fewer, larger
+//! shipments are cheaper, while an event after a quiet spell still leaves at once.
+//! A backlog is shipped stream after stream without pausing. On failure it retries after 100 ms, doubling to 30 s, and logs when the state
 //! changes (failing, failing differently, recovered), not on every retry.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sekisho_proto::v1 as pb;
 use sekisho_proto::v1::audit_sink_client::AuditSinkClient;
@@ -33,6 +36,8 @@ pub struct ForwardSettings {
     pub batch_size: usize,
     /// Records per `Ship` stream (one acknowledgement).
     pub stream_records: usize,
+    /// Least time from one shipment's start to the next, unless a backlog is waiting.
+    pub interval: Duration,
 }
 
 impl Default for ForwardSettings {
@@ -40,6 +45,7 @@ impl Default for ForwardSettings {
         ForwardSettings {
             batch_size: 500,
             stream_records: 5000,
+            interval: Duration::from_millis(100),
         }
     }
 }
@@ -91,13 +97,16 @@ impl Forwarder {
         let (through_tx, through) = watch::channel(0);
         let shipper = Shipper {
             db,
+            journal: journal.clone(),
             gateway: journal.gateway().to_string(),
             client: AuditSinkClient::new(channel),
             settings: ForwardSettings {
                 batch_size: settings.batch_size.max(1),
                 stream_records: settings.stream_records.max(1),
+                interval: settings.interval,
             },
             through: through_tx,
+            last_sent: None,
         };
         let task = tokio::spawn(shipper.run(journal.subscribe(), stopped));
         Forwarder {
@@ -126,10 +135,14 @@ impl Forwarder {
 
 struct Shipper {
     db: Db,
+    /// Records the position the engine confirmed, in the journal writer's commits.
+    journal: Journal,
     gateway: String,
     client: AuditSinkClient<Channel>,
     settings: ForwardSettings,
     through: watch::Sender<u64>,
+    /// When the last shipment started.
+    last_sent: Option<Instant>,
 }
 
 impl Shipper {
@@ -162,6 +175,12 @@ impl Shipper {
                         _ = &mut stop => return,
                         _ = committed => {}
                         _ = tokio::time::sleep(IDLE_RECHECK) => {}
+                    }
+                    if let Some(sent) = self.last_sent {
+                        tokio::select! {
+                            _ = &mut stop => return,
+                            _ = tokio::time::sleep_until((sent + self.settings.interval).into()) => {}
+                        }
                     }
                 }
                 Err(e) => {
@@ -212,6 +231,7 @@ impl Shipper {
                     .collect(),
             })
             .collect();
+        self.last_sent = Some(Instant::now());
         let ack = self
             .client
             .ship(tokio_stream::iter(batches))
@@ -234,7 +254,7 @@ impl Shipper {
             stored
         };
         if now != from {
-            journal::set_acked_seq(&self.db, &self.gateway, now).await?;
+            self.journal.record_acked(now).await?;
             *acked = Some(now);
             self.through.send_replace(now);
         }
@@ -354,6 +374,7 @@ mod tests {
         let settings = ForwardSettings {
             batch_size: 100,
             stream_records: 500,
+            ..ForwardSettings::default()
         };
         let forwarder = Forwarder::spawn(db.clone(), &journal, channel.clone(), settings);
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -397,6 +418,53 @@ mod tests {
             .collect();
         assert_eq!(resent, (1206..=1215).collect::<Vec<_>>());
         forwarder.stop().await;
+        let _ = stop_sink.send(());
+        journal.close().await;
+        db.close().await;
+    }
+
+    /// The interval paces a steady stream only: a backlog goes stream after stream,
+    /// and the first event after a quiet spell leaves at once.
+    #[tokio::test]
+    async fn a_backlog_and_a_first_event_do_not_wait_for_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("gw.db").display());
+        let db = Db::open(&url, "city", Tier::Lgwan).await.unwrap();
+        let journal = Journal::start(db.clone(), "lgwan-gateway".into())
+            .await
+            .unwrap();
+        let sink = Sink::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop_sink = serve(sink.clone(), listener).await;
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        let settings = ForwardSettings {
+            batch_size: 100,
+            stream_records: 500,
+            // Longer than `wait` waits.
+            interval: Duration::from_secs(3600),
+        };
+
+        // Nothing shipped yet: the first event is not held back.
+        let forwarder = Forwarder::spawn(db.clone(), &journal, channel.clone(), settings);
+        append(&journal, 1).await;
+        let mut through = forwarder.forwarded_through();
+        wait(&mut through, 1).await;
+        forwarder.stop().await;
+
+        // A restart finds a backlog of three streams and ships them back to back.
+        append(&journal, 1200).await;
+        let forwarder = Forwarder::spawn(db.clone(), &journal, channel, settings);
+        let mut through = forwarder.forwarded_through();
+        wait(&mut through, 1201).await;
+        assert_eq!(sink.streams.lock().unwrap().len(), 4);
+        forwarder.stop().await;
+        assert_eq!(
+            journal::acked_seq(&db, "lgwan-gateway").await.unwrap(),
+            1201
+        );
         let _ = stop_sink.send(());
         journal.close().await;
         db.close().await;

@@ -52,7 +52,7 @@ use sekisho_policy_engine::audit::{
     format_ts, parse_ts, AuditEvent, BrokenLink, ChainState, GENESIS_HASH,
 };
 use sekisho_policy_engine::store::{self, Backend, Held, StoreError};
-use sqlx::{AnyPool, Connection, Row};
+use sqlx::{AnyConnection, AnyPool, Connection, Row};
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
 use tokio::task::JoinHandle;
 
@@ -165,9 +165,12 @@ struct Unit {
 }
 
 type Reply = oneshot::Sender<Result<Committed, JournalError>>;
+type AckReply = oneshot::Sender<Result<(), JournalError>>;
 
 enum Msg {
     Append(Unit, Reply),
+    /// The engine stores the journal through this seq (`gw_outbox.acked_seq`).
+    Acked(u64, AckReply),
     Flush(oneshot::Sender<()>),
     Close,
 }
@@ -293,6 +296,20 @@ impl Journal {
         answer.await.map_err(|_| JournalError::Closed)?
     }
 
+    /// Records that the engine stores this journal through `seq`, in the writer's
+    /// next commit. Written beside the writer, this row took SQLite's write lock
+    /// between two batches, and whichever of the two came second slept in SQLite's
+    /// busy handler (1 ms, then 2, 5, …) instead of waiting its turn: a logon's
+    /// commit paid for the forwarder's bookkeeping. Returns once it is committed.
+    pub async fn record_acked(&self, seq: u64) -> Result<(), JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Msg::Acked(seq, reply))
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        answer.await.map_err(|_| JournalError::Closed)?
+    }
+
     /// Returns once everything appended before the call has been committed (or
     /// refused).
     pub async fn flush(&self) -> Result<(), JournalError> {
@@ -401,6 +418,28 @@ fn get_seq(row: &sqlx::any::AnyRow, id: &JournalId) -> Result<u64, JournalError>
     })
 }
 
+/// Stores the forwarder's position inside the writer's transaction.
+async fn record_acked(
+    conn: &mut AnyConnection,
+    id: &JournalId,
+    seq: u64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO gw_outbox (tenant, tier, gateway, acked_seq, updated_at) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (tenant, tier, gateway) DO UPDATE SET acked_seq = excluded.acked_seq, updated_at = excluded.updated_at",
+    )
+    .bind(id.tenant.as_str())
+    .bind(id.tier.as_str())
+    .bind(id.gateway.as_str())
+    // A seq of this journal's own, which was stored as an i64.
+    .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+    .bind(now_ms())
+    .execute(conn)
+    .await
+    .map_err(db_err("recording the audit outbox position"))?;
+    Ok(())
+}
+
 fn insert_sql(backend: Backend, rows: usize) -> String {
     use std::fmt::Write;
     let mut sql = String::with_capacity(80 + rows * 40);
@@ -502,6 +541,7 @@ async fn checkpointer(
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let mut batch: Vec<(Unit, Reply)> = Vec::new();
+        let mut acks: Vec<(u64, AckReply)> = Vec::new();
         let mut flushes = Vec::new();
         loop {
             let Some(first) = rx.recv().await else {
@@ -511,6 +551,7 @@ impl Writer {
             while let Some(msg) = next {
                 match msg {
                     Msg::Append(unit, reply) => batch.push((unit, reply)),
+                    Msg::Acked(seq, reply) => acks.push((seq, reply)),
                     Msg::Flush(reply) => flushes.push(reply),
                     // New sends fail from now on; what is queued is still received.
                     Msg::Close => rx.close(),
@@ -521,8 +562,9 @@ impl Writer {
                     None
                 };
             }
-            if !batch.is_empty() {
-                self.write(std::mem::take(&mut batch)).await;
+            if !batch.is_empty() || !acks.is_empty() {
+                self.write(std::mem::take(&mut batch), std::mem::take(&mut acks))
+                    .await;
             }
             for f in flushes.drain(..) {
                 let _ = f.send(());
@@ -532,19 +574,22 @@ impl Writer {
         tracing::debug!(journal = %self.id, "audit journal writer stopped");
     }
 
-    async fn write(&mut self, batch: Vec<(Unit, Reply)>) {
+    async fn write(&mut self, batch: Vec<(Unit, Reply)>, acks: Vec<(u64, AckReply)>) {
         let head = match self.head.take() {
             Some(h) => h,
             None => match load_head(&self.pool, &self.id).await {
                 Ok(h) => h,
                 Err(e) => {
-                    self.fail(batch.into_iter().map(|(_, r)| r), &e.to_string());
+                    self.fail(batch.into_iter().map(|(_, r)| r), acks, &e.to_string());
                     return;
                 }
             },
         };
         let (units, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        match self.transact(&head, units).await {
+        // The forwarder waits for each answer, so there is one at most; the last
+        // stands (the engine may report less than before after a restore).
+        let acked = acks.last().map(|(seq, _)| *seq);
+        match self.transact(&head, units, acked).await {
             Ok((done, last)) => {
                 let events: usize = done.iter().map(|c| c.receipts.len()).sum();
                 self.head = Some(last.clone());
@@ -556,10 +601,13 @@ impl Writer {
                 for (reply, committed) in replies.into_iter().zip(done) {
                     let _ = reply.send(Ok(committed));
                 }
+                for (_, reply) in acks {
+                    let _ = reply.send(Ok(()));
+                }
             }
             Err(e) => {
                 tracing::error!(journal = %self.id, answers = replies.len(), error = %e, "audit journal commit failed; the events of this batch were refused");
-                self.fail(replies, &e.to_string());
+                self.fail(replies, acks, &e.to_string());
                 // The connection was closed with the failed batch; its successor
                 // needs telling again.
                 self.conn_configured = false;
@@ -579,21 +627,32 @@ impl Writer {
         }
     }
 
-    fn fail(&self, replies: impl IntoIterator<Item = Reply>, message: &str) {
+    fn fail(
+        &self,
+        replies: impl IntoIterator<Item = Reply>,
+        acks: Vec<(u64, AckReply)>,
+        message: &str,
+    ) {
         self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+        let error = || JournalError::Write {
+            message: message.to_string(),
+        };
         for reply in replies {
-            let _ = reply.send(Err(JournalError::Write {
-                message: message.to_string(),
-            }));
+            let _ = reply.send(Err(error()));
+        }
+        for (_, reply) in acks {
+            let _ = reply.send(Err(error()));
         }
     }
 
-    /// One transaction: the batch's effects, then its events sealed after `head`.
-    /// Returns what each answer committed and the new head.
+    /// One transaction: the batch's effects, then its events sealed after `head`,
+    /// and the forwarder's position when it moved. Returns what each answer
+    /// committed and the new head.
     async fn transact(
         &mut self,
         head: &Head,
         units: Vec<Unit>,
+        acked: Option<u64>,
     ) -> Result<(Vec<Committed>, Head), StoreError> {
         // Dropped on an error below, the connection is closed, not kept.
         let mut conn = self
@@ -672,6 +731,9 @@ impl Writer {
             q.execute(&mut *tx)
                 .await
                 .map_err(db_err("appending to the audit journal"))?;
+        }
+        if let Some(seq) = acked {
+            record_acked(&mut tx, &self.id, seq).await?;
         }
         tx.commit()
             .await
@@ -830,28 +892,6 @@ impl Journals {
         .await
         .map_err(db_err("reading the audit outbox"))?;
         Ok(acked.map_or(0, i64::unsigned_abs))
-    }
-
-    /// Records that the engine stores this journal through `seq`.
-    pub async fn set_acked_seq(&self, id: &JournalId, seq: u64) -> Result<(), JournalError> {
-        let seq = i64::try_from(seq).map_err(|_| JournalError::Corrupt {
-            gateway: id.gateway.clone(),
-            seq,
-            why: "seq out of range".into(),
-        })?;
-        sqlx::query(
-            "INSERT INTO gw_outbox (tenant, tier, gateway, acked_seq, updated_at) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (tenant, tier, gateway) DO UPDATE SET acked_seq = excluded.acked_seq, updated_at = excluded.updated_at",
-        )
-        .bind(id.tenant.as_str())
-        .bind(id.tier.as_str())
-        .bind(id.gateway.as_str())
-        .bind(seq)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await
-        .map_err(db_err("recording the audit outbox position"))?;
-        Ok(())
     }
 
     /// Checks one journal link by link from seq 1, reading it page by page: each
@@ -1035,12 +1075,6 @@ pub async fn acked_seq(db: &Db, gateway: &str) -> Result<u64, JournalError> {
         .await
 }
 
-pub async fn set_acked_seq(db: &Db, gateway: &str, seq: u64) -> Result<(), JournalError> {
-    Journals::of(db)
-        .set_acked_seq(&JournalId::of(db, gateway), seq)
-        .await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1201,7 +1235,14 @@ mod tests {
             for i in 0..6 {
                 journal.append(body(&format!("u{i}"))).await.unwrap();
             }
+            assert_eq!(acked_seq(&db, GW).await.unwrap(), 0);
+            journal.record_acked(6).await.unwrap();
+            assert_eq!(acked_seq(&db, GW).await.unwrap(), 6);
             journal.close().await;
+            assert!(matches!(
+                journal.record_acked(6).await,
+                Err(JournalError::Closed)
+            ));
 
             exec(
                 &db,
@@ -1245,7 +1286,6 @@ mod tests {
                 6,
             )
             .await;
-            set_acked_seq(&db, GW, 6).await.unwrap();
             let v = verify(&db, GW).await.unwrap();
             let b = v.broken.expect("broken");
             assert_eq!(b.seq, 1, "{b}");

@@ -243,6 +243,7 @@ pub async fn start(resolved: Resolved) -> Result<RunningGateway, GatewayError> {
             ForwardSettings {
                 batch_size: config.audit.batch_size,
                 stream_records: config.audit.stream_records,
+                interval: Duration::from_millis(config.audit.interval_ms),
             },
         ))
     } else {

@@ -833,6 +833,12 @@ pub async fn connect(url: &str, set: &MigrationSet) -> Result<(AnyPool, Backend)
                         )
                         .await?;
                         conn.execute("PRAGMA foreign_keys = ON").await?;
+                        // A multi-row INSERT inside a transaction keeps a statement
+                        // journal, which SQLite spills past 64 KiB to a file it
+                        // creates, writes and deletes in /var/tmp: several files and
+                        // hundreds of writes a second while the engine ingests shipped
+                        // journals. It is as large as one statement, so memory holds it.
+                        conn.execute("PRAGMA temp_store = MEMORY").await?;
                         // Switching to WAL needs an exclusive lock that the busy
                         // timeout does not wait for; the mode is stored in the file,
                         // so only switch when it is not WAL yet.
