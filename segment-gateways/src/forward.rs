@@ -11,8 +11,9 @@
 //! starts shipments no closer together than [`ForwardSettings::interval`]: each
 //! costs the engine a transaction, so under a steady stream of logons fewer, larger
 //! shipments are cheaper, while an event after a quiet spell still leaves at once.
-//! A backlog is shipped stream after stream without pausing. On failure it retries after 100 ms, doubling to 30 s, and logs when the state
-//! changes (failing, failing differently, recovered), not on every retry.
+//! A backlog is shipped stream after stream without pausing. On failure it retries
+//! after 100 ms, doubling to 30 s, and logs when the state changes (failing, failing
+//! differently, recovered), not on every retry.
 
 use std::time::{Duration, Instant};
 
