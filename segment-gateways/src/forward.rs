@@ -84,6 +84,7 @@ pub struct Forwarder {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
     through: watch::Receiver<u64>,
+    failures: watch::Receiver<u64>,
 }
 
 impl Forwarder {
@@ -96,6 +97,7 @@ impl Forwarder {
     ) -> Forwarder {
         let (stop, stopped) = oneshot::channel();
         let (through_tx, through) = watch::channel(0);
+        let (failures_tx, failures) = watch::channel(0);
         let shipper = Shipper {
             db,
             journal: journal.clone(),
@@ -107,6 +109,7 @@ impl Forwarder {
                 interval: settings.interval,
             },
             through: through_tx,
+            failures: failures_tx,
             last_sent: None,
         };
         let task = tokio::spawn(shipper.run(journal.subscribe(), stopped));
@@ -114,6 +117,7 @@ impl Forwarder {
             stop: Some(stop),
             task,
             through,
+            failures,
         }
     }
 
@@ -121,6 +125,12 @@ impl Forwarder {
     /// does (`wait_for(|s| *s >= n)` in tests).
     pub fn forwarded_through(&self) -> watch::Receiver<u64> {
         self.through.clone()
+    }
+
+    /// Failed attempts so far, each retry counted: the log says when forwarding
+    /// starts failing; this says it keeps trying.
+    pub fn failures(&self) -> watch::Receiver<u64> {
+        self.failures.clone()
     }
 
     /// Stops at once; a stream in flight is dropped and sent again at the next start.
@@ -142,6 +152,7 @@ struct Shipper {
     client: AuditSinkClient<Channel>,
     settings: ForwardSettings,
     through: watch::Sender<u64>,
+    failures: watch::Sender<u64>,
     /// When the last shipment started.
     last_sent: Option<Instant>,
 }
@@ -185,6 +196,7 @@ impl Shipper {
                     }
                 }
                 Err(e) => {
+                    self.failures.send_modify(|n| *n += 1);
                     let kind = e.kind();
                     if failing.as_deref() != Some(kind.as_str()) {
                         tracing::warn!(gateway = %self.gateway, error = %e, retry_ms = backoff.as_millis() as u64, "audit forwarding failed; the journal keeps the events until the engine takes them (retrying, logged again when this changes)");
@@ -378,7 +390,11 @@ mod tests {
             ..ForwardSettings::default()
         };
         let forwarder = Forwarder::spawn(db.clone(), &journal, channel.clone(), settings);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut failures = forwarder.failures();
+        tokio::time::timeout(Duration::from_secs(20), failures.wait_for(|n| *n >= 2))
+            .await
+            .expect("failed and retried in time")
+            .expect("forwarder alive");
         assert_eq!(*forwarder.forwarded_through().borrow(), 0);
 
         let sink = Sink::default();
