@@ -352,6 +352,21 @@ mod tests {
         stop
     }
 
+    async fn open_journal(dir: &std::path::Path) -> (Db, Journal) {
+        let url = format!("sqlite://{}", dir.join("gw.db").display());
+        let db = Db::open(&url, "city", Tier::Lgwan).await.unwrap();
+        let journal = Journal::start(db.clone(), "lgwan-gateway".into())
+            .await
+            .unwrap();
+        (db, journal)
+    }
+
+    fn lazy_channel(addr: std::net::SocketAddr) -> Channel {
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy()
+    }
+
     async fn append(journal: &Journal, n: usize) {
         for i in 0..n {
             let mut b = EventBody::new("", "", "logon", Outcome::Allow);
@@ -370,20 +385,14 @@ mod tests {
     #[tokio::test]
     async fn ships_resumes_after_restart_and_waits_out_an_absent_engine() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("gw.db").display());
-        let db = Db::open(&url, "city", Tier::Lgwan).await.unwrap();
-        let journal = Journal::start(db.clone(), "lgwan-gateway".into())
-            .await
-            .unwrap();
+        let (db, journal) = open_journal(dir.path()).await;
         append(&journal, 1200).await;
 
         // The engine is not there yet: the forwarder retries until it is.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect_lazy();
+        let channel = lazy_channel(addr);
         let settings = ForwardSettings {
             batch_size: 100,
             stream_records: 500,
@@ -445,18 +454,12 @@ mod tests {
     #[tokio::test]
     async fn a_backlog_and_a_first_event_do_not_wait_for_the_interval() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("gw.db").display());
-        let db = Db::open(&url, "city", Tier::Lgwan).await.unwrap();
-        let journal = Journal::start(db.clone(), "lgwan-gateway".into())
-            .await
-            .unwrap();
+        let (db, journal) = open_journal(dir.path()).await;
         let sink = Sink::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop_sink = serve(sink.clone(), listener).await;
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect_lazy();
+        let channel = lazy_channel(addr);
         let settings = ForwardSettings {
             batch_size: 100,
             stream_records: 500,
