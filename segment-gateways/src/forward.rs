@@ -101,7 +101,6 @@ impl Forwarder {
         let shipper = Shipper {
             db,
             journal: journal.clone(),
-            gateway: journal.gateway().to_string(),
             client: AuditSinkClient::new(channel),
             settings: ForwardSettings {
                 batch_size: settings.batch_size.max(1),
@@ -146,9 +145,9 @@ impl Forwarder {
 
 struct Shipper {
     db: Db,
-    /// Records the position the engine confirmed, in the journal writer's commits.
+    /// The journal shipped; it records the position the engine confirmed, in its
+    /// writer's commits.
     journal: Journal,
-    gateway: String,
     client: AuditSinkClient<Channel>,
     settings: ForwardSettings,
     through: watch::Sender<u64>,
@@ -170,7 +169,7 @@ impl Shipper {
             match shipped {
                 Ok(more) => {
                     if failing.take().is_some() {
-                        tracing::info!(gateway = %self.gateway, through = acked.unwrap_or(0), "audit forwarding resumed");
+                        tracing::info!(gateway = %self.journal.gateway(), through = acked.unwrap_or(0), "audit forwarding resumed");
                     }
                     backoff = MIN_BACKOFF;
                     if more {
@@ -199,7 +198,7 @@ impl Shipper {
                     self.failures.send_modify(|n| *n += 1);
                     let kind = e.kind();
                     if failing.as_deref() != Some(kind.as_str()) {
-                        tracing::warn!(gateway = %self.gateway, error = %e, retry_ms = backoff.as_millis() as u64, "audit forwarding failed; the journal keeps the events until the engine takes them (retrying, logged again when this changes)");
+                        tracing::warn!(gateway = %self.journal.gateway(), error = %e, retry_ms = backoff.as_millis() as u64, "audit forwarding failed; the journal keeps the events until the engine takes them (retrying, logged again when this changes)");
                         failing = Some(kind);
                     }
                     tokio::select! {
@@ -218,14 +217,19 @@ impl Shipper {
         let from = match *acked {
             Some(a) => a,
             None => {
-                let a = journal::acked_seq(&self.db, &self.gateway).await?;
+                let a = journal::acked_seq(&self.db, self.journal.gateway()).await?;
                 *acked = Some(a);
                 self.through.send_replace(a);
                 a
             }
         };
-        let rows =
-            journal::read(&self.db, &self.gateway, from, self.settings.stream_records).await?;
+        let rows = journal::read(
+            &self.db,
+            self.journal.gateway(),
+            from,
+            self.settings.stream_records,
+        )
+        .await?;
         let Some(&(last, _)) = rows.last() else {
             return Ok(false);
         };
@@ -237,7 +241,7 @@ impl Shipper {
                 records: chunk
                     .iter()
                     .map(|(seq, json)| pb::AuditRecord {
-                        gateway: self.gateway.clone(),
+                        gateway: self.journal.gateway().to_string(),
                         seq: *seq,
                         json: json.clone(),
                     })
@@ -252,14 +256,14 @@ impl Shipper {
             .into_inner();
         let stored = *ack
             .stored_through
-            .get(&self.gateway)
-            .ok_or_else(|| ForwardError::NoAck(self.gateway.clone()))?;
-        tracing::debug!(gateway = %self.gateway, sent, inserted = ack.inserted, stored, "audit events shipped");
+            .get(self.journal.gateway())
+            .ok_or_else(|| ForwardError::NoAck(self.journal.gateway().to_string()))?;
+        tracing::debug!(gateway = %self.journal.gateway(), sent, inserted = ack.inserted, stored, "audit events shipped");
         let now = if stored > last {
             // The engine holds more of this name than the journal: a journal restored
             // from an older backup, or two gateways sharing one name. Keep shipping
             // our own events; the engine keeps the first it got for each seq.
-            tracing::error!(gateway = %self.gateway, engine_through = stored, journal_through = last, "the policy engine holds events of this gateway beyond its journal: restored from a backup, or two gateways with one name?");
+            tracing::error!(gateway = %self.journal.gateway(), engine_through = stored, journal_through = last, "the policy engine holds events of this gateway beyond its journal: restored from a backup, or two gateways with one name?");
             last
         } else {
             // Lower than before: the engine lost events (restored store); the
@@ -273,7 +277,7 @@ impl Shipper {
         }
         if stored < last {
             return Err(ForwardError::Incomplete {
-                gateway: self.gateway.clone(),
+                gateway: self.journal.gateway().to_string(),
                 stored,
                 sent: last,
             });

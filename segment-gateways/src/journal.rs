@@ -419,11 +419,7 @@ fn get_seq(row: &sqlx::any::AnyRow, id: &JournalId) -> Result<u64, JournalError>
 }
 
 /// Stores the forwarder's position inside the writer's transaction.
-async fn record_acked(
-    conn: &mut AnyConnection,
-    id: &JournalId,
-    seq: u64,
-) -> Result<(), StoreError> {
+async fn store_acked(conn: &mut AnyConnection, id: &JournalId, seq: u64) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO gw_outbox (tenant, tier, gateway, acked_seq, updated_at) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (tenant, tier, gateway) DO UPDATE SET acked_seq = excluded.acked_seq, updated_at = excluded.updated_at",
@@ -733,7 +729,7 @@ impl Writer {
                 .map_err(db_err("appending to the audit journal"))?;
         }
         if let Some(seq) = acked {
-            record_acked(&mut tx, &self.id, seq).await?;
+            store_acked(&mut tx, &self.id, seq).await?;
         }
         tx.commit()
             .await
