@@ -8,7 +8,8 @@
 //!
 //! Ingest is idempotent by (gateway, seq): a batch shipped twice (lost
 //! acknowledgement, restart of either side) is stored once. Each call is one
-//! transaction: a malformed record refuses the whole call and stores nothing, so the
+//! transaction: a malformed record, or one whose (gateway, seq) already holds a
+//! different event (another hash), refuses the whole call and stores nothing, so the
 //! acknowledgement a gateway gets never covers a record that was not written.
 //!
 //! Same SQL on SQLite and PostgreSQL, like the rest of [`crate::store`]; the few
@@ -142,6 +143,19 @@ pub enum AuditError {
         seq: u64,
         why: String,
     },
+    /// The engine stores one event per (gateway, seq); keeping the first and
+    /// acknowledging the second would lose the second without anyone knowing.
+    #[error("gateway {gateway} seq {seq}: the engine already holds a different event under this name and seq (hash {held}, this one {received}): its journal was replaced, or two gateways share the name; give this gateway its own name. Nothing of this shipment was stored")]
+    Conflict {
+        gateway: String,
+        seq: u64,
+        held: String,
+        received: String,
+    },
+    /// [`AuditError::Conflict`] within one call: which of the two the gateway's
+    /// chain holds cannot be told here, and keeping either would lose the other.
+    #[error("gateway {gateway} seq {seq}: this shipment holds two different events under this name and seq (two journals under one gateway name?); give each gateway its own name. Nothing of this shipment was stored")]
+    ConflictInShipment { gateway: String, seq: u64 },
     #[error("line {line}: {message}; nothing was imported")]
     ImportLine { line: u64, message: String },
     #[error("line {line}: cannot read: {source}; nothing was imported")]
@@ -175,6 +189,9 @@ struct Prepared {
     action: String,
     outcome: &'static str,
     json: String,
+    /// The event's chain hash: what tells a re-sent event from a different one
+    /// under the same seq.
+    hash: String,
 }
 
 /// Why a line is not storable, before it is attributed to a record or a file line.
@@ -199,8 +216,8 @@ fn prepare(json: String) -> Result<Prepared, Problem> {
             json.len()
         )));
     }
-    let event = AuditEvent::from_json(&json).map_err(|e| Problem::Malformed(e.to_string()))?;
-    let b = event.body;
+    let AuditEvent { body: b, hash, .. } =
+        AuditEvent::from_json(&json).map_err(|e| Problem::Malformed(e.to_string()))?;
     if b.gateway.is_empty() {
         return Err(Problem::Invalid("the event names no gateway".into()));
     }
@@ -221,6 +238,7 @@ fn prepare(json: String) -> Result<Prepared, Problem> {
         action: b.action,
         outcome: b.outcome.name(),
         json,
+        hash,
     })
 }
 
@@ -373,11 +391,12 @@ impl AuditStore {
     // -----------------------------------------------------------------------------
     // Ingest
 
-    /// Stores shipped records: all of them or, when one is not a valid event or does
-    /// not match the gateway and seq it was shipped as, none (the error names it).
-    /// Records already stored are skipped; if one arrives with a different JSON than
-    /// the stored one, the first stays and a warning is logged (verification will
-    /// tell which of the two the chain holds).
+    /// Stores shipped records: all of them or, when one is not a valid event, does
+    /// not match the gateway and seq it was shipped as, or differs (another hash)
+    /// from the event stored under its gateway and seq, none (the error names it).
+    /// Records already stored are skipped; one with the stored hash but other bytes
+    /// leaves the stored copy and a warning (verification tells which of the two the
+    /// chain holds).
     pub async fn ingest(&self, records: Vec<Record>) -> Result<IngestOutcome, AuditError> {
         let mut tx = self.begin_write().await?;
         let out = self.ingest_in(&mut tx, records).await?;
@@ -427,7 +446,7 @@ impl AuditStore {
         if rows.is_empty() {
             return Ok(IngestOutcome::default());
         }
-        let by_gateway = group_by_gateway(rows);
+        let by_gateway = group_by_gateway(rows)?;
         self.lock_gateways(tx, by_gateway.keys()).await?;
         let mut out = IngestOutcome::default();
         for (gateway, rows) in &by_gateway {
@@ -472,7 +491,7 @@ impl AuditStore {
                 break;
             }
             out.events += chunk.len() as u64;
-            let by_gateway = group_by_gateway(chunk);
+            let by_gateway = group_by_gateway(chunk)?;
             // Gateway locks are taken as gateways first appear; a file normally
             // holds one gateway's journal, so the order question does not arise.
             let new: Vec<&String> = by_gateway.keys().filter(|g| !locked.contains(*g)).collect();
@@ -572,7 +591,8 @@ impl AuditStore {
     }
 
     /// Inserts one gateway's rows (sorted by seq, no seq twice), skipping those
-    /// already stored. Returns how many were new.
+    /// already stored and refusing ([`AuditError::Conflict`]) when one of those
+    /// differs from the stored event. Returns how many were new.
     async fn insert_events(
         &self,
         tx: &mut Transaction<'static, Any>,
@@ -611,17 +631,21 @@ impl AuditStore {
                 .map_err(db("storing audit events"))?
                 .rows_affected();
             if (n as usize) < chunk.len() {
-                self.warn_on_different_copies(tx, chunk).await?;
+                self.check_held_copies(tx, chunk).await?;
             }
             inserted += n;
         }
         Ok(inserted)
     }
 
-    /// Some of `chunk` were stored before: warns about any whose stored JSON differs
-    /// from the one just received (a gateway that rewrote its journal, or a clash of
-    /// two gateways configured with the same name).
-    async fn warn_on_different_copies(
+    /// Some of `chunk` were stored before. A re-sent event (a lost acknowledgement)
+    /// is the one stored, and skipping it is right; one with another hash is a
+    /// different event under the same (gateway, seq), a replaced journal or two
+    /// gateways with one name, and skipping it while acknowledging the seq would
+    /// lose it unseen, so the call is refused ([`AuditError::Conflict`], lowest seq).
+    /// Only called for a chunk that inserted fewer rows than it has, so shipments
+    /// of new events pay no extra query.
+    async fn check_held_copies(
         &self,
         tx: &mut Transaction<'static, Any>,
         chunk: &[Prepared],
@@ -641,13 +665,13 @@ impl AuditStore {
             }
             sql.int(r.seq);
         }
-        sql.push(")");
+        sql.push(") ORDER BY seq");
         let stored = sql
             .query()
             .fetch_all(&mut **tx)
             .await
             .map_err(db("comparing re-sent audit events"))?;
-        let ours: HashMap<i64, &str> = chunk.iter().map(|r| (r.seq, r.json.as_str())).collect();
+        let ours: HashMap<i64, &Prepared> = chunk.iter().map(|r| (r.seq, r)).collect();
         for row in &stored {
             let seq: i64 = row
                 .try_get(0)
@@ -655,13 +679,31 @@ impl AuditStore {
             let event: String = row
                 .try_get(1)
                 .map_err(db("comparing re-sent audit events"))?;
-            if ours.get(&seq).is_some_and(|j| *j != event) {
-                tracing::warn!(
-                    gateway = %first.gateway,
+            // The rows this chunk just inserted come back too, byte for byte.
+            let Some(ours) = ours.get(&seq).filter(|r| r.json != event) else {
+                continue;
+            };
+            let seq = u64::try_from(seq).unwrap_or(0);
+            let held = serde_json::from_str::<HashOnly>(&event)
+                .map_err(|e| AuditError::CorruptEvent {
+                    gateway: ours.gateway.clone(),
                     seq,
-                    "audit event re-sent with different content; the stored copy is kept"
-                );
+                    message: e.to_string(),
+                })?
+                .hash;
+            if held != ours.hash {
+                return Err(AuditError::Conflict {
+                    gateway: ours.gateway.clone(),
+                    seq,
+                    held,
+                    received: ours.hash.clone(),
+                });
             }
+            tracing::warn!(
+                gateway = %ours.gateway,
+                seq,
+                "audit event re-sent with its stored hash but different content; the stored copy is kept (`sekisho audit verify` tells which the chain holds)"
+            );
         }
         Ok(())
     }
@@ -1302,9 +1344,18 @@ fn json_list(items: &[String]) -> String {
     serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
 }
 
+/// The one field [`AuditStore::check_held_copies`] needs of a stored event, read
+/// without parsing the rest (an altered body is `audit verify`'s to judge).
+#[derive(serde::Deserialize)]
+struct HashOnly {
+    hash: String,
+}
+
 /// Rows per gateway, each sorted by seq with every seq once. A seq sent twice in one
-/// call keeps its first copy (with a warning when the copies differ).
-fn group_by_gateway(rows: Vec<Prepared>) -> BTreeMap<String, Vec<Prepared>> {
+/// call keeps its first copy (with a warning when the copies' bytes differ); two
+/// copies with different hashes are two different events and refuse the call
+/// ([`AuditError::ConflictInShipment`]), as a different stored copy would.
+fn group_by_gateway(rows: Vec<Prepared>) -> Result<BTreeMap<String, Vec<Prepared>>, AuditError> {
     let mut by: BTreeMap<String, Vec<Prepared>> = BTreeMap::new();
     for r in rows {
         by.entry(r.gateway.clone()).or_default().push(r);
@@ -1312,19 +1363,30 @@ fn group_by_gateway(rows: Vec<Prepared>) -> BTreeMap<String, Vec<Prepared>> {
     for rows in by.values_mut() {
         // Stable: the first copy of a seq stays first.
         rows.sort_by_key(|r| r.seq);
-        rows.dedup_by(|later, first| {
-            let same = later.seq == first.seq;
-            if same && later.json != first.json {
-                tracing::warn!(
-                    gateway = %first.gateway,
-                    seq = first.seq,
-                    "audit event sent twice in one batch with different content; the first copy is kept"
-                );
+        let mut kept: Vec<Prepared> = Vec::with_capacity(rows.len());
+        for r in rows.drain(..) {
+            match kept.last() {
+                Some(first) if first.seq == r.seq => {
+                    if first.hash != r.hash {
+                        return Err(AuditError::ConflictInShipment {
+                            gateway: r.gateway,
+                            seq: u64::try_from(r.seq).unwrap_or(0),
+                        });
+                    }
+                    if first.json != r.json {
+                        tracing::warn!(
+                            gateway = %first.gateway,
+                            seq = first.seq,
+                            "audit event sent twice in one batch with the same hash but different content; the first copy is kept"
+                        );
+                    }
+                }
+                _ => kept.push(r),
             }
-            same
-        });
+        }
+        *rows = kept;
     }
-    by
+    Ok(by)
 }
 
 /// One row of a chain walk.

@@ -4,12 +4,16 @@
 //! certificates; the TLS layer already refused everyone else). What a gateway ships
 //! is stored as received and judged later by `audit verify`: refusing an altered
 //! event here would only stop the forwarder and hide the evidence. Refused are
-//! records that are not events at all, or that do not say what they are shipped
-//! as; the error names the gateway and seq.
+//! records that are not events at all, that do not say what they are shipped as,
+//! or that are a different event (another hash) than the one stored under their
+//! gateway and seq: the store keeps one event per seq, so accepting the second
+//! would acknowledge an event that is not stored. The error names the gateway and
+//! seq.
 
 use std::collections::BTreeMap;
 
 use sekisho_proto::v1 as pb;
+use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::audit::store::{AuditError, AuditStore, Record};
@@ -26,6 +30,11 @@ pub const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
 /// acknowledging anything uncommitted; on SQLite each transaction rewrites the
 /// index pages its rows touch, so 10 batches of 500 in one cost about what one does.
 pub const GROUP_RECORDS: usize = 5_000;
+
+/// Metadata key of a `FAILED_PRECONDITION` refusal of a different event under a
+/// stored (gateway, seq): the seq, in decimal, so a forwarder can report which of
+/// its events is refused without parsing the message.
+pub const CONFLICT_SEQ_METADATA: &str = "sekisho-conflict-seq";
 
 /// `sekisho.v1.AuditSink` over the engine's audit store.
 #[derive(Clone, Debug)]
@@ -48,7 +57,17 @@ fn audit_status(e: AuditError) -> Status {
     match e {
         AuditError::Malformed { .. }
         | AuditError::Mismatch { .. }
-        | AuditError::InvalidRecord { .. } => Status::invalid_argument(e.to_string()),
+        | AuditError::InvalidRecord { .. }
+        | AuditError::ConflictInShipment { .. } => Status::invalid_argument(e.to_string()),
+        // Not the request's fault alone but the stored state's: sending it again
+        // cannot succeed until the gateway is renamed (or the store cleaned up).
+        AuditError::Conflict { seq, .. } => {
+            let mut status = Status::failed_precondition(e.to_string());
+            status
+                .metadata_mut()
+                .insert(CONFLICT_SEQ_METADATA, MetadataValue::from(seq));
+            status
+        }
         other => {
             tracing::error!(error = %other, "audit store failure");
             Status::unavailable(format!("audit store: {other}"))

@@ -54,6 +54,8 @@ on_both_backends!(
     malformed_batch_writes_nothing,
     reports_last_allowed_and_counts,
     decisions_round_trip,
+    resent_event_is_a_duplicate,
+    different_event_under_a_held_seq_refuses_the_shipment,
 );
 
 /// `n` events of one gateway's chain. Users u0..u2 on devices d0..d1 in turn, one
@@ -126,7 +128,8 @@ async fn ingest_twice_stores_once(fx: Fx) {
     assert_eq!(out.stored_through, through(&[("gw-a", 15)]));
     assert_eq!(s.count(&Filter::default()).await.unwrap(), 15);
 
-    // A different JSON for a stored (gateway, seq): the first copy stays.
+    // Other bytes under the stored hash (an altered line, not another event): the
+    // stored copy stays, for verification to judge.
     let mut other = events[2].clone();
     other.body.user = "mallory".into();
     let mut rec = records(std::slice::from_ref(&other));
@@ -605,5 +608,95 @@ async fn decisions_round_trip(fx: Fx) {
     );
     assert_eq!(s.decisions(None, 10_000).await.unwrap().len(), 5000);
     assert_eq!(s.decision_count().await.unwrap(), 5000);
+    fx.cleanup_audit(&s).await;
+}
+
+/// A second journal under a name the store already holds: same seqs, other events.
+fn other_journal(gateway: &str, n: u64) -> Vec<AuditEvent> {
+    chain_from(gateway, 1, &"f".repeat(64), n)
+}
+
+async fn resent_event_is_a_duplicate(fx: Fx) {
+    let s = fx.audit().await;
+    let events = chain("gw-a", 10);
+    s.ingest(records(&events)).await.unwrap();
+    // A crash between the engine's commit and the gateway storing its position:
+    // the same events again, alone or with new ones, are accepted and stored once.
+    let out = s.ingest(records(&events[2..3])).await.unwrap();
+    assert_eq!(out.inserted, 0);
+    assert_eq!(out.stored_through, through(&[("gw-a", 10)]));
+    let more = chain_from("gw-a", 11, &events[9].hash, 2);
+    let mut again = records(&events);
+    again.extend(records(&more));
+    let out = s.ingest(again).await.unwrap();
+    assert_eq!(out.inserted, 2);
+    assert_eq!(out.stored_through, through(&[("gw-a", 12)]));
+    assert_eq!(s.count(&Filter::default()).await.unwrap(), 12);
+    assert_eq!(s.event("gw-a", 3).await.unwrap(), Some(events[2].clone()));
+    let gws = s.gateways().await.unwrap();
+    assert_eq!((gws[0].stored_through, gws[0].received), (12, 12));
+    fx.cleanup_audit(&s).await;
+}
+
+async fn different_event_under_a_held_seq_refuses_the_shipment(fx: Fx) {
+    let s = fx.audit().await;
+    // 100 events: a refused seq past the first INSERT's 64 rows is found too.
+    let events = chain("gw-a", 100);
+    s.ingest(records(&events)).await.unwrap();
+    let other = other_journal("gw-a", 100);
+
+    // Events of the held journal re-sent and new ones, another gateway's, and
+    // one of a second journal under gw-a's name: all refused, naming the seq.
+    let more = chain_from("gw-a", 101, &events[99].hash, 5);
+    let mut shipment = records(&events[60..69]);
+    shipment.extend(records(&more));
+    shipment.extend(records(&chain("gw-b", 3)));
+    shipment.extend(records(&other[69..71]));
+    let e = s.ingest(shipment).await.unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            AuditError::Conflict { gateway, seq: 70, held, received }
+                if gateway == "gw-a" && *held == events[69].hash && *received == other[69].hash
+        ),
+        "{e}"
+    );
+    let message = e.to_string();
+    assert!(
+        message.starts_with("gateway gw-a seq 70: the engine already holds a different event"),
+        "{e}"
+    );
+    assert!(message.contains("give this gateway its own name"), "{e}");
+
+    // The whole second journal: refused at its first seq.
+    let e = s.ingest(records(&other)).await.unwrap_err();
+    assert!(matches!(&e, AuditError::Conflict { seq: 1, .. }), "{e}");
+
+    // Two different events under one seq in the same shipment.
+    let twin = other_journal("gw-c", 1);
+    let mut twins = records(&chain("gw-c", 1));
+    twins.extend(records(&twin));
+    let e = s.ingest(twins).await.unwrap_err();
+    assert!(
+        matches!(&e, AuditError::ConflictInShipment { gateway, seq: 1 } if gateway == "gw-c"),
+        "{e}"
+    );
+
+    // A journal file of the second journal: nothing imported.
+    let file: String = other.iter().map(|e| e.to_json() + "\n").collect();
+    let e = s.import_jsonl(file.as_bytes()).await.unwrap_err();
+    assert!(matches!(&e, AuditError::Conflict { seq: 1, .. }), "{e}");
+
+    // Nothing of any refused shipment was stored.
+    assert_eq!(s.count(&Filter::default()).await.unwrap(), 100);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(
+            s.event("gw-a", i as u64 + 1).await.unwrap().as_ref(),
+            Some(e)
+        );
+    }
+    let gws = s.gateways().await.unwrap();
+    assert_eq!(gws.len(), 1);
+    assert_eq!((gws[0].stored_through, gws[0].received), (100, 100));
     fx.cleanup_audit(&s).await;
 }
