@@ -89,8 +89,9 @@ pub struct PlanInputs {
     /// The user's enrolment in the calling gateway's credential store, which is the
     /// authority for its tier; `None` uses the directory's `enrolled` attribute.
     pub enrolled: Option<FactorSet>,
-    /// Plan for an unknown user as for a stand-in with no groups who enrolled every
-    /// factor, so that a challenge never tells whether a user exists.
+    /// Plan for an unknown user as for a stand-in with no groups (who enrolled
+    /// `enrolled`, or every factor without it), so that a challenge never tells
+    /// whether a user exists.
     pub mask_unknown_user: bool,
 }
 
@@ -632,21 +633,18 @@ impl Engine {
         inputs: &PlanInputs,
         use_cache: bool,
     ) -> Result<Plan, EngineError> {
-        let (user, device, masked) = match self.lookup(req) {
+        let (user, device) = match self.lookup(req) {
             Err(EngineError::UnknownUser(id)) if inputs.mask_unknown_user => {
                 tracing::info!(user = %id, "unknown user: planning as a stand-in with no groups");
                 let device = self.lookup_device(&req.device)?;
-                (Arc::new(User::stand_in(&id)), device, true)
+                (Arc::new(User::stand_in(&id)), device)
             }
-            other => {
-                let (user, device) = other?;
-                (user, device, false)
-            }
+            other => other?,
         };
-        let enrolled = match inputs.enrolled {
-            Some(e) if !masked => e,
-            _ => user.record.enrolled,
-        };
+        // A masked user is planned with what the gateway sent too: a stand-in that
+        // enrolled everything would be offered every permitted set and never a
+        // "not enrolled", which a real user's plan seldom looks like.
+        let enrolled = inputs.enrolled.unwrap_or(user.record.enrolled);
         let emergency_otp_active = inputs.emergency_otp_active;
         let snap = self.snapshot();
         let cached = if use_cache {
@@ -938,6 +936,46 @@ mod tests {
         let mut r = req("bob", "desk", Action::Elevate);
         r.hour = 3;
         assert!(e.plan(&r, false).unwrap().options.is_empty());
+    }
+
+    #[test]
+    fn a_masked_unknown_user_is_planned_like_a_known_one_with_the_same_enrolment() {
+        let e = engine(LGWAN);
+        let sent = |user: &str, enrolled: Option<&[&str]>| {
+            let inputs = PlanInputs {
+                enrolled: enrolled.map(|f| FactorSet::parse_names(f.iter().copied()).unwrap()),
+                mask_unknown_user: true,
+                ..PlanInputs::default()
+            };
+            let p = e
+                .plan_for(&req(user, "desk", Action::Logon), &inputs)
+                .unwrap();
+            let unavailable: Vec<_> = p
+                .unavailable
+                .iter()
+                .map(|u| (u.factors.names(), u.why))
+                .collect();
+            (names(&p.options), unavailable)
+        };
+        // With the enrolment a gateway sends, nobody and alice look alike, "not
+        // enrolled" included.
+        let typical: &[&str] = &["password"];
+        assert_eq!(sent("nobody", Some(typical)), sent("alice", Some(typical)));
+        assert_eq!(
+            sent("nobody", Some(typical)).1,
+            [
+                (vec!["card", "password"], Unavailability::NotEnrolled),
+                (vec!["face", "password"], Unavailability::NoCapability),
+            ]
+        );
+        // Without one, the stand-in enrolled everything.
+        assert_eq!(sent("nobody", None).0, [["card", "password"]]);
+        // Without masking, an unknown user is an error.
+        let unmasked = PlanInputs::default();
+        assert!(matches!(
+            e.plan_for(&req("nobody", "desk", Action::Logon), &unmasked),
+            Err(EngineError::UnknownUser(_))
+        ));
     }
 
     #[test]

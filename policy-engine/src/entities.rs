@@ -94,7 +94,8 @@ pub struct User {
 
 impl User {
     /// A user with no groups, no department or role, who enrolled every factor: what
-    /// an unknown user is planned as when a gateway asks to mask unknown users.
+    /// an unknown user is planned as when a gateway asks to mask unknown users (with
+    /// the enrolment the gateway sent, when it sent one).
     pub fn stand_in(id: &str) -> User {
         User {
             record: UserRecord {

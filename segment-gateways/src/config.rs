@@ -267,6 +267,9 @@ impl Default for AuditConfig {
 
 /// Events reach the engine's audit store within this of their commit.
 const MAX_AUDIT_INTERVAL_MS: u64 = 10_000;
+/// An engine call this slow holds the person at the screen; a minute is past any
+/// sensible wait.
+const MAX_ENGINE_TIMEOUT_MS: u64 = 60_000;
 /// Keeps one message well under gRPC's default 4 MiB limit (events are under 2 KiB).
 const MAX_AUDIT_BATCH: usize = 2000;
 const MAX_AUDIT_STREAM: usize = 100_000;
@@ -374,16 +377,23 @@ impl GatewayConfig {
                 ))
             }
         }
-        if !(e.url.starts_with("https://") || e.url.starts_with("http://")) {
+        if let Err(why) = crate::tls::check_scheme(&e.url) {
+            return Err(invalid(format!("engine.url '{}': {why}", e.url)));
+        }
+        if e.timeout_ms == 0 || e.timeout_ms > MAX_ENGINE_TIMEOUT_MS {
             return Err(invalid(format!(
-                "engine.url '{}' must start with https://",
-                e.url
+                "engine.timeout_ms must be between 1 and {MAX_ENGINE_TIMEOUT_MS}, got {}",
+                e.timeout_ms
             )));
         }
         if self.lockout.max_failures == 0 {
             return Err(invalid("lockout.max_failures must be at least 1".into()));
         }
-        if self.rate_limit.per_device_per_minute.is_nan()
+        // A lock of 0 s ends as it starts: lockout would be off without saying so.
+        if self.lockout.lock_secs == 0 {
+            return Err(invalid("lockout.lock_secs must be at least 1".into()));
+        }
+        if !self.rate_limit.per_device_per_minute.is_finite()
             || self.rate_limit.per_device_per_minute <= 0.0
             || self.rate_limit.burst == 0
         {
@@ -394,6 +404,11 @@ impl GatewayConfig {
         if self.challenge.ttl_secs == 0 || self.challenge.ttl_secs > 600 {
             return Err(invalid(
                 "challenge.ttl_secs must be between 1 and 600".into(),
+            ));
+        }
+        if self.challenge.max_open == 0 {
+            return Err(invalid(
+                "challenge.max_open must be at least 1 (0 would refuse every Begin)".into(),
             ));
         }
         for (name, v) in [
@@ -536,5 +551,18 @@ mod tests {
         );
         assert!(e("tier = \"lgwan\"\n[audit]\nfoward = false").contains("unknown field `foward`"));
         assert!(e("tier = \"lgwan\"\n[audit]\ninterval_ms = 60000").contains("audit.interval_ms"));
+        assert!(e("tier = \"lgwan\"\n[lockout]\nlock_secs = 0").contains("lockout.lock_secs"));
+        assert!(e("tier = \"lgwan\"\n[challenge]\nmax_open = 0").contains("challenge.max_open"));
+        assert!(e("tier = \"lgwan\"\n[engine]\ntimeout_ms = 0").contains("engine.timeout_ms"));
+        assert!(
+            e("tier = \"lgwan\"\n[rate_limit]\nper_device_per_minute = inf")
+                .contains("rate_limit.per_device_per_minute")
+        );
+        let plain = e("tier = \"lgwan\"\n[engine]\nurl = \"http://10.1.2.3:7443\"");
+        assert!(
+            plain.contains("engine.url") && plain.contains("loopback"),
+            "{plain}"
+        );
+        assert!(parse("tier = \"lgwan\"\n[engine]\nurl = \"http://127.0.0.1:7443\"").is_ok());
     }
 }

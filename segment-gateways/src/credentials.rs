@@ -7,6 +7,8 @@
 //! user, factor) through the AEAD's associated data, so a ciphertext copied into
 //! another user's row does not open.
 
+use std::collections::HashMap;
+
 use sekisho_policy_engine::store::StoreError;
 use sekisho_policy_engine::{Capabilities, DeviceKind, Factor, FactorSet};
 use sqlx::Row;
@@ -31,6 +33,9 @@ pub enum CredentialError {
     },
     #[error("cannot seal a credential: {0}")]
     Seal(CryptoError),
+    /// A card is one person's: enrolled for two, either could log on as the other.
+    #[error("this card certificate is already enrolled for user '{holder}'")]
+    CardOfAnotherUser { holder: String },
 }
 
 /// A device as this gateway knows it.
@@ -100,7 +105,11 @@ pub struct CredentialStore {
     db: Db,
     key: std::sync::Arc<SealingKey>,
     devices: std::sync::Arc<DeviceCache>,
+    typical: std::sync::Arc<tokio::sync::Mutex<Option<(FactorSet, std::time::Instant)>>>,
 }
+
+/// How long the tier's most common enrolment is reused before it is counted again.
+const TYPICAL_ENROLMENT_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// How long a device read from the store is trusted before it is read again: a
 /// registration changed through another replica is seen within this time.
@@ -128,6 +137,7 @@ impl CredentialStore {
             db,
             key: std::sync::Arc::new(key),
             devices: std::sync::Arc::default(),
+            typical: std::sync::Arc::default(),
         };
         if store.key_check().await?.is_none() {
             let sealed = store
@@ -154,6 +164,19 @@ impl CredentialStore {
                 tier: store.tier_name().into(),
             }),
         }
+    }
+
+    /// Whether `db` is bound to a key already (see [`CredentialStore::open`]).
+    pub async fn is_sealed(db: &Db) -> Result<bool, CredentialError> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM gw_meta WHERE tenant = $1 AND tier = $2 AND name = 'key_check'",
+        )
+        .bind(&*db.tenant)
+        .bind(db.tier.name())
+        .fetch_optional(&db.pool)
+        .await
+        .map_err(db_err("reading the key check"))?;
+        Ok(found.is_some())
     }
 
     /// Whether the stored key check opens with this key; `None` when there is none.
@@ -437,7 +460,8 @@ impl CredentialStore {
         })
     }
 
-    /// Adds a card certificate (DER); false when it was already enrolled.
+    /// Adds a card certificate (DER); false when it was already enrolled for `user`,
+    /// and [`CredentialError::CardOfAnotherUser`] when for someone else.
     pub async fn add_card(
         &self,
         user: &str,
@@ -445,8 +469,12 @@ impl CredentialStore {
         kind: CardKind,
         not_after_ms: i64,
     ) -> Result<bool, CredentialError> {
-        use sha2::Digest;
-        let fingerprint = hex::encode(sha2::Sha256::digest(der));
+        let fingerprint = card_fingerprint(der);
+        if let Some(holder) = self.card_holder(&fingerprint).await? {
+            if holder != user {
+                return Err(CredentialError::CardOfAnotherUser { holder });
+            }
+        }
         let done = sqlx::query(
             "INSERT INTO gw_cards (tenant, tier, user_id, fingerprint, kind, certificate, not_after, enrolled_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -610,22 +638,6 @@ impl CredentialStore {
         }))
     }
 
-    /// Marks the emergency OTP used; false when it already was (a concurrent use).
-    pub async fn use_emergency_otp(&self, user: &str) -> Result<bool, CredentialError> {
-        let done = sqlx::query(
-            "UPDATE gw_emergency_otps SET used_at = $4
-             WHERE tenant = $1 AND tier = $2 AND user_id = $3 AND used_at IS NULL",
-        )
-        .bind(self.tenant())
-        .bind(self.tier_name())
-        .bind(user)
-        .bind(now_ms())
-        .execute(&self.db.pool)
-        .await
-        .map_err(db_err("using an emergency OTP"))?;
-        Ok(done.rows_affected() == 1)
-    }
-
     /// What the user can present on this tier. `password` is included when
     /// `directory_passwords` (a directory holds every password).
     pub async fn enrollment(
@@ -675,15 +687,15 @@ impl CredentialStore {
         conn.keep();
         let mut e = Enrollment::default();
         let mut material = CardsAndTotp::default();
-        if directory_passwords {
-            e.factors = e.factors.with(Factor::Password);
-        }
+        let mut stored = false;
         for row in rows {
             let name: String = row.try_get(0).map_err(db_err("reading enrolment"))?;
             let count: i64 = row.try_get(1).map_err(db_err("reading enrolment"))?;
             if count <= 0 {
                 continue;
             }
+            // A stored password means nothing while the directory checks passwords.
+            stored |= !(name == "emergency_otp" || name == "password" && directory_passwords);
             let count = u32::try_from(count).unwrap_or(u32::MAX);
             match name.as_str() {
                 "password" if !directory_passwords => e.factors = e.factors.with(Factor::Password),
@@ -724,7 +736,73 @@ impl CredentialStore {
                 _ => {}
             }
         }
+        if directory_passwords {
+            e.factors = e.factors.with(Factor::Password);
+        }
+        // Nothing stored is what an unknown user looks like too: plan both as the
+        // tier's typical user, so that a challenge never tells them apart from one
+        // (the engine masks the unknown one with what is sent). They fail at
+        // Complete, as a wrong factor does.
+        if !stored {
+            e.factors = e
+                .factors
+                .union(self.typical_enrollment(directory_passwords).await?);
+        }
         Ok((e, material))
+    }
+
+    /// The enrolment most users of this tier have (the smaller set on a tie), counted
+    /// again every [`TYPICAL_ENROLMENT_TTL`]. Only a Begin for a user with nothing
+    /// stored waits for the count, at most once per period.
+    async fn typical_enrollment(
+        &self,
+        directory_passwords: bool,
+    ) -> Result<FactorSet, CredentialError> {
+        let mut typical = self.typical.lock().await;
+        if let Some((set, at)) = *typical {
+            if at.elapsed() < TYPICAL_ENROLMENT_TTL {
+                return Ok(set);
+            }
+        }
+        let rows = sqlx::query(
+            "SELECT user_id, factor FROM gw_secrets WHERE tenant = $1 AND tier = $2
+             UNION SELECT user_id, 'totp' FROM gw_totp WHERE tenant = $1 AND tier = $2
+             UNION SELECT user_id, kind FROM gw_cards WHERE tenant = $1 AND tier = $2
+             UNION SELECT user_id, factor FROM gw_biometrics WHERE tenant = $1 AND tier = $2",
+        )
+        .bind(self.tenant())
+        .bind(self.tier_name())
+        .fetch_all(&self.db.pool)
+        .await
+        .map_err(db_err("counting enrolments"))?;
+        let mut by_user: HashMap<String, FactorSet> = HashMap::new();
+        for row in rows {
+            let user: String = row.try_get(0).map_err(db_err("counting enrolments"))?;
+            let name: String = row.try_get(1).map_err(db_err("counting enrolments"))?;
+            let factors = match name.as_str() {
+                "password" if directory_passwords => FactorSet::EMPTY,
+                "mynumber" => FactorSet::EMPTY
+                    .with(Factor::Card)
+                    .with(Factor::MynumberCard),
+                other => FactorSet::parse_names([other]).unwrap_or(FactorSet::EMPTY),
+            };
+            let set = by_user.entry(user).or_insert(FactorSet::EMPTY);
+            *set = set.union(factors);
+        }
+        let mut counts: HashMap<FactorSet, usize> = HashMap::new();
+        for set in by_user.into_values().filter(|s| !s.is_empty()) {
+            *counts.entry(set).or_default() += 1;
+        }
+        let set = counts
+            .into_iter()
+            .max_by(|(a, n), (b, m)| {
+                n.cmp(m)
+                    .then(b.len().cmp(&a.len()))
+                    .then(b.bits().cmp(&a.bits()))
+            })
+            .map_or(FactorSet::EMPTY, |(set, _)| set);
+        *typical = Some((set, std::time::Instant::now()));
+        Ok(set)
     }
 }
 
@@ -762,6 +840,21 @@ impl CredentialStore {
         }))
     }
 
+    /// Who the card with this SHA-256 fingerprint is enrolled for, if anyone.
+    pub async fn card_holder(&self, fingerprint: &str) -> Result<Option<String>, CredentialError> {
+        let holder = sqlx::query_scalar(
+            "SELECT user_id FROM gw_cards WHERE tenant = $1 AND tier = $2 AND fingerprint = $3
+             ORDER BY user_id LIMIT 1",
+        )
+        .bind(self.tenant())
+        .bind(self.tier_name())
+        .bind(fingerprint)
+        .fetch_optional(&self.db.pool)
+        .await
+        .map_err(db_err("reading a card"))?;
+        Ok(holder)
+    }
+
     /// Whether the card with this SHA-256 fingerprint is enrolled for `user`.
     pub async fn has_card(&self, user: &str, fingerprint: &str) -> Result<bool, CredentialError> {
         let found: Option<i64> = sqlx::query_scalar(
@@ -794,5 +887,91 @@ pub(crate) fn card_kind_name(kind: CardKind) -> &'static str {
     match kind {
         CardKind::Card => "card",
         CardKind::MyNumber => "mynumber",
+    }
+}
+
+/// How a card certificate is keyed in the store: SHA-256 of its DER, hex.
+pub fn card_fingerprint(der: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(der))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::factors::totp::TotpParams;
+    use sekisho_policy_engine::Tier;
+
+    async fn store(dir: &tempfile::TempDir) -> CredentialStore {
+        let url = format!("sqlite://{}", dir.path().join("gw.db").display());
+        let db = Db::open(&url, "city", Tier::Lgwan).await.unwrap();
+        CredentialStore::open(db, SealingKey::generate().unwrap())
+            .await
+            .unwrap()
+    }
+
+    fn set(names: &[&str]) -> FactorSet {
+        FactorSet::parse_names(names.iter().copied()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_card_is_enrolled_for_one_user_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir).await;
+        let der = b"stand-in for a certificate's DER";
+        assert!(s.add_card("a", der, CardKind::Card, 0).await.unwrap());
+        assert!(!s.add_card("a", der, CardKind::Card, 0).await.unwrap());
+        let e = s.add_card("b", der, CardKind::Card, 0).await.unwrap_err();
+        assert!(
+            matches!(&e, CredentialError::CardOfAnotherUser { holder } if holder == "a"),
+            "{e}"
+        );
+        assert_eq!(
+            s.card_holder(&card_fingerprint(der))
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("a")
+        );
+        assert!(!s.has_card("b", &card_fingerprint(der)).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_user_with_nothing_stored_is_planned_as_the_typical_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir).await;
+        let planned = |user: &'static str, directory: bool| {
+            let s = s.clone();
+            async move { s.for_logon(user, directory).await.unwrap().0.factors }
+        };
+        // An empty tier has no typical user.
+        assert_eq!(planned("nobody", false).await, FactorSet::EMPTY);
+        assert_eq!(planned("nobody", true).await, set(&["password"]));
+
+        let params = TotpParams::default();
+        for user in ["a", "b"] {
+            s.set_secret(user, Factor::Pin, "$argon2id$stub")
+                .await
+                .unwrap();
+            s.set_totp(user, b"12345678901234567890", &params)
+                .await
+                .unwrap();
+        }
+        s.set_secret("c", Factor::Password, "$argon2id$stub")
+            .await
+            .unwrap();
+        // The count is kept for a while; a new one is made here.
+        *s.typical.lock().await = None;
+
+        assert_eq!(planned("nobody", false).await, set(&["pin", "totp"]));
+        assert_eq!(planned("c", false).await, set(&["password"]));
+        assert_eq!(planned("a", false).await, set(&["pin", "totp"]));
+        // With a directory, stored passwords do not count and everyone has one.
+        *s.typical.lock().await = None;
+        assert_eq!(
+            planned("nobody", true).await,
+            set(&["password", "pin", "totp"])
+        );
+        assert_eq!(planned("c", true).await, set(&["password", "pin", "totp"]));
     }
 }

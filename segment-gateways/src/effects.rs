@@ -13,11 +13,16 @@
 //! - a TOTP step that another logon recorded first gets [`Conflict::TotpReplayed`]
 //!   (two logons racing with one code: exactly one wins), and a code checked against
 //!   a secret enrolled again since gets [`Conflict::TotpChanged`];
+//! - an emergency OTP that another answer used first gets
+//!   [`Conflict::EmergencyOtpUsed`] (again exactly one wins); one issued again or
+//!   withdrawn since it was checked gets [`Conflict::EmergencyOtpChanged`], one that
+//!   ran out in between [`Conflict::EmergencyOtpExpired`];
 //! - a session ended since the unlock was prepared gets [`Conflict::NoSession`].
 //!
-//! A conflict cancels the answer's session change and its clearing of failures; the
-//! TOTP step and a failure count are kept. A replay found only here (a race) is not
-//! counted as a failure: the losing code was correct when it was checked.
+//! A conflict cancels the answer's emergency OTP use, its session change and its
+//! clearing of failures; the TOTP step and a failure count are kept. A replay found
+//! only here (a race) is not counted as a failure: the losing code was correct when
+//! it was checked.
 
 use std::collections::{HashMap, HashSet};
 
@@ -44,6 +49,12 @@ pub enum Effect {
         step: u64,
         secret: String,
     },
+    /// Uses up `user`'s emergency OTP, unless it already was used, has expired, or is
+    /// no longer the code stored as `code_hash` (the one that was checked). Only an
+    /// answer that lets the user in carries it: a code presented with a wrong
+    /// password, by a locked user, or in an attempt that ends in an error stays
+    /// usable, and the one answer that uses it commits it with its event.
+    UseEmergencyOtp { user: String, code_hash: String },
     /// Counts a failed attempt of `user`, locking them at `policy.max_failures`.
     CountFailure { user: String, policy: LockoutPolicy },
     /// Ends the device's open session (superseded) and opens session `id`.
@@ -66,6 +77,7 @@ impl Effect {
         match self {
             Effect::Admit { user }
             | Effect::TotpStep { user, .. }
+            | Effect::UseEmergencyOtp { user, .. }
             | Effect::CountFailure { user, .. }
             | Effect::OpenSession { user, .. } => Some(user),
             Effect::SetSession { .. } => None,
@@ -89,6 +101,12 @@ pub enum Conflict {
     TotpReplayed,
     /// The TOTP secret was enrolled again after the code was checked.
     TotpChanged,
+    /// The emergency OTP was used by another answer first.
+    EmergencyOtpUsed,
+    /// The emergency OTP was issued again (or removed) after the code was checked.
+    EmergencyOtpChanged,
+    /// The emergency OTP expired between its check and the commit.
+    EmergencyOtpExpired,
     NoSession,
 }
 
@@ -250,7 +268,43 @@ async fn apply_round(
         }
     }
 
-    // 3. Failures counted; admitted users' counts forgotten.
+    // 3. Emergency OTPs, for answers that still stand: used only where unused, unexpired
+    // and still the code that was checked.
+    let mut otps_used: Vec<(usize, &str, &str)> = Vec::new();
+    for &(i, e) in &effects {
+        if let Effect::UseEmergencyOtp { user, code_hash } = e {
+            if applied[i].conflict.is_some() {
+                continue;
+            }
+            match use_emergency_otp(conn, scope, user, code_hash, now_ms).await? {
+                None => otps_used.push((i, user, code_hash)),
+                Some(conflict) => applied[i].conflict = Some(conflict),
+            }
+        }
+    }
+
+    // 4. Session moves, for answers that still stand. One that finds its session
+    // ended gives back the emergency OTP it used in step 3: the answer is now a deny.
+    for &(i, e) in &effects {
+        if let Effect::SetSession {
+            id,
+            state,
+            operator,
+        } = e
+        {
+            if applied[i].conflict.is_some() {
+                continue;
+            }
+            if !set_session(conn, scope, id, *state, operator.as_deref(), now_ms).await? {
+                applied[i].conflict = Some(Conflict::NoSession);
+                for (_, user, code_hash) in otps_used.iter().filter(|(j, _, _)| *j == i) {
+                    release_emergency_otp(conn, scope, user, code_hash, now_ms).await?;
+                }
+            }
+        }
+    }
+
+    // 5. Failures counted; the counts of admitted users whose answer stands forgotten.
     let mut counted = Vec::new();
     for &(i, e) in &effects {
         if let Effect::CountFailure { user, policy } = e {
@@ -283,7 +337,7 @@ async fn apply_round(
             .map_err(db_err("clearing lockouts"))?;
     }
 
-    // 4. Sessions, for answers that still stand.
+    // 6. Sessions opened, for answers that still stand.
     let opened: Vec<(&str, &str, &str)> = effects
         .iter()
         .filter_map(|&(i, e)| match e {
@@ -294,21 +348,86 @@ async fn apply_round(
         })
         .collect();
     open_sessions(conn, scope, &opened, now_ms).await?;
-    for &(i, e) in &effects {
-        if let Effect::SetSession {
-            id,
-            state,
-            operator,
-        } = e
-        {
-            if applied[i].conflict.is_some() {
-                continue;
-            }
-            if !set_session(conn, scope, id, *state, operator.as_deref(), now_ms).await? {
-                applied[i].conflict = Some(Conflict::NoSession);
-            }
-        }
+    Ok(())
+}
+
+/// Marks `user`'s emergency OTP used if it is unused, unexpired and still `code_hash`;
+/// otherwise says why not. One statement that both checks and marks, so two answers
+/// with the same code cannot both use it: the second finds `used_at` set (on
+/// PostgreSQL it waits for the first's row lock and re-reads the row; SQLite has one
+/// writer). Emergency logons are rare, so one statement per answer is enough.
+async fn use_emergency_otp(
+    conn: &mut AnyConnection,
+    scope: &Scope<'_>,
+    user: &str,
+    code_hash: &str,
+    now_ms: i64,
+) -> Result<Option<Conflict>, StoreError> {
+    let done = sqlx::query(
+        "UPDATE gw_emergency_otps SET used_at = $5
+         WHERE tenant = $1 AND tier = $2 AND user_id = $3 AND code_hash = $4
+           AND used_at IS NULL AND expires_at > $5",
+    )
+    .bind(scope.tenant)
+    .bind(scope.tier)
+    .bind(user)
+    .bind(code_hash)
+    .bind(now_ms)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err("using an emergency OTP"))?;
+    if done.rows_affected() == 1 {
+        return Ok(None);
     }
+    // Not used: say why, in the order the verifier judges a code (another code
+    // first, then used, then expired).
+    let row = sqlx::query(
+        "SELECT code_hash, used_at FROM gw_emergency_otps
+         WHERE tenant = $1 AND tier = $2 AND user_id = $3",
+    )
+    .bind(scope.tenant)
+    .bind(scope.tier)
+    .bind(user)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db_err("reading an emergency OTP"))?;
+    let Some(row) = row else {
+        return Ok(Some(Conflict::EmergencyOtpChanged));
+    };
+    let stored: String = row.try_get(0).map_err(db_err("reading an emergency OTP"))?;
+    let used_at: Option<i64> = row.try_get(1).map_err(db_err("reading an emergency OTP"))?;
+    Ok(Some(if stored != code_hash {
+        Conflict::EmergencyOtpChanged
+    } else if used_at.is_some() {
+        Conflict::EmergencyOtpUsed
+    } else {
+        Conflict::EmergencyOtpExpired
+    }))
+}
+
+/// Undoes [`use_emergency_otp`] within the same transaction, for an answer that
+/// turned into a deny after it used the code. Only this transaction's own mark
+/// (`used_at = now_ms`) is cleared; no other answer can have used the code in
+/// between, as this transaction holds the row.
+async fn release_emergency_otp(
+    conn: &mut AnyConnection,
+    scope: &Scope<'_>,
+    user: &str,
+    code_hash: &str,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE gw_emergency_otps SET used_at = NULL
+         WHERE tenant = $1 AND tier = $2 AND user_id = $3 AND code_hash = $4 AND used_at = $5",
+    )
+    .bind(scope.tenant)
+    .bind(scope.tier)
+    .bind(user)
+    .bind(code_hash)
+    .bind(now_ms)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err("giving back an emergency OTP"))?;
     Ok(())
 }
 
@@ -547,6 +666,7 @@ mod tests {
 
     struct Fixture {
         db: Db,
+        store: CredentialStore,
         journal: Journal,
     }
 
@@ -563,7 +683,7 @@ mod tests {
             set_stored_secret(&db, user, &format!("sealed-{user}")).await;
         }
         let journal = Journal::start(db.clone(), "gw".into()).await.unwrap();
-        Fixture { db, journal }
+        Fixture { db, store, journal }
     }
 
     /// Stands in for a (re-)enrollment: the effects only compare the stored text.
@@ -614,6 +734,29 @@ mod tests {
             user: user.into(),
             policy: POLICY,
         }
+    }
+
+    fn use_otp(user: &str, code_hash: &str) -> Effect {
+        Effect::UseEmergencyOtp {
+            user: user.into(),
+            code_hash: code_hash.into(),
+        }
+    }
+
+    /// Issues `user` an emergency OTP stored as `code_hash`, expiring at `expires_ms`.
+    async fn issue_otp(f: &Fixture, user: &str, code_hash: &str, expires_ms: i64) {
+        f.store
+            .set_emergency_otp(user, code_hash, expires_ms)
+            .await
+            .unwrap();
+    }
+
+    async fn otp_used(f: &Fixture, user: &str) -> bool {
+        f.store.emergency_otp(user).await.unwrap().unwrap().used
+    }
+
+    fn in_an_hour() -> i64 {
+        crate::db::now_ms() + 3_600_000
     }
 
     fn open(id: &str, device: &str, user: &str) -> Effect {
@@ -800,20 +943,164 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_emergency_otp_is_used_once_even_when_answers_race() {
+        for t in targets("effects-otp") {
+            let f = fixture(&t).await;
+            issue_otp(&f, "u1", "hash-1", in_an_hour()).await;
+            // Racing logons with one code, in one batch or several: exactly one is let
+            // in, the others lose the code and open no session.
+            let racers: Vec<_> = (0..8)
+                .map(|_| {
+                    let j = f.journal.clone();
+                    tokio::spawn(async move {
+                        let id = session::new_id().unwrap();
+                        let effects =
+                            vec![admit("u1"), use_otp("u1", "hash-1"), open(&id, "d1", "u1")];
+                        let done = j.commit(effects, Box::new(|_| Vec::new())).await.unwrap();
+                        (id, done.applied.conflict)
+                    })
+                })
+                .collect();
+            let mut winners = Vec::new();
+            for r in racers {
+                match r.await.unwrap() {
+                    (id, None) => winners.push(id),
+                    (_, Some(c)) => assert_eq!(c, Conflict::EmergencyOtpUsed),
+                }
+            }
+            assert_eq!(winners.len(), 1, "{}", t.url);
+            let s = session::current(&f.db, "d1").await.unwrap().unwrap();
+            assert_eq!(s.id, winners[0]);
+            assert!(otp_used(&f, "u1").await);
+            assert_eq!(
+                commit(&f, vec![use_otp("u1", "hash-1")])
+                    .await
+                    .applied
+                    .conflict,
+                Some(Conflict::EmergencyOtpUsed)
+            );
+
+            // Issued again since the check: the old code is not the one stored, and
+            // the new one is untouched and works.
+            issue_otp(&f, "u1", "hash-2", in_an_hour()).await;
+            assert_eq!(
+                commit(&f, vec![use_otp("u1", "hash-1")])
+                    .await
+                    .applied
+                    .conflict,
+                Some(Conflict::EmergencyOtpChanged)
+            );
+            assert!(!otp_used(&f, "u1").await);
+            assert_eq!(
+                commit(&f, vec![use_otp("u1", "hash-2")])
+                    .await
+                    .applied
+                    .conflict,
+                None
+            );
+            // Expired between the check and the commit; withdrawn (or never issued).
+            issue_otp(&f, "u2", "hash-3", 1).await;
+            assert_eq!(
+                commit(&f, vec![use_otp("u2", "hash-3")])
+                    .await
+                    .applied
+                    .conflict,
+                Some(Conflict::EmergencyOtpExpired)
+            );
+            assert!(!otp_used(&f, "u2").await);
+            assert_eq!(
+                commit(&f, vec![use_otp("nobody", "hash-4")])
+                    .await
+                    .applied
+                    .conflict,
+                Some(Conflict::EmergencyOtpChanged)
+            );
+            f.journal.close().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_emergency_otp_is_kept_when_its_answer_does_not_stand() {
+        for t in targets("effects-otp-kept") {
+            let f = fixture(&t).await;
+            issue_otp(&f, "u1", "hash-1", in_an_hour()).await;
+            // A locked user's right code: "locked", and the code stays usable.
+            let mut locked = None;
+            for _ in 0..3 {
+                locked = commit(&f, vec![fail("u1")]).await.applied.newly_locked;
+            }
+            let until = locked.expect("the third failure locks");
+            let done = commit(
+                &f,
+                vec![admit("u1"), use_otp("u1", "hash-1"), open("s1", "d1", "u1")],
+            )
+            .await;
+            assert_eq!(
+                done.applied.conflict,
+                Some(Conflict::Locked { until_ms: until })
+            );
+            assert!(!otp_used(&f, "u1").await);
+            assert!(session::current(&f.db, "d1").await.unwrap().is_none());
+
+            // An unlock whose session ended meanwhile: it uses the code in the
+            // transaction, finds the session gone, and gives the code back; the
+            // failure count it would have cleared stays.
+            issue_otp(&f, "u2", "hash-2", in_an_hour()).await;
+            commit(&f, vec![open("s2", "d2", "u2")]).await;
+            let logoff = Effect::SetSession {
+                id: "s2".into(),
+                state: SessionState::Ended,
+                operator: None,
+            };
+            assert_eq!(commit(&f, vec![logoff]).await.applied.conflict, None);
+            commit(&f, vec![fail("u2")]).await;
+            let unlock = Effect::SetSession {
+                id: "s2".into(),
+                state: SessionState::Active,
+                operator: None,
+            };
+            let done = commit(&f, vec![admit("u2"), use_otp("u2", "hash-2"), unlock]).await;
+            assert_eq!(done.applied.conflict, Some(Conflict::NoSession));
+            assert!(!otp_used(&f, "u2").await, "{}", t.url);
+            assert_eq!(lockout::standing(&f.db, "u2").await.unwrap().failures, 1);
+            // And it is still good for an answer that stands.
+            assert_eq!(
+                commit(&f, vec![admit("u2"), use_otp("u2", "hash-2")])
+                    .await
+                    .applied,
+                Applied::default()
+            );
+            assert!(otp_used(&f, "u2").await);
+            assert_eq!(
+                lockout::standing(&f.db, "u2").await.unwrap(),
+                Default::default()
+            );
+            f.journal.close().await;
+        }
+    }
+
+    #[tokio::test]
     async fn a_failed_batch_changes_nothing() {
         for t in targets("effects-atomic") {
             let f = fixture(&t).await;
             commit(&f, vec![open("s1", "d1", "u1")]).await;
             let before = journal::verify(&f.db, "gw").await.unwrap().checked;
             // A session id that exists already: the batch fails as a whole.
+            issue_otp(&f, "u2", "hash-1", in_an_hour()).await;
             let refused = f
                 .journal
                 .commit(
-                    vec![step("u2", 9), fail("u3"), open("s1", "d2", "u2")],
+                    vec![
+                        step("u2", 9),
+                        use_otp("u2", "hash-1"),
+                        fail("u3"),
+                        open("s1", "d2", "u2"),
+                    ],
                     Box::new(|_| vec![event("u2")]),
                 )
                 .await;
             assert!(refused.is_err(), "{}", t.url);
+            assert!(!otp_used(&f, "u2").await);
             assert_eq!(journal::verify(&f.db, "gw").await.unwrap().checked, before);
             assert_eq!(
                 lockout::standing(&f.db, "u3").await.unwrap(),

@@ -23,9 +23,10 @@ use std::path::Path;
 use rustls_pki_types::UnixTime;
 use sekisho_policy_engine::import::{check_id, read_table, split_list, Change, Problem};
 use sekisho_proto::v1 as pb;
-use sha2::{Digest, Sha256};
 
-use crate::credentials::{card_kind_name, CredentialError, CredentialStore, StoredUser};
+use crate::credentials::{
+    card_fingerprint, card_kind_name, CredentialError, CredentialStore, StoredUser,
+};
 use crate::db::{db_err, now_ms};
 use crate::factors::card::{self, CardTrust};
 use crate::factors::pin;
@@ -443,6 +444,9 @@ pub async fn import_users(
     let mut planned = Vec::with_capacity(users.len());
     let mut secret_jobs = Vec::new();
     let now = UnixTime::now();
+    // A card is one person's: who each card in this file goes to, to catch one
+    // listed for two users.
+    let mut card_users: HashMap<String, &str> = HashMap::new();
     for u in users {
         let stored = store.user(&u.id).await?;
         let base = stored.clone().unwrap_or_else(|| StoredUser {
@@ -489,7 +493,19 @@ pub async fn import_users(
         }
         let mut cards = Vec::new();
         for der in &u.card_certificates {
-            let fingerprint = hex::encode(Sha256::digest(der));
+            let fingerprint = card_fingerprint(der);
+            let holder = match card_users.get(fingerprint.as_str()) {
+                Some(other) => Some(other.to_string()),
+                None => store.card_holder(&fingerprint).await?,
+            };
+            if let Some(holder) = holder.filter(|h| *h != u.id) {
+                return Err(ImportFailure::Invalid(vec![problem(
+                    u,
+                    "card_cert",
+                    format!("this card certificate is already enrolled for user '{holder}'"),
+                )]));
+            }
+            card_users.insert(fingerprint.clone(), &u.id);
             if store.has_card(&u.id, &fingerprint).await?
                 || cards
                     .iter()

@@ -1,7 +1,10 @@
 //! Lockout after repeated failures, per user and tier.
 //!
 //! Counted for any user id that is tried, known or not, so a locked-out guesser
-//! sees the same behaviour for both. The endpoint is told "locked until" only when a
+//! sees the same behaviour for both. Only failures of what the person presented are
+//! counted: a factor the gateway could not check (the directory down, an unusable
+//! stored credential) denies the attempt but is not held against the user (see
+//! [`crate::factors::Failure::counts_towards_lockout`]). The endpoint is told "locked until" only when a
 //! correct factor set would otherwise have been accepted (see the logon service);
 //! while locked, failures still count but do not extend the lock, so an attacker
 //! cannot keep a user out forever by guessing.

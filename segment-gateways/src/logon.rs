@@ -16,12 +16,18 @@
 //! user; an attempt that ends in an error is journaled as outcome `error`.
 //!
 //! A Complete or Unlock changes state only through its commit: the TOTP step it
-//! used, the failure it counts, the session it opens or resumes are
-//! [`Effect`]s committed in one transaction with its event, batched with every
-//! other answer of the moment ([`crate::effects`]). The lockout is read there too,
-//! so "locked" and a replayed code are judged at commit time, across replicas.
-//! When the journal cannot commit, the endpoint gets an error instead of the
-//! answer and none of its changes is kept: no one is let in without a record.
+//! used, the emergency OTP it used up (only when it lets the user in), the failure
+//! it counts, the session it opens or resumes are [`Effect`]s committed in one
+//! transaction with its event, batched with every other answer of the moment
+//! ([`crate::effects`]). The lockout is read there too, so "locked" and a replayed
+//! code are judged at commit time, across replicas. When the journal cannot commit,
+//! the endpoint gets an error instead of the answer and none of its changes is
+//! kept: no one is let in without a record.
+//!
+//! A request that is wrong in itself (an empty proof, a factor proved twice) is
+//! refused before any proof is verified, so it neither binds to the directory nor
+//! uses anything up. Only failures caused by what the person presented count
+//! towards lockout ([`Failure::counts_towards_lockout`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,6 +47,7 @@ use crate::effects::{Applied, Conflict, Effect};
 use crate::factors::biometric::{self, BiometricFactor};
 use crate::factors::card::{self, CardKind, CardTrust};
 use crate::factors::password::PasswordVerifier;
+use crate::factors::totp::TotpParams;
 use crate::factors::{emergency_otp, pin, totp, Failure};
 use crate::hashing::SecretHasher;
 use crate::journal::{AppendReceipt, Journal, JournalError};
@@ -218,12 +225,20 @@ impl Attempt {
     }
 }
 
+/// What [`Gateway::check_proofs`] found: each proof's outcome, and what the answer
+/// uses up if it commits.
+struct Verified {
+    checked: Vec<Checked>,
+    /// A correct TOTP code: recorded as used whatever the answer.
+    totp: Option<TotpUse>,
+    /// The stored hash of a correct emergency OTP: used up only by an allow.
+    emergency_otp: Option<String>,
+}
+
 /// One proof's outcome.
 struct Checked {
     /// The factors it proves (a My Number card proves `card` and `mynumber_card`).
     proves: FactorSet,
-    /// The factor name reported back.
-    factor: Factor,
     result: Result<(), Failure>,
 }
 
@@ -465,14 +480,17 @@ impl Gateway {
     ) -> Result<Prepared, LogonError> {
         let device = self.registered_device(device_id).await?;
         let user = challenge.user.as_str();
+        let proofs = validate_proofs(request.proofs)?;
 
-        let (checked, totp_step) = self
-            .check_proofs(&challenge, &device, request.proofs)
-            .await?;
+        let Verified {
+            checked,
+            totp,
+            emergency_otp,
+        } = self.check_proofs(&challenge, &device, proofs).await?;
         let results = factor_results(&checked);
         let version = challenge.policy_version.clone();
         // A verified TOTP code is used up whatever the answer.
-        let mut effects: Vec<Effect> = totp_step
+        let mut effects: Vec<Effect> = totp
             .map(|used| Effect::TotpStep {
                 user: user.to_string(),
                 step: used.step,
@@ -486,11 +504,17 @@ impl Gateway {
                 effects,
             ));
         }
-        if checked.iter().any(|c| c.result.is_err()) {
-            effects.push(Effect::CountFailure {
-                user: user.to_string(),
-                policy: self.settings.lockout,
-            });
+        let failures: Vec<Failure> = checked.iter().filter_map(|c| c.result.err()).collect();
+        if !failures.is_empty() {
+            // A factor the gateway could not check (directory down, unusable stored
+            // credential) is not the person's doing: it denies, but counts only when
+            // something the person presented failed too.
+            if failures.iter().any(|f| f.counts_towards_lockout()) {
+                effects.push(Effect::CountFailure {
+                    user: user.to_string(),
+                    policy: self.settings.lockout,
+                });
+            }
             return Ok(Prepared::new(
                 deny(reason::FACTOR_FAILED, version, results),
                 effects,
@@ -586,6 +610,14 @@ impl Gateway {
                 }
             }
         };
+        // Every path that reaches here allows: only now is the emergency OTP used up,
+        // with the answer's event, and only if the answer still stands at commit.
+        if let Some(code_hash) = emergency_otp {
+            effects.push(Effect::UseEmergencyOtp {
+                user: user.to_string(),
+                code_hash,
+            });
+        }
         Ok(Prepared::new(result, effects))
     }
 
@@ -646,30 +678,24 @@ impl Gateway {
         })
     }
 
-    /// Runs every proof through its verifier. Each factor may be proved once.
-    /// Returns the outcomes and, when a TOTP code was correct, its time step (to be
-    /// recorded as used when the answer commits).
+    /// Runs every proof (already [validated](validate_proofs)) through its verifier.
+    /// Nothing is used up here: a correct TOTP code and a correct emergency OTP come
+    /// back in the [`Verified`], to be used up when (and if) the answer commits.
     async fn check_proofs(
         &self,
         challenge: &Challenge,
         device: &GatewayDevice,
-        proofs: Vec<pb::Proof>,
-    ) -> Result<(Vec<Checked>, Option<TotpUse>), LogonError> {
+        proofs: Vec<pb::proof::Proof>,
+    ) -> Result<Verified, LogonError> {
         let user = challenge.user.as_str();
-        let mut out: Vec<Checked> = Vec::with_capacity(proofs.len());
-        let mut totp_step = None;
+        let mut verified = Verified {
+            checked: Vec::with_capacity(proofs.len()),
+            totp: None,
+            emergency_otp: None,
+        };
         let material = &challenge.material;
         for proof in proofs {
-            let Some(proof) = proof.proof else {
-                return Err(LogonError::BadRequest("a proof is empty".into()));
-            };
             let factor = proof_factor(&proof);
-            if out.iter().any(|c| c.factor == factor) {
-                return Err(LogonError::BadRequest(format!(
-                    "factor '{}' is proved more than once",
-                    factor.name()
-                )));
-            }
             let mut proves = FactorSet::EMPTY.with(factor);
             let result = match proof {
                 pb::proof::Proof::Password(pw) => {
@@ -687,16 +713,15 @@ impl Gateway {
                         .await
                         .unwrap_or(Err(Failure::Unavailable))
                 }
-                pb::proof::Proof::Totp(code) => match check_totp(material, &code) {
-                    Ok(used) => {
-                        totp_step = Some(used);
-                        Ok(())
-                    }
-                    Err(f) => Err(f),
-                },
-                pb::proof::Proof::EmergencyOtp(code) => {
-                    self.check_emergency_otp(user, &code).await?
-                }
+                pb::proof::Proof::Totp(code) => check_totp(material, &code).map(|used| {
+                    verified.totp = Some(used);
+                }),
+                pb::proof::Proof::EmergencyOtp(code) => self
+                    .check_emergency_otp(user, &code)
+                    .await?
+                    .map(|code_hash| {
+                        verified.emergency_otp = Some(code_hash);
+                    }),
                 pb::proof::Proof::Card(c) => match self.check_card(challenge, material, &c) {
                     Ok(CardKind::MyNumber) => {
                         proves = proves.with(Factor::MynumberCard);
@@ -717,20 +742,19 @@ impl Gateway {
             if let Err(f) = result {
                 tracing::info!(user, device = %device.id, factor = factor.name(), failure = f.code(), "factor failed");
             }
-            out.push(Checked {
-                proves,
-                factor,
-                result,
-            });
+            verified.checked.push(Checked { proves, result });
         }
-        Ok((out, totp_step))
+        Ok(verified)
     }
 
+    /// Checks an emergency OTP without using it up; on success returns the stored
+    /// hash it matched, which the answer's [`Effect::UseEmergencyOtp`] uses up at
+    /// commit time if the answer lets the user in.
     async fn check_emergency_otp(
         &self,
         user: &str,
         code: &str,
-    ) -> Result<Result<(), Failure>, LogonError> {
+    ) -> Result<Result<String, Failure>, LogonError> {
         let row = self.store.emergency_otp(user).await?;
         let stored = row.as_ref().map(|r| emergency_otp::StoredOtp {
             hash: &r.code_hash,
@@ -740,11 +764,8 @@ impl Gateway {
         if let Err(f) = emergency_otp::verify(code, stored, now_ms() / 1000) {
             return Ok(Err(f));
         }
-        Ok(if self.store.use_emergency_otp(user).await? {
-            Ok(())
-        } else {
-            Err(Failure::Replayed)
-        })
+        // The verifier accepts a code only against a stored one.
+        Ok(row.map(|r| r.code_hash).ok_or(Failure::Mismatch))
     }
 
     fn check_card(
@@ -812,17 +833,35 @@ impl Gateway {
 /// A correct TOTP code not used before, as far as Begin saw. Whether it is still
 /// unused, and the secret still the one enrolled, is decided when the answer commits
 /// (two logons racing with one code; a re-enrollment in between).
+///
+/// A user without TOTP (or no such user) goes through the same [`totp::verify`]
+/// against a stand-in secret, so a badly formed code is `malformed` and a well-formed
+/// one `mismatch` for everyone, after the same work: the answer never tells whether
+/// the user has TOTP enrolled.
 fn check_totp(material: &CardsAndTotp, code: &str) -> Result<TotpUse, Failure> {
-    let Some(cred) = &material.totp else {
-        return Err(Failure::Mismatch);
-    };
     let now = u64::try_from(now_ms() / 1000).unwrap_or(0);
+    let Some(cred) = &material.totp else {
+        return match totp::verify(
+            &STAND_IN_TOTP_SECRET,
+            &TotpParams::default(),
+            code,
+            now,
+            None,
+        ) {
+            Err(Failure::Malformed) => Err(Failure::Malformed),
+            _ => Err(Failure::Mismatch),
+        };
+    };
     let step = totp::verify(&cred.secret, &cred.params, code, now, cred.last_step)?;
     Ok(TotpUse {
         step,
         sealed: cred.sealed.clone(),
     })
 }
+
+/// The secret [`check_totp`] checks codes against for a user without TOTP. Its
+/// value does not matter: whatever it matches is refused all the same.
+const STAND_IN_TOTP_SECRET: [u8; 20] = [0; 20];
 
 /// A correct TOTP code: its time step, and the secret it was checked against (as
 /// stored), both confirmed when the answer commits.
@@ -848,6 +887,15 @@ fn settle(mut r: pb::LogonResult, applied: &Applied) -> pb::LogonResult {
         }
         Conflict::TotpReplayed => factor_failed(&mut r, Factor::Totp, Failure::Replayed),
         Conflict::TotpChanged => factor_failed(&mut r, Factor::Totp, Failure::Mismatch),
+        Conflict::EmergencyOtpUsed => {
+            factor_failed(&mut r, Factor::EmergencyOtp, Failure::Replayed)
+        }
+        Conflict::EmergencyOtpChanged => {
+            factor_failed(&mut r, Factor::EmergencyOtp, Failure::Mismatch)
+        }
+        Conflict::EmergencyOtpExpired => {
+            factor_failed(&mut r, Factor::EmergencyOtp, Failure::Expired)
+        }
         Conflict::NoSession => r.reason = reason::NO_SESSION.into(),
     }
     r
@@ -860,6 +908,61 @@ fn factor_failed(r: &mut pb::LogonResult, factor: Factor, failure: Failure) {
         f.ok = false;
         f.reason = failure.code().into();
     }
+}
+
+/// Checks a Complete's proofs as a request, before any of them is verified: each
+/// must name a factor this gateway knows, carry something, and prove a factor no
+/// earlier proof did. A request that fails here is refused whole, so it never binds
+/// to the directory, spends Argon2id work or uses a code up. The error names the
+/// proof (counted from 1) and its factor; it never repeats what the proof carries.
+fn validate_proofs(proofs: Vec<pb::Proof>) -> Result<Vec<pb::proof::Proof>, LogonError> {
+    let mut out: Vec<pb::proof::Proof> = Vec::with_capacity(proofs.len());
+    for (i, proof) in proofs.into_iter().enumerate() {
+        let n = i + 1;
+        // prost leaves a oneof it does not know (a newer agent's factor) unset too.
+        let Some(proof) = proof.proof else {
+            return Err(LogonError::BadRequest(format!(
+                "proof {n} is empty or proves a factor this gateway does not know"
+            )));
+        };
+        let factor = proof_factor(&proof);
+        let bad =
+            |what: &str| LogonError::BadRequest(format!("proof {n} ({}) {what}", factor.name()));
+        if let Some(first) = out.iter().position(|p| proof_factor(p) == factor) {
+            return Err(bad(&format!(
+                "proves the same factor as proof {}",
+                first + 1
+            )));
+        }
+        match &proof {
+            pb::proof::Proof::Password(v)
+            | pb::proof::Proof::Pin(v)
+            | pb::proof::Proof::Totp(v)
+            | pb::proof::Proof::EmergencyOtp(v) => {
+                if v.is_empty() {
+                    return Err(bad("is empty"));
+                }
+            }
+            pb::proof::Proof::Card(c) => {
+                if c.certificate.is_empty() {
+                    return Err(bad("has no certificate"));
+                }
+                if c.signature.is_empty() {
+                    return Err(bad("has no signature"));
+                }
+            }
+            pb::proof::Proof::Face(b) | pb::proof::Proof::Vein(b) => {
+                if b.vector.is_empty() {
+                    return Err(bad("has no vector"));
+                }
+                if b.signature.is_empty() {
+                    return Err(bad("has no signature"));
+                }
+            }
+        }
+        out.push(proof);
+    }
+    Ok(out)
 }
 
 fn is_unlock(action: Action) -> bool {
@@ -939,6 +1042,7 @@ fn parse_via(s: &str) -> Result<Via, LogonError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::credentials::TotpCredential;
 
     fn allowed_with_totp() -> pb::LogonResult {
         let ok = |factor: &str| pb::FactorResult {
@@ -1009,5 +1113,137 @@ mod tests {
             (gone.decision, gone.reason.as_str()),
             (pb::Decision::Deny as i32, reason::NO_SESSION)
         );
+    }
+
+    #[test]
+    fn an_emergency_otp_lost_at_commit_fails_that_factor() {
+        let mut allowed = allowed_with_totp();
+        allowed.factors[1].factor = "emergency_otp".into();
+        for (conflict, code) in [
+            (Conflict::EmergencyOtpUsed, "replayed"),
+            (Conflict::EmergencyOtpChanged, "mismatch"),
+            (Conflict::EmergencyOtpExpired, "expired"),
+        ] {
+            let r = settle(allowed.clone(), &applied(Some(conflict)));
+            assert_eq!(r.decision, pb::Decision::Deny as i32);
+            assert_eq!(r.reason, reason::FACTOR_FAILED);
+            assert!(r.session_id.is_empty());
+            let failed: Vec<(&str, &str)> = r
+                .factors
+                .iter()
+                .filter(|f| !f.ok)
+                .map(|f| (f.factor.as_str(), f.reason.as_str()))
+                .collect();
+            assert_eq!(failed, vec![("emergency_otp", code)]);
+        }
+    }
+
+    fn material(totp: Option<TotpCredential>) -> CardsAndTotp {
+        CardsAndTotp {
+            cards: Vec::new(),
+            totp,
+        }
+    }
+
+    fn enrolled(digits: u32) -> TotpCredential {
+        TotpCredential {
+            secret: vec![7; 20],
+            params: TotpParams::new(totp::TotpAlgorithm::Sha1, digits, 30).unwrap(),
+            last_step: None,
+            sealed: "sealed".into(),
+        }
+    }
+
+    #[test]
+    fn a_totp_code_is_judged_alike_with_or_without_totp_enrolled() {
+        let without = material(None);
+        let six = material(Some(enrolled(6)));
+        let eight = material(Some(enrolled(8)));
+        let outcome = |m: &CardsAndTotp, code: &str| check_totp(m, code).map(|u| u.step);
+        for code in [
+            "",
+            "12345",
+            "1234567",
+            "12a456",
+            "１２３４５６",
+            "123456789",
+        ] {
+            for m in [&without, &six, &eight] {
+                assert_eq!(outcome(m, code), Err(Failure::Malformed), "{code:?}");
+            }
+        }
+        // Well formed but wrong (a code of the other length can only be wrong): the
+        // same `mismatch` as for a user without TOTP.
+        for code in ["000000", "00000000"] {
+            assert_eq!(outcome(&without, code), Err(Failure::Mismatch), "{code}");
+        }
+        assert_eq!(outcome(&six, "00000000"), Err(Failure::Mismatch));
+        assert_eq!(outcome(&eight, "000000"), Err(Failure::Mismatch));
+    }
+
+    fn proof(p: pb::proof::Proof) -> pb::Proof {
+        pb::Proof { proof: Some(p) }
+    }
+
+    fn refusal(proofs: Vec<pb::Proof>) -> String {
+        match validate_proofs(proofs) {
+            Err(LogonError::BadRequest(m)) => m,
+            other => panic!("expected a bad request, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_proofs_are_named_before_any_is_checked() {
+        use pb::proof::Proof as P;
+        let pw = || proof(P::Password("pw".into()));
+        assert_eq!(
+            refusal(vec![pw(), proof(P::Pin(String::new()))]),
+            "proof 2 (pin) is empty"
+        );
+        assert_eq!(
+            refusal(vec![pw(), proof(P::Totp("123456".into())), pw()]),
+            "proof 3 (password) proves the same factor as proof 1"
+        );
+        assert_eq!(
+            refusal(vec![pw(), pb::Proof { proof: None }]),
+            "proof 2 is empty or proves a factor this gateway does not know"
+        );
+        let card = |certificate: &[u8], signature: &[u8]| {
+            proof(P::Card(pb::CardProof {
+                certificate: certificate.to_vec(),
+                signature: signature.to_vec(),
+            }))
+        };
+        assert_eq!(
+            refusal(vec![card(b"", b"s")]),
+            "proof 1 (card) has no certificate"
+        );
+        assert_eq!(
+            refusal(vec![card(b"c", b"")]),
+            "proof 1 (card) has no signature"
+        );
+        let capture = |vector: Vec<f32>, signature: &[u8]| pb::BiometricProof {
+            vector,
+            signature: signature.to_vec(),
+        };
+        assert_eq!(
+            refusal(vec![proof(P::Face(capture(Vec::new(), b"s")))]),
+            "proof 1 (face) has no vector"
+        );
+        assert_eq!(
+            refusal(vec![proof(P::Vein(capture(vec![1.0], b"")))]),
+            "proof 1 (vein) has no signature"
+        );
+        // The error never repeats what a proof carries.
+        let m = refusal(vec![
+            proof(P::EmergencyOtp("ABCD-EFGH-JKMN".into())),
+            pw(),
+            pw(),
+        ]);
+        assert!(!m.contains("ABCD") && !m.contains("pw"), "{m}");
+        // Good proofs pass through in order.
+        let ok = validate_proofs(vec![pw(), card(b"c", b"s")]).unwrap();
+        let factors: Vec<Factor> = ok.iter().map(proof_factor).collect();
+        assert_eq!(factors, vec![Factor::Password, Factor::Card]);
     }
 }

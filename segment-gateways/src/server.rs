@@ -34,7 +34,7 @@ use crate::lockout::LockoutPolicy;
 use crate::logon::{FlowSettings, Gateway};
 use crate::ratelimit::RateLimiter;
 use crate::revoke::RevocationFollower;
-use crate::tls::{self, ClientTls, ConnectError};
+use crate::tls::{self, ClientTls, ConnectError, PemBlock};
 
 /// Largest admin request accepted: a users import of a whole city (4,700 users with
 /// a card certificate each is about 8 MiB).
@@ -51,6 +51,8 @@ pub enum GatewayError {
     Credentials(#[from] CredentialError),
     #[error("credential key: {0}")]
     Key(#[from] KeyError),
+    #[error("credential key: {path} does not exist, but the store already holds credentials sealed with a key; restore that key file (or set {KEY_ENV}) rather than starting with a new one")]
+    KeyFileMissing { path: String },
     #[error("audit journal: {0}")]
     Journal(#[from] JournalError),
     #[error("argon2: {0}")]
@@ -128,22 +130,35 @@ impl RunningGateway {
     }
 }
 
-fn read_pem(path: &Path) -> Result<Vec<u8>, GatewayError> {
-    std::fs::read(path).map_err(|e| GatewayError::Tls {
+fn read_pem(path: &Path, block: PemBlock) -> Result<Vec<u8>, GatewayError> {
+    let error = |message: String| GatewayError::Tls {
         path: path.display().to_string(),
-        message: e.to_string(),
-    })
+        message,
+    };
+    let pem = std::fs::read(path).map_err(|e| error(e.to_string()))?;
+    if block.is_in(&pem) {
+        Ok(pem)
+    } else {
+        Err(error(format!("no {} PEM block", block.name())))
+    }
 }
 
 /// The credential key: the environment variable, else the key file, which is
-/// created when missing (a new gateway). A key that does not match the store is
-/// refused by [`CredentialStore::open`].
-fn load_key(key_file: &Path) -> Result<SealingKey, KeyError> {
+/// created when missing only for a store that holds nothing sealed yet (a new
+/// gateway): for a store in use, a missing file is a lost or mistyped key file, and
+/// a new key would only turn that into "wrong key" and leave a stray file behind. A
+/// key that does not match the store is refused by [`CredentialStore::open`].
+async fn load_key(key_file: &Path, db: &Db) -> Result<SealingKey, GatewayError> {
     if std::env::var_os(KEY_ENV).is_some() {
-        return SealingKey::from_env(KEY_ENV);
+        return Ok(SealingKey::from_env(KEY_ENV)?);
     }
     if key_file.exists() {
-        return SealingKey::from_file(key_file);
+        return Ok(SealingKey::from_file(key_file)?);
+    }
+    if CredentialStore::is_sealed(db).await? {
+        return Err(GatewayError::KeyFileMissing {
+            path: key_file.display().to_string(),
+        });
     }
     let key = SealingKey::write_new(key_file)?;
     tracing::info!(file = %key_file.display(), "generated a new credential key; back it up: without it enrolled TOTP secrets and biometric templates cannot be read");
@@ -160,7 +175,7 @@ pub async fn start(resolved: Resolved) -> Result<RunningGateway, GatewayError> {
     } = resolved;
 
     let db = Db::open(&store_url, &config.tenant, tier).await?;
-    let key = load_key(&config.key_file)?;
+    let key = load_key(&config.key_file, &db).await?;
     let store = CredentialStore::open(db, key).await?;
     tracing::info!(store = %sekisho_policy_engine::store::redact_url(&store_url), backend = store.db().backend(), tier = tier.name(), "credential store open");
     let journal = Journal::start(store.db().clone(), name.clone()).await?;
@@ -227,6 +242,9 @@ pub async fn start(resolved: Resolved) -> Result<RunningGateway, GatewayError> {
         },
         _ => return Err(incomplete_tls()),
     };
+    if config.engine.url.starts_with("http://") {
+        tracing::warn!(url = %config.engine.url, "talking to the policy engine WITHOUT TLS (engine.url is http://): loopback test beds only");
+    }
     // Lazy: the gateway starts (and answers "engine unavailable") while the engine
     // is down, and connects when it comes up.
     let channel = tls::open_lazy(tls::endpoint(
@@ -280,8 +298,14 @@ pub async fn start(resolved: Resolved) -> Result<RunningGateway, GatewayError> {
     let revocations = Some(RevocationFollower::spawn(gateway.clone(), channel));
 
     let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(read_pem(&cert)?, read_pem(&key)?))
-        .client_ca_root(Certificate::from_pem(read_pem(&client_ca)?));
+        .identity(Identity::from_pem(
+            read_pem(&cert, PemBlock::Certificate)?,
+            read_pem(&key, PemBlock::PrivateKey)?,
+        ))
+        .client_ca_root(Certificate::from_pem(read_pem(
+            &client_ca,
+            PemBlock::Certificate,
+        )?));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| GatewayError::Bind {
@@ -332,5 +356,48 @@ fn incomplete_tls() -> GatewayError {
     GatewayError::Tls {
         path: "(config)".into(),
         message: "tls.cert/key/client_ca and engine.ca/cert/key must each be set completely or not at all".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_missing_key_file_is_created_only_for_a_new_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("gw.db").display());
+        let key_file = dir.path().join("gateway.key");
+        let db = Db::open(&url, "city", Tier::Lgwan).await.unwrap();
+
+        // A new store: the key is made, and the store bound to it.
+        let key = load_key(&key_file, &db).await.unwrap();
+        assert!(key_file.exists());
+        CredentialStore::open(db.clone(), key).await.unwrap();
+
+        // The same store without its key file: refused, and no new file appears.
+        std::fs::remove_file(&key_file).unwrap();
+        let e = load_key(&key_file, &db).await.unwrap_err();
+        assert!(matches!(e, GatewayError::KeyFileMissing { .. }), "{e}");
+        assert!(e.to_string().contains("gateway.key"), "{e}");
+        assert!(!key_file.exists());
+    }
+
+    #[test]
+    fn a_tls_file_without_its_pem_block_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway-key.pem");
+        std::fs::write(
+            &path,
+            "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let e = read_pem(&path, PemBlock::PrivateKey)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("gateway-key.pem") && e.contains("no PRIVATE KEY PEM block"),
+            "{e}"
+        );
     }
 }

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sekisho_policy_engine::transport;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -24,6 +26,12 @@ pub enum ConnectError {
         path: String,
         source: std::io::Error,
     },
+    #[error("the {what} {path} holds no {block} PEM block")]
+    NotPem {
+        what: &'static str,
+        path: String,
+        block: &'static str,
+    },
     #[error("bad URL '{url}': {why}")]
     Url { url: String, why: String },
     #[error("cannot connect to {url}: {source}")]
@@ -31,6 +39,46 @@ pub enum ConnectError {
         url: String,
         source: tonic::transport::Error,
     },
+}
+
+/// The PEM blocks a TLS setup reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PemBlock {
+    Certificate,
+    PrivateKey,
+}
+
+impl PemBlock {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            PemBlock::Certificate => "CERTIFICATE",
+            PemBlock::PrivateKey => "PRIVATE KEY",
+        }
+    }
+
+    /// tonic takes PEM unchecked and reports a bad one only as a TLS setup error
+    /// with no file named; checking first lets the error name the file.
+    pub(crate) fn is_in(self, pem: &[u8]) -> bool {
+        match self {
+            PemBlock::Certificate => CertificateDer::pem_slice_iter(pem)
+                .next()
+                .is_some_and(|c| c.is_ok()),
+            PemBlock::PrivateKey => PrivateKeyDer::from_pem_slice(pem).is_ok(),
+        }
+    }
+}
+
+fn read_pem(path: &Path, what: &'static str, block: PemBlock) -> Result<Vec<u8>, ConnectError> {
+    let pem = read(path, what)?;
+    if block.is_in(&pem) {
+        Ok(pem)
+    } else {
+        Err(ConnectError::NotPem {
+            what,
+            path: path.display().to_string(),
+            block: block.name(),
+        })
+    }
 }
 
 fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, ConnectError> {
@@ -63,23 +111,54 @@ pub fn endpoint(
         .timeout(timeout);
     match url.split_once("://") {
         Some(("https", rest)) => {
-            let host = rest
-                .split(['/', ':'])
-                .next()
-                .unwrap_or_default()
-                .trim_matches(['[', ']']);
+            let host = host_of(rest);
             let config = ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(read(&tls.ca, "CA certificate")?))
+                .ca_certificate(Certificate::from_pem(read_pem(
+                    &tls.ca,
+                    "CA certificate",
+                    PemBlock::Certificate,
+                )?))
                 .identity(Identity::from_pem(
-                    read(&tls.cert, "client certificate")?,
-                    read(&tls.key, "client key")?,
+                    read_pem(&tls.cert, "client certificate", PemBlock::Certificate)?,
+                    read_pem(&tls.key, "client key", PemBlock::PrivateKey)?,
                 ))
                 .domain_name(server_name.unwrap_or(host));
             endpoint.tls_config(config).map_err(|e| bad(e.to_string()))
         }
-        Some(("http", _)) => Ok(endpoint),
-        _ => Err(bad("must start with https:// or http://".into())),
+        _ => check_scheme(url).map(|()| endpoint).map_err(bad),
     }
+}
+
+/// Accepts `https://`, and `http://` to a loopback address only: without TLS nothing
+/// proves who answers, and the engine's answer is an allow or a deny, so only a peer
+/// on this machine (a test bed) can be trusted that way.
+pub(crate) fn check_scheme(url: &str) -> Result<(), String> {
+    match url.split_once("://") {
+        Some(("https", _)) => Ok(()),
+        Some(("http", rest)) if is_loopback(host_of(rest)) => Ok(()),
+        Some(("http", _)) => Err(
+            "http:// (no TLS) is only for a loopback test bed (127.0.0.1, [::1], localhost); use https://"
+                .into(),
+        ),
+        _ => Err("must start with https://".into()),
+    }
+}
+
+/// The host of a URL's part after `scheme://`, without an IPv6 literal's brackets.
+fn host_of(rest: &str) -> &str {
+    let authority = rest.split('/').next().unwrap_or_default();
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Opens `endpoint` now, so that a refused certificate or a closed port is reported
@@ -107,4 +186,61 @@ pub async fn connect(
             url: url.to_string(),
             source,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_read_with_ports_paths_users_and_ipv6_brackets() {
+        assert_eq!(host_of("engine.city.local:7443/x"), "engine.city.local");
+        assert_eq!(host_of("[::1]:7443"), "::1");
+        assert_eq!(host_of("[fe80::1]/"), "fe80::1");
+        assert_eq!(host_of("svc@127.0.0.1:1"), "127.0.0.1");
+        assert_eq!(host_of(""), "");
+    }
+
+    #[test]
+    fn a_file_that_is_not_the_pem_it_should_be_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("client.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let tls = ClientTls {
+            ca: junk.clone(),
+            cert: junk.clone(),
+            key: junk.clone(),
+        };
+        let e = endpoint("https://127.0.0.1:1", &tls, None, Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("CA certificate") && e.contains("client.pem"),
+            "{e}"
+        );
+        let e = read_pem(&junk, "client key", PemBlock::PrivateKey).unwrap_err();
+        assert!(e.to_string().contains("no PRIVATE KEY PEM block"), "{e}");
+    }
+
+    #[test]
+    fn plaintext_is_refused_beyond_loopback() {
+        assert!(check_scheme("https://engine.city.local:7443").is_ok());
+        for ok in [
+            "http://127.0.0.1:7443",
+            "http://[::1]:7443",
+            "http://LOCALHOST:1",
+        ] {
+            assert!(check_scheme(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://10.0.0.5:7443",
+            "http://engine.city.local",
+            "http://127.0.0.1.evil:1",
+        ] {
+            let why = check_scheme(bad).unwrap_err();
+            assert!(why.contains("loopback"), "{bad}: {why}");
+        }
+        assert!(check_scheme("ftp://x").unwrap_err().contains("https://"));
+        assert!(check_scheme("127.0.0.1:7443").is_err());
+    }
 }

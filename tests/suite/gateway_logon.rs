@@ -762,6 +762,42 @@ async fn an_unknown_user_looks_like_a_wrong_factor() {
 }
 
 #[tokio::test]
+async fn an_unknown_user_is_planned_like_a_typical_one() {
+    // Most users here enrolled card + password; u033 only a password; u032 nothing.
+    let gw = TestGateway::start(Tier::Lgwan, |_| {}).await;
+    gw.register("lgwan-desk-22", "desktop", &["card"]).await;
+    for user in ["u034", "u035"] {
+        gw.set_secret(user, "password", &format!("{user}-password"))
+            .await;
+        gw.enroll_card(user, &gw.cards.issue(user)).await;
+    }
+    gw.set_secret("u033", "password", "u033-password").await;
+    let mut ep = gw.endpoint("lgwan-desk-22").await;
+
+    let mut challenges = Vec::new();
+    for user in ["u034", "nobody-by-this-name", "u032", "u033"] {
+        let c = begin(&mut ep, user, "logon").await;
+        let mut nonces: Vec<String> = c.nonces.keys().cloned().collect();
+        nonces.sort();
+        challenges.push((options(&c), format!("{:?}", c.unavailable), nonces));
+    }
+    // Neither the unknown user nor the known one with nothing stored here stands out
+    // from a typical user: a card is asked for, with a nonce, and nothing is "not
+    // enrolled".
+    assert_eq!(challenges[0], challenges[1]);
+    assert_eq!(challenges[0], challenges[2]);
+    assert_eq!(challenges[0].2, ["card"]);
+    // A real user's own enrolment still shapes their plan.
+    assert_ne!(challenges[3], challenges[0]);
+    assert!(
+        challenges[3].1.contains("NotEnrolled") || challenges[3].1.contains("not_enrolled"),
+        "{:?}",
+        challenges[3]
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn devices_are_rate_limited() {
     let gw = TestGateway::start(Tier::Internet, |c| {
         c.rate_limit.burst = 2;
@@ -825,4 +861,258 @@ async fn the_credential_store_needs_its_key_and_works_on_postgresql() {
     };
     assert!(e.contains("credential key does not match"), "{e}");
     gw.engine.stop().await;
+}
+
+/// Completes `c` with raw proofs (possibly empty ones) and returns the error the
+/// gateway answers with.
+async fn refused(ep: &mut Endpoint, c: &pb::Challenge, proofs: Vec<pb::Proof>) -> tonic::Status {
+    ep.complete(pb::CompleteRequest {
+        challenge_id: c.challenge_id.clone(),
+        proofs,
+        request_id: String::new(),
+    })
+    .await
+    .expect_err("a bad request is refused")
+}
+
+fn some(p: pb::proof::Proof) -> pb::Proof {
+    pb::Proof { proof: Some(p) }
+}
+
+async fn failures_counted(gw: &TestGateway, user: &str) -> u32 {
+    sekisho_gateway::lockout::standing(gw.running.gateway.store.db(), user)
+        .await
+        .expect("lockout standing")
+        .failures
+}
+
+#[tokio::test]
+async fn a_malformed_totp_code_does_not_tell_users_apart() {
+    let gw = TestGateway::start(Tier::Internet, |_| {}).await;
+    gw.register("net-vdi-01", "vdi", &[]).await;
+    gw.set_secret("u013", "password", "u013-password").await;
+    gw.enroll_totp("u013").await;
+    gw.set_secret("u012", "password", "u012-password").await;
+    let mut ep = gw.endpoint("net-vdi-01").await;
+
+    // u013 has TOTP (6 digits), u012 has none, the third does not exist. A badly
+    // formed code is `malformed` for all three, a well-formed wrong one (here of the
+    // other length) `mismatch` for all three, and nothing else in the answer differs.
+    for (code, reason) in [("12a456", "malformed"), ("00000000", "mismatch")] {
+        let mut answers = Vec::new();
+        for user in ["u013", "u012", "nobody-by-this-name"] {
+            let c = begin(&mut ep, user, "logon").await;
+            let r = complete(
+                &mut ep,
+                &c,
+                vec![
+                    password("wrong-password"),
+                    pb::proof::Proof::Totp(code.into()),
+                ],
+            )
+            .await;
+            assert_eq!(
+                failures(&r),
+                vec![
+                    ("password".to_string(), "mismatch".to_string()),
+                    ("totp".to_string(), reason.to_string()),
+                ],
+                "{user} {code}"
+            );
+            answers.push(r);
+        }
+        assert_eq!(answers[0], answers[1], "{code}");
+        assert_eq!(answers[0], answers[2], "{code}");
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_emergency_otp_is_used_up_only_by_a_logon_that_lets_the_user_in() {
+    let gw = TestGateway::start(Tier::Lgwan, |_| {}).await;
+    gw.register("lgwan-desk-01", "desktop", &["card"]).await;
+    gw.set_secret("u007", "password", "u007-password").await;
+    let mut admin = gw.admin().await;
+    let code = admin
+        .issue_emergency_otp(pb::IssueEmergencyOtpRequest {
+            user: "u007".into(),
+            ttl_secs: 7200,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .code;
+    let mut ep = gw.endpoint("lgwan-desk-01").await;
+    let otp = || pb::proof::Proof::EmergencyOtp(code.clone());
+
+    // With a wrong password: denied for the password alone; the code is kept.
+    let c = begin(&mut ep, "u007", "logon").await;
+    let r = complete(&mut ep, &c, vec![otp(), password("wrong")]).await;
+    assert_eq!(failures(&r), failed("password", "mismatch"));
+
+    // Bad requests are refused before any proof is checked, naming the proof, and
+    // neither use the code nor count as a failure.
+    let c = begin(&mut ep, "u007", "logon").await;
+    let e = refused(
+        &mut ep,
+        &c,
+        vec![
+            some(otp()),
+            some(password("u007-password")),
+            some(pb::proof::Proof::Pin(String::new())),
+        ],
+    )
+    .await;
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert_eq!(e.message(), "proof 3 (pin) is empty");
+    let c = begin(&mut ep, "u007", "logon").await;
+    let e = refused(
+        &mut ep,
+        &c,
+        vec![
+            some(otp()),
+            some(password("u007-password")),
+            some(password("u007-password")),
+        ],
+    )
+    .await;
+    assert_eq!(
+        e.message(),
+        "proof 3 (password) proves the same factor as proof 2"
+    );
+    let c = begin(&mut ep, "u007", "logon").await;
+    let e = refused(&mut ep, &c, vec![some(otp()), pb::Proof { proof: None }]).await;
+    assert_eq!(
+        e.message(),
+        "proof 2 is empty or proves a factor this gateway does not know"
+    );
+    assert!(!e.message().contains(&code));
+    assert_eq!(failures_counted(&gw, "u007").await, 1);
+
+    // Locked (3 failures): the right code and password are told "locked", and the
+    // code is not used up by it.
+    for _ in 0..2 {
+        let c = begin(&mut ep, "u007", "logon").await;
+        complete(&mut ep, &c, vec![otp(), password("wrong")]).await;
+    }
+    let c = begin(&mut ep, "u007", "logon").await;
+    let r = complete(&mut ep, &c, vec![otp(), password("u007-password")]).await;
+    assert_eq!(r.reason, "locked", "{r:?}");
+    admin
+        .unlock_user(pb::UnlockUserRequest {
+            user: "u007".into(),
+        })
+        .await
+        .unwrap();
+
+    // So it still lets the user in, once.
+    let c = begin(&mut ep, "u007", "logon").await;
+    let ok = complete(&mut ep, &c, vec![otp(), password("u007-password")]).await;
+    assert!(allowed(&ok), "{ok:?}");
+    let c = begin(&mut ep, "u007", "logon").await;
+    let r = complete(&mut ep, &c, vec![otp(), password("u007-password")]).await;
+    assert_eq!(failures(&r), failed("emergency_otp", "replayed"));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn two_logons_racing_with_one_emergency_otp_let_one_in() {
+    let gw = TestGateway::start(Tier::Lgwan, |_| {}).await;
+    gw.register("lgwan-desk-01", "desktop", &["card"]).await;
+    gw.register("lgwan-desk-17", "desktop", &["card"]).await;
+    gw.set_secret("u007", "password", "u007-password").await;
+    let code = gw
+        .admin()
+        .await
+        .issue_emergency_otp(pb::IssueEmergencyOtpRequest {
+            user: "u007".into(),
+            ttl_secs: 7200,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .code;
+    let (mut ep1, mut ep2) = (
+        gw.endpoint("lgwan-desk-01").await,
+        gw.endpoint("lgwan-desk-17").await,
+    );
+    let proofs = || {
+        vec![
+            pb::proof::Proof::EmergencyOtp(code.clone()),
+            password("u007-password"),
+        ]
+    };
+    // Both challenges are issued while the code is unused, so both Completes may
+    // find it unused when they check it: only the commit can tell them apart.
+    let (c1, c2) = (
+        begin(&mut ep1, "u007", "logon").await,
+        begin(&mut ep2, "u007", "logon").await,
+    );
+    let (r1, r2) = tokio::join!(
+        complete(&mut ep1, &c1, proofs()),
+        complete(&mut ep2, &c2, proofs())
+    );
+    assert_eq!(
+        [allowed(&r1), allowed(&r2)].iter().filter(|a| **a).count(),
+        1,
+        "{r1:?} {r2:?}"
+    );
+    let lost = if allowed(&r1) { &r2 } else { &r1 };
+    assert_eq!(failures(lost), failed("emergency_otp", "replayed"));
+    assert!(lost.session_id.is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_directory_outage_locks_no_one() {
+    // A directory nobody listens on: every bind fails to connect at once.
+    let gw = TestGateway::start(Tier::Lgwan, |c| {
+        c.directory = Some(sekisho_gateway::factors::password::DirectoryConfig {
+            url: "ldap://127.0.0.1:1".into(),
+            starttls: false,
+            ca_file: None,
+            bind_dn_template: "uid={user},ou=people,dc=example,dc=jp".into(),
+            timeout_secs: 1,
+        });
+    })
+    .await;
+    gw.register("lgwan-desk-17", "desktop", &["card"]).await;
+    let staff_card = gw.cards.issue("u007");
+    gw.enroll_card("u007", &staff_card).await;
+    let mut ep = gw.endpoint("lgwan-desk-17").await;
+
+    // More attempts than the lockout allows (3), each failing only because the
+    // directory cannot answer: denied, and nothing counted.
+    for _ in 0..4 {
+        let c = begin(&mut ep, "u007", "logon").await;
+        let r = complete(
+            &mut ep,
+            &c,
+            vec![card(&c, &staff_card), password("u007-pass")],
+        )
+        .await;
+        assert_eq!(r.reason, "factor_failed");
+        assert_eq!(failures(&r), failed("password", "unavailable"));
+        assert_eq!(r.locked_until_unix_ms, None);
+    }
+    assert_eq!(failures_counted(&gw, "u007").await, 0);
+
+    // A wrong card during the outage is the person's doing, and counts.
+    let someone_else = gw.cards.issue("u999");
+    let c = begin(&mut ep, "u007", "logon").await;
+    let r = complete(
+        &mut ep,
+        &c,
+        vec![card(&c, &someone_else), password("u007-pass")],
+    )
+    .await;
+    assert_eq!(
+        failures(&r),
+        vec![
+            ("card".to_string(), "card_not_enrolled".to_string()),
+            ("password".to_string(), "unavailable".to_string()),
+        ]
+    );
+    assert_eq!(failures_counted(&gw, "u007").await, 1);
+    gw.stop().await;
 }

@@ -130,6 +130,18 @@ async fn users_import_is_checked_all_or_nothing_idempotent_and_usable() {
     assert_eq!(gw.running.gateway.store.user("u013").await.unwrap(), None);
     assert!(!verifies(&gw, "u016", Factor::Pin, "7391").await);
 
+    // One card listed for two people: a card is one person's.
+    std::fs::write(&csv, format!("{good}u015,山本,,,,,,cards/u014.pem,\n")).expect("csv");
+    let (code, _, err) = admin_cli(&gw, &["users", "import", csv.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(
+            "row 5, column card_cert: this card certificate is already enrolled for user 'u014'"
+        ),
+        "{err}"
+    );
+    assert_eq!(gw.running.gateway.store.user("u013").await.unwrap(), None);
+
     // A dry run says what would change and writes nothing.
     std::fs::write(&csv, &good).expect("csv");
     let (code, out, err) = admin_cli(
@@ -164,6 +176,12 @@ async fn users_import_is_checked_all_or_nothing_idempotent_and_usable() {
     assert!(verifies(&gw, "u013", Factor::Password, "u013-password").await);
     assert!(verifies(&gw, "u016", Factor::Pin, "7391").await);
     assert_eq!(store.enrollment("u014", false).await.unwrap().cards, 1);
+    // ...and a card enrolled for one is refused for another, by import or enrolment.
+    std::fs::write(&csv, format!("{good}u015,山本,,,,,,cards/u014.pem,\n")).expect("csv");
+    let (code, _, err) = admin_cli(&gw, &["users", "import", csv.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("already enrolled for user 'u014'"), "{err}");
+    std::fs::write(&csv, &good).expect("csv");
     let events = imports(&gw).await;
     assert_eq!(events.len(), 3);
     let e = &events[0].body;

@@ -79,7 +79,8 @@ fn absent(factor: Factor) -> AgentError {
 ///
 /// The card signs the challenge's `card` nonce with the card key; a face or vein
 /// capture signs (nonce, vector) with the capture device key. A factor that was not
-/// presented, or whose nonce the challenge lacks, is an error naming it.
+/// presented (or presented empty), or whose nonce the challenge lacks, is an error
+/// naming it.
 pub fn proofs_for(
     presented: &Presented,
     challenge: &pb::Challenge,
@@ -111,8 +112,14 @@ pub fn proofs_for(
             signature,
         })
     };
-    let secret =
-        |factor: Factor, value: &Option<String>| value.clone().ok_or_else(|| absent(factor));
+    // An empty secret is none at all: the gateway refuses an empty proof as a bad
+    // request, so say so here, before the challenge is spent on it.
+    let secret = |factor: Factor, value: &Option<String>| {
+        value
+            .clone()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| absent(factor))
+    };
     use pb::proof::Proof as P;
     let mut proofs = Vec::with_capacity(wanted.presented_count() as usize);
     let mut card_done = false;
@@ -294,6 +301,16 @@ mod tests {
         let err = proofs_for(&p, &c, &[Factor::Totp]).unwrap_err();
         assert!(
             matches!(err, AgentError::NotPresented { factor: "totp" }),
+            "{err}"
+        );
+        // An empty PIN (enter pressed at the prompt) is not sent as a proof.
+        let p = Presented {
+            pin: Some(String::new()),
+            ..p
+        };
+        let err = proofs_for(&p, &c, &[Factor::Pin]).unwrap_err();
+        assert!(
+            matches!(err, AgentError::NotPresented { factor: "pin" }),
             "{err}"
         );
     }

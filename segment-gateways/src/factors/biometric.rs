@@ -209,14 +209,34 @@ pub fn normalize(v: &mut [f32]) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Most elements a feature vector (probe or template) may have. Real extractors give
+/// a few hundred; the bound keeps an absurd probe from costing work and is the same
+/// for every user, so refusing one says nothing about anyone's enrollment.
+pub const MAX_VECTOR_LEN: usize = 4096;
+
 /// The best cosine similarity of `probe` against `templates`, if it reaches
 /// `threshold`.
+///
+/// What the endpoint is told must not depend on whether the user has templates, so
+/// the probe is judged on its own first: empty, longer than [`MAX_VECTOR_LEN`], zero
+/// or not finite is [`Failure::Malformed`] for everyone. A well-formed probe is then
+/// compared only with templates of its own length: one of another length comes from
+/// another extractor and cannot be this person, so it is passed over, and a probe
+/// that meets no template it can be compared with is a [`Failure::Mismatch`], the
+/// answer for a user without templates too. (Judging a length difference malformed,
+/// as before, said "this user has templates, of another size".)
+///
+/// A stored template that cannot be used (zero or not finite) is
+/// [`Failure::Unavailable`] and logged: the store needs repair, and the person must
+/// neither be told their face is wrong nor be counted towards lockout for it.
 ///
 /// The template norm is computed in the same pass as the dot product rather than
 /// assumed to be 1: it costs one multiply-add per element and means a template that
 /// was stored un-normalised can never score above 1 and so pass too easily.
-/// No templates at all is a plain mismatch, like any other absent credential.
 pub fn best_match(probe: &[f32], templates: &[Vec<f32>], threshold: f32) -> Result<f32, Failure> {
+    if probe.is_empty() || probe.len() > MAX_VECTOR_LEN {
+        return Err(Failure::Malformed);
+    }
     let (_, probe_sq) = dot_and_norm_sq(probe, probe);
     // A NaN or infinity anywhere makes the sum of squares non-finite.
     if !probe_sq.is_finite() || probe_sq <= 0.0 {
@@ -224,15 +244,18 @@ pub fn best_match(probe: &[f32], templates: &[Vec<f32>], threshold: f32) -> Resu
     }
     let probe_norm = probe_sq.sqrt();
     let mut best = f32::NEG_INFINITY;
-    for template in templates {
-        if template.len() != probe.len() {
-            return Err(Failure::Malformed);
-        }
+    for template in templates.iter().filter(|t| t.len() == probe.len()) {
         let (dot, template_sq) = dot_and_norm_sq(probe, template);
-        if !template_sq.is_finite() || template_sq <= 0.0 || !dot.is_finite() {
-            return Err(Failure::Malformed);
+        if !template_sq.is_finite() || template_sq <= 0.0 {
+            tracing::error!("biometric: a stored template is zero or not finite");
+            return Err(Failure::Unavailable);
         }
-        best = best.max(dot / (probe_norm * template_sq.sqrt()));
+        // With both norms finite, |dot| is bounded (Cauchy–Schwarz); a score that is
+        // not finite all the same is never taken for a match.
+        let score = dot / (probe_norm * template_sq.sqrt());
+        if score.is_finite() {
+            best = best.max(score);
+        }
     }
     if best >= threshold {
         Ok(best)
@@ -422,26 +445,52 @@ mod tests {
     }
 
     #[test]
-    fn malformed_vectors() {
-        let t = vec![person(1, 16)];
-        assert_eq!(best_match(&person(1, 15), &t, 0.5), Err(Failure::Malformed));
+    fn malformed_vectors_are_malformed_with_or_without_templates() {
         let mut nan = person(1, 16);
         nan[3] = f32::NAN;
-        assert_eq!(best_match(&nan, &t, 0.5), Err(Failure::Malformed));
         let mut inf = person(1, 16);
         inf[15] = f32::INFINITY;
-        assert_eq!(best_match(&inf, &t, 0.5), Err(Failure::Malformed));
-        assert_eq!(best_match(&[0.0; 16], &t, 0.5), Err(Failure::Malformed));
-        assert_eq!(best_match(&[], &t, 0.5), Err(Failure::Malformed));
-        assert_eq!(
-            best_match(&person(1, 16), &[vec![0.0; 16]], 0.5),
-            Err(Failure::Malformed)
-        );
-        assert_eq!(
-            best_match(&person(1, 16), &[nan.clone()], 0.5),
-            Err(Failure::Malformed)
-        );
+        let too_long = person(1, MAX_VECTOR_LEN + 1);
+        let malformed: [&[f32]; 5] = [&nan, &inf, &[0.0; 16], &[], &too_long];
+        for templates in [vec![person(1, 16)], Vec::new()] {
+            for probe in malformed {
+                assert_eq!(
+                    best_match(probe, &templates, 0.5),
+                    Err(Failure::Malformed),
+                    "{} elements, {} templates",
+                    probe.len(),
+                    templates.len()
+                );
+            }
+        }
         assert_eq!(normalize(&mut [0.0, 0.0]), Err(Failure::Malformed));
         assert_eq!(normalize(&mut nan), Err(Failure::Malformed));
+    }
+
+    #[test]
+    fn a_probe_of_another_length_is_a_mismatch_with_or_without_templates() {
+        // The same answer whether the user has 16-element templates or none at all:
+        // the length says nothing about the enrollment.
+        let probe = person(1, 15);
+        assert_eq!(
+            best_match(&probe, &[person(1, 16)], 0.5),
+            Err(Failure::Mismatch)
+        );
+        assert_eq!(best_match(&probe, &[], 0.5), Err(Failure::Mismatch));
+        // Templates of its own length are still compared.
+        let templates = vec![person(1, 16), person(1, 15)];
+        assert!(best_match(&probe, &templates, 0.99).is_ok());
+    }
+
+    #[test]
+    fn an_unusable_stored_template_is_unavailable() {
+        let mut nan = person(1, 16);
+        nan[3] = f32::NAN;
+        for template in [vec![0.0; 16], nan] {
+            assert_eq!(
+                best_match(&person(1, 16), &[template], 0.5),
+                Err(Failure::Unavailable)
+            );
+        }
     }
 }

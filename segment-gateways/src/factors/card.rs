@@ -20,8 +20,8 @@ use rustls_pki_types::{
     SignatureVerificationAlgorithm, TrustAnchor, UnixTime,
 };
 use webpki::{
-    CertRevocationList, EndEntityCert, KeyUsage, OwnedCertRevocationList, RevocationCheckDepth,
-    RevocationOptionsBuilder, UnknownStatusPolicy,
+    CertRevocationList, EndEntityCert, ExpirationPolicy, KeyUsage, OwnedCertRevocationList,
+    RevocationCheckDepth, RevocationOptionsBuilder, UnknownStatusPolicy,
 };
 
 use super::Failure;
@@ -68,6 +68,10 @@ pub enum CardTrustError {
     BadAnchor { what: String, reason: String },
     #[error("{what}: not a usable CRL ({reason})")]
     BadCrl { what: String, reason: String },
+    /// A CRL that no configured CA issued revokes nothing: its CA's cards would pass
+    /// unchecked while the file looks in force.
+    #[error("{what}: issued by none of the configured card or My Number CAs")]
+    CrlIssuerUnknown { what: String },
     #[error("no card CA or My Number CA certificate is configured")]
     NoTrustAnchors,
 }
@@ -83,6 +87,10 @@ pub struct CardTrust {
     mynumber_anchors: Vec<TrustAnchor<'static>>,
     intermediates: Vec<CertificateDer<'static>>,
     crls: Vec<CertRevocationList<'static>>,
+    /// The earliest `nextUpdate` of the CRLs: past it, that CRL is out of date and
+    /// its CA's cards are refused until a current one is installed, so no chain is
+    /// remembered beyond it.
+    crls_valid_until: Option<UnixTime>,
     /// Card certificates whose chain has been validated, by the SHA-256 of their DER.
     /// Path building costs a CA signature check (60–100 µs for P-256 on the machines
     /// in BENCHMARKS.md, half of a card logon's verification), and its outcome for a given certificate changes
@@ -122,7 +130,7 @@ impl CardTrust {
         let crls = crls
             .iter()
             .enumerate()
-            .map(|(i, c)| parse_crl(c.as_ref(), || format!("CRL #{}", i + 1)))
+            .map(|(i, c)| parse_crl(c.as_ref(), format!("CRL #{}", i + 1)))
             .collect::<Result<Vec<_>, _>>()?;
         Self::from_parts(card_anchors, mynumber_anchors, intermediates, crls)
     }
@@ -154,16 +162,37 @@ impl CardTrust {
         card_anchors: Vec<TrustAnchor<'static>>,
         mynumber_anchors: Vec<TrustAnchor<'static>>,
         intermediates: Vec<CertificateDer<'static>>,
-        crls: Vec<CertRevocationList<'static>>,
+        crls: Vec<LoadedCrl>,
     ) -> Result<Self, CardTrustError> {
         if card_anchors.is_empty() && mynumber_anchors.is_empty() {
             return Err(CardTrustError::NoTrustAnchors);
+        }
+        // Intermediates are not loaded from files: every configured CA certificate is
+        // an anchor, so an anchor is the only possible issuer of a card certificate.
+        for loaded in &crls {
+            let issuer = loaded.crl.issuer();
+            if !card_anchors
+                .iter()
+                .chain(&mynumber_anchors)
+                .any(|a| a.subject.as_ref() == issuer)
+            {
+                return Err(CardTrustError::CrlIssuerUnknown {
+                    what: loaded.what.clone(),
+                });
+            }
+        }
+        let crls_valid_until = crls.iter().filter_map(|c| c.next_update).min();
+        if let Some(until) = crls_valid_until {
+            if UnixTime::now() >= until {
+                tracing::error!(crls = ?crls.iter().map(|c| c.what.as_str()).collect::<Vec<_>>(), "a configured CRL is past its next update: cards of its CA are refused (\"unavailable\") until a current CRL is installed and the gateway restarted");
+            }
         }
         Ok(CardTrust {
             card_anchors,
             mynumber_anchors,
             intermediates,
-            crls,
+            crls: crls.into_iter().map(|c| c.crl).collect(),
+            crls_valid_until,
             chains: Mutex::new(HashMap::new()),
         })
     }
@@ -171,6 +200,9 @@ impl CardTrust {
     /// The kind of the remembered chain under `key`, if every certificate on it is
     /// valid at `now`.
     fn remembered(&self, key: &[u8; 32], now: UnixTime) -> Option<CardKind> {
+        if self.crls_valid_until.is_some_and(|until| now >= until) {
+            return None;
+        }
         let chains = self.chains.lock().unwrap_or_else(PoisonError::into_inner);
         let chain = chains.get(key)?;
         // webpki's own test: valid from not_before through not_after, inclusive.
@@ -198,16 +230,30 @@ fn anchor(
         })
 }
 
-fn parse_crl(
-    der: &[u8],
-    what: impl FnOnce() -> String,
-) -> Result<CertRevocationList<'static>, CardTrustError> {
-    OwnedCertRevocationList::from_der(der)
+/// A CRL as configured, with what names it in errors and its `nextUpdate` (which
+/// webpki keeps to itself).
+struct LoadedCrl {
+    what: String,
+    crl: CertRevocationList<'static>,
+    next_update: Option<UnixTime>,
+}
+
+fn parse_crl(der: &[u8], what: String) -> Result<LoadedCrl, CardTrustError> {
+    let bad = |reason: String| CardTrustError::BadCrl {
+        what: what.clone(),
+        reason,
+    };
+    let crl = OwnedCertRevocationList::from_der(der)
         .map(CertRevocationList::from)
-        .map_err(|e| CardTrustError::BadCrl {
-            what: what(),
-            reason: e.to_string(),
-        })
+        .map_err(|e| bad(e.to_string()))?;
+    let (_, parsed) = <x509_parser::revocation_list::CertificateRevocationList as x509_parser::prelude::FromDer<_>>::from_der(der)
+        .map_err(|e| bad(e.to_string()))?;
+    let next_update = parsed.next_update().and_then(|t| unix_time(t.timestamp()));
+    Ok(LoadedCrl {
+        what,
+        crl,
+        next_update,
+    })
 }
 
 fn file_error(path: &Path, reason: impl ToString) -> CardTrustError {
@@ -232,11 +278,11 @@ fn anchors_from_pem_file(path: &Path) -> Result<Vec<TrustAnchor<'static>>, CardT
         .collect()
 }
 
-fn crls_from_file(path: &Path) -> Result<Vec<CertRevocationList<'static>>, CardTrustError> {
+fn crls_from_file(path: &Path) -> Result<Vec<LoadedCrl>, CardTrustError> {
     let bytes = fs::read(path).map_err(|e| file_error(path, e))?;
     let what = |i: usize| format!("{}: CRL #{}", path.display(), i + 1);
     if !bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
-        return Ok(vec![parse_crl(&bytes, || what(0))?]);
+        return Ok(vec![parse_crl(&bytes, what(0))?]);
     }
     let ders = CertificateRevocationListDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
@@ -246,7 +292,7 @@ fn crls_from_file(path: &Path) -> Result<Vec<CertRevocationList<'static>>, CardT
     }
     ders.iter()
         .enumerate()
-        .map(|(i, d)| parse_crl(d.as_ref(), || what(i)))
+        .map(|(i, d)| parse_crl(d.as_ref(), what(i)))
         .collect()
 }
 
@@ -308,6 +354,7 @@ fn verify_chain(
     let revocation = RevocationOptionsBuilder::new(&crls).ok().map(|b| {
         b.with_depth(RevocationCheckDepth::EndEntity)
             .with_status_policy(UnknownStatusPolicy::Allow)
+            .with_expiration_policy(ExpirationPolicy::Enforce)
             .build()
     });
     let mut failure = Failure::UntrustedCertificate;
@@ -381,11 +428,21 @@ fn unix_time(secs: i64) -> Option<UnixTime> {
 }
 
 fn map_chain_error(error: &webpki::Error) -> Failure {
+    use webpki::Error as E;
     match error {
-        webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => {
-            Failure::CertificateExpired
+        E::CertExpired { .. } | E::CertNotValidYet { .. } => Failure::CertificateExpired,
+        E::CertRevoked => Failure::Revoked,
+        // The CA's CRL cannot say whether the card is revoked: the gateway's
+        // configuration is at fault, not the person, so it is not a failure that
+        // counts towards their lockout.
+        E::CrlExpired { .. }
+        | E::InvalidCrlSignatureForPublicKey
+        | E::IssuerNotCrlSigner
+        | E::UnsupportedCrlSignatureAlgorithmContext(_)
+        | E::UnsupportedCrlSignatureAlgorithmForPublicKeyContext(_) => {
+            tracing::warn!(error = %error, "a card's revocation status cannot be checked: install a current, correctly signed CRL for its CA");
+            Failure::Unavailable
         }
-        webpki::Error::CertRevoked => Failure::Revoked,
         _ => Failure::UntrustedCertificate,
     }
 }
@@ -726,6 +783,43 @@ mod tests {
             check(&p.trust, &jpki_expired, &pem),
             Err(Failure::CertificateExpired)
         );
+    }
+
+    #[test]
+    fn a_crl_past_its_next_update_leaves_its_cards_unchecked_and_refused() {
+        let p = pki(&[]);
+        let ec = ecdsa_key();
+        let cert = p.card_ca.issue(&ec, 20);
+        let sig = sign_nonce(&ec.serialize_pem(), NONCE).unwrap();
+        let at = |secs: u64| UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs));
+        let enrolled = std::slice::from_ref(&cert);
+        // Checked (and remembered) while the CRL is current...
+        assert_eq!(
+            verify(&p.trust, enrolled, &cert, NONCE, &sig, now()),
+            Ok(CardKind::Card)
+        );
+        // ...and refused once it is past its next update (2026-01-01), remembered or not.
+        let after = at(1_767_225_600 + 86_400);
+        assert_eq!(
+            verify(&p.trust, enrolled, &cert, NONCE, &sig, after),
+            Err(Failure::Unavailable)
+        );
+        assert!(!Failure::Unavailable.counts_towards_lockout());
+    }
+
+    #[test]
+    fn a_crl_of_a_ca_not_configured_is_refused_at_load() {
+        let card_ca = TestCa::new("Sekisho Test Card CA");
+        let stranger = TestCa::new("Some Other CA");
+        let e = CardTrust::new(
+            vec![card_ca.cert()],
+            vec![],
+            vec![],
+            vec![stranger.crl(&[])],
+        )
+        .unwrap_err();
+        assert!(matches!(e, CardTrustError::CrlIssuerUnknown { .. }), "{e}");
+        assert!(e.to_string().contains("CRL #1"), "{e}");
     }
 
     #[test]

@@ -119,7 +119,9 @@ pub struct StoredOtp<'a> {
 /// that it was already used ([`Failure::Replayed`], checked first: it is the more
 /// important fact for the audit trail) or has expired ([`Failure::Expired`]). The hash
 /// comparison is constant-time. Marking the code used is the caller's job, atomically
-/// with accepting it.
+/// with accepting it: the logon does it when its allow commits
+/// ([`crate::effects::Effect::UseEmergencyOtp`]), so a code presented in an attempt
+/// that fails stays usable.
 pub fn verify(code: &str, stored: Option<StoredOtp<'_>>, now_unix: i64) -> Result<(), Failure> {
     let Some(normalized) = normalize(code) else {
         return Err(Failure::Mismatch);

@@ -48,10 +48,15 @@ pub enum Failure {
     /// no registered capture key.
     #[error("bad_device_signature")]
     BadDeviceSignature,
-    /// A proof that cannot be read (wrong vector length, bad DER, empty code).
+    /// A proof that cannot be read whoever it is for: a TOTP code that is not 6 or 8
+    /// digits, a vector that is empty, too long, zero or not finite, bad DER. Judged
+    /// by the same rule for every user, enrolled or not, so it tells nothing about
+    /// the user.
     #[error("malformed")]
     Malformed,
-    /// The factor could not be checked now (directory unreachable).
+    /// The factor could not be checked now: the directory unreachable, or a stored
+    /// credential (hash, template) unusable. The gateway's fault, never counted
+    /// towards lockout.
     #[error("unavailable")]
     Unavailable,
     /// A proof for a factor this challenge did not ask for (no nonce was issued).
@@ -98,6 +103,15 @@ impl Failure {
     pub fn from_code(code: &str) -> Option<Failure> {
         Failure::ALL.into_iter().find(|f| f.code() == code)
     }
+
+    /// Whether this failure counts towards the user's lockout. Lockout exists to
+    /// stop someone guessing, so only what the person presented counts; a factor
+    /// the gateway could not check ([`Failure::Unavailable`]: the directory down, a
+    /// stored hash or template that is unusable) is the gateway's fault, and
+    /// counting it would lock a whole office out during an outage.
+    pub fn counts_towards_lockout(self) -> bool {
+        self != Failure::Unavailable
+    }
 }
 
 #[cfg(test)]
@@ -109,6 +123,13 @@ mod tests {
         for f in Failure::ALL {
             assert_eq!(Failure::from_code(f.code()), Some(f));
             assert_eq!(f.to_string(), f.code());
+        }
+    }
+
+    #[test]
+    fn only_what_the_person_presented_counts_towards_lockout() {
+        for f in Failure::ALL {
+            assert_eq!(f.counts_towards_lockout(), f != Failure::Unavailable, "{f}");
         }
     }
 }

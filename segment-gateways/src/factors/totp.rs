@@ -155,9 +155,24 @@ fn hotp(key: &hmac::Key, params: &TotpParams, step: u64) -> u32 {
     binary % 10u32.pow(params.digits)
 }
 
+/// Whether `code` has the shape of a TOTP code at all: 6 or 8 ASCII digits, the
+/// lengths [`TotpParams`] allows.
+///
+/// This is the whole of "malformed", and it deliberately does not look at the
+/// user's own parameters: a rule that did (an 8-digit code malformed for a 6-digit
+/// enrollment) would answer differently for enrolled users than for users without
+/// TOTP or unknown ones, and so tell them apart.
+pub fn is_well_formed(code: &str) -> bool {
+    matches!(code.len(), 6 | 8) && code.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// Checks `code` against the time step of `now_unix` and returns the step it matched,
 /// which the caller stores as the new `last_accepted_step` so the code cannot be used
 /// twice.
+///
+/// A code that is not [well formed](is_well_formed) is [`Failure::Malformed`]; a
+/// well-formed code of the other length than `params` asks for can only be wrong, and
+/// is a [`Failure::Mismatch`] after the same work as any other wrong code.
 ///
 /// The accepted window is computed and compared in constant time first, and a fresh
 /// code in it is accepted at once. Anything else computes and compares every step
@@ -170,14 +185,19 @@ pub fn verify(
     now_unix: u64,
     last_accepted_step: Option<u64>,
 ) -> Result<u64, Failure> {
-    if code.len() != params.digits as usize || !code.bytes().all(|b| b.is_ascii_digit()) {
+    if !is_well_formed(code) {
         return Err(Failure::Malformed);
     }
+    // A code of the wrong length is compared as an impossible value (10^digits is
+    // never an HOTP value), so it costs what a wrong code of the right length does.
+    let length_ok = code.len() == params.digits as usize;
     // At most 8 digits, all ASCII digits: the number fits in a u32.
-    let given = code
-        .bytes()
-        .fold(0u32, |n, b| n * 10 + u32::from(b - b'0'))
-        .to_be_bytes();
+    let given = if length_ok {
+        code.bytes().fold(0u32, |n, b| n * 10 + u32::from(b - b'0'))
+    } else {
+        10u32.pow(params.digits)
+    }
+    .to_be_bytes();
     let key = hmac::Key::new(params.algorithm.hmac(), secret);
     let now_step = now_unix / params.period_secs;
     let matching = |window: i64| -> Vec<(i64, u64)> {
@@ -391,17 +411,41 @@ mod tests {
             "",
             "12345",
             "1234567",
+            "123456789",
             "12345a",
             " 123456",
             "１２３４５６",
             "12 456",
         ] {
-            assert_eq!(
-                verify(SHA1_SEED, &p, code, NOW, None),
-                Err(Failure::Malformed),
-                "{code:?}"
-            );
+            assert!(!is_well_formed(code), "{code:?}");
+            for p in [p, params(TotpAlgorithm::Sha256, 8)] {
+                assert_eq!(
+                    verify(SHA1_SEED, &p, code, NOW, None),
+                    Err(Failure::Malformed),
+                    "{code:?}"
+                );
+            }
         }
+    }
+
+    #[test]
+    fn a_well_formed_code_of_the_other_length_is_a_mismatch() {
+        // The 8-digit code of this very step, against a 6-digit enrollment, and the
+        // 6-digit one against an 8-digit enrollment: wrong, not malformed, so the
+        // answer is the one a user without TOTP gets.
+        let six = TotpParams::default();
+        let eight = params(TotpAlgorithm::Sha1, 8);
+        let code8 = code_at(SHA1_SEED, &eight, NOW / 30);
+        let code6 = code_at(SHA1_SEED, &six, NOW / 30);
+        assert!(is_well_formed(&code8) && is_well_formed(&code6));
+        assert_eq!(
+            verify(SHA1_SEED, &six, &code8, NOW, None),
+            Err(Failure::Mismatch)
+        );
+        assert_eq!(
+            verify(SHA1_SEED, &eight, &code6, NOW, None),
+            Err(Failure::Mismatch)
+        );
     }
 
     #[test]

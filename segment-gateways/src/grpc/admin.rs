@@ -18,7 +18,7 @@ use super::{peer_name, request_id};
 use crate::config::TotpConfig;
 use crate::credentials::{CredentialError, GatewayDevice};
 use crate::db::now_ms;
-use crate::factors::biometric::{self, BiometricFactor, DeviceKey};
+use crate::factors::biometric::{self, BiometricFactor, DeviceKey, MAX_VECTOR_LEN};
 use crate::factors::totp::{self, TotpAlgorithm, TotpParams};
 use crate::factors::{card, emergency_otp, pin};
 use crate::import::{self, ImportContext, ImportFailure};
@@ -30,8 +30,6 @@ const EOTP_DEFAULT_TTL_SECS: u64 = 2 * 3600;
 const EOTP_MAX_TTL_SECS: u64 = 24 * 3600;
 /// Shortest standalone password accepted.
 const MIN_PASSWORD_CHARS: usize = import::MIN_PASSWORD_CHARS;
-/// Largest biometric template accepted (elements).
-const MAX_TEMPLATE_DIM: usize = 4096;
 
 pub struct AdminService {
     gateway: Arc<Gateway>,
@@ -195,7 +193,10 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
             .store
             .add_card(&r.user, &r.certificate, kind, not_after)
             .await
-            .map_err(store_status)?;
+            .map_err(|e| match e {
+                CredentialError::CardOfAnotherUser { .. } => Status::already_exists(e.to_string()),
+                e => store_status(e),
+            })?;
         let what = match kind {
             card::CardKind::MyNumber => "My Number card",
             card::CardKind::Card => "card",
@@ -244,9 +245,9 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
             return Err(invalid("no templates given"));
         }
         let dim = r.templates[0].vector.len();
-        if dim == 0 || dim > MAX_TEMPLATE_DIM {
+        if dim == 0 || dim > MAX_VECTOR_LEN {
             return Err(invalid(format!(
-                "template 1 has {dim} elements: expected 1 to {MAX_TEMPLATE_DIM}"
+                "template 1 has {dim} elements: expected 1 to {MAX_VECTOR_LEN}"
             )));
         }
         let mut templates = Vec::with_capacity(r.templates.len());
