@@ -339,6 +339,10 @@ pub enum EnrollCommand {
         #[command(flatten)]
         gateway: GatewayArgs,
     },
+    /// Remove a user's credentials on this tier: a lost card (--factor card
+    /// --card-cert FILE), every card, a factor's credentials, or everything the user
+    /// has (--all, for someone who left). Takes effect at the next logon.
+    Remove(EnrollRemoveArgs),
     /// Show what a user has registered on this tier, and whether they are locked out.
     Show {
         /// User id.
@@ -346,6 +350,26 @@ pub enum EnrollCommand {
         #[command(flatten)]
         gateway: GatewayArgs,
     },
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["factor", "all"])))]
+pub struct EnrollRemoveArgs {
+    /// User id.
+    pub user: String,
+    /// The factor whose credentials go: password, pin, totp, card, mynumber_card,
+    /// face, vein or emergency_otp.
+    #[arg(long, value_name = "FACTOR")]
+    pub factor: Option<String>,
+    /// Every credential the user has on this tier.
+    #[arg(long)]
+    pub all: bool,
+    /// With --factor card or mynumber_card: only this card, by its certificate
+    /// (PEM or DER), as given to `enroll card`.
+    #[arg(long, value_name = "FILE")]
+    pub card_cert: Option<PathBuf>,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
 }
 
 #[derive(Debug, Args)]
@@ -391,6 +415,15 @@ pub enum DeviceCommand {
     Import(DeviceImportArgs),
     /// List the terminals in the engine's store.
     List(DeviceListArgs),
+    /// Remove a stolen or retired terminal from its tier's gateway: its certificate
+    /// is refused from then on and its open session ends. (Its entry in the engine's
+    /// entities stays until `sekisho entities delete --device ID`.)
+    Deregister {
+        /// Device id (its certificate's common name).
+        device: String,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
 }
 
 /// The engine's database, opened directly (device import and list).

@@ -116,6 +116,7 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Enroll(EnrollCommand::Password { user, gateway }) => {
             cmd::enroll::secret("password", &user, &gateway).await
         }
+        Command::Enroll(EnrollCommand::Remove(a)) => cmd::enroll::remove(&a).await,
         Command::Enroll(EnrollCommand::Show { user, gateway }) => {
             cmd::enroll::show(&user, &gateway).await
         }
@@ -126,6 +127,9 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Device(DeviceCommand::Register(a)) => cmd::device::register(&a).await,
         Command::Device(DeviceCommand::Import(a)) => cmd::device::import(&a).await,
         Command::Device(DeviceCommand::List(a)) => cmd::device::list(&a).await,
+        Command::Device(DeviceCommand::Deregister { device, gateway }) => {
+            cmd::device::deregister(&device, &gateway).await
+        }
         Command::Users(UsersCommand::Import(a)) => cmd::users::import(&a).await,
         Command::Agent(AgentCommand::Logon(a)) => cmd::agent::authenticate("logon", &a).await,
         Command::Agent(AgentCommand::Unlock(a)) => cmd::agent::authenticate("unlock", &a).await,

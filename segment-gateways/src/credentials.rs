@@ -310,6 +310,105 @@ impl CredentialStore {
         Ok(found)
     }
 
+    /// Removes a device (a stolen or retired terminal): its certificate is refused
+    /// from then on, and its open session, if any, ends with it. Returns whether it
+    /// was registered and whether a session ended. Other replicas stop accepting it
+    /// within [`DEVICE_CACHE_TTL`].
+    pub async fn deregister_device(&self, id: &str) -> Result<(bool, bool), CredentialError> {
+        let mut tx = self.db.begin_write().await?;
+        let removed =
+            sqlx::query("DELETE FROM gw_devices WHERE tenant = $1 AND tier = $2 AND id = $3")
+                .bind(self.tenant())
+                .bind(self.tier_name())
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("removing a device"))?
+                .rows_affected()
+                > 0;
+        let ended = sqlx::query(
+            "UPDATE gw_sessions SET state = 'ended', end_reason = 'device_deregistered', updated_at = $4
+             WHERE tenant = $1 AND tier = $2 AND device = $3 AND state <> 'ended'",
+        )
+        .bind(self.tenant())
+        .bind(self.tier_name())
+        .bind(id)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("ending a removed device's session"))?
+        .rows_affected()
+            > 0;
+        tx.commit().await.map_err(db_err("removing a device"))?;
+        self.devices
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        Ok((removed, ended))
+    }
+
+    /// Removes a user's credentials on this tier, in one transaction: those of
+    /// `factor`, or all of them with `None` (someone who left). For `card`, every
+    /// card, or only the one with `card_fingerprint`; `mynumber_card` means the My
+    /// Number cards. Returns how many were removed.
+    pub async fn remove_credentials(
+        &self,
+        user: &str,
+        factor: Option<Factor>,
+        card_fingerprint: Option<&str>,
+    ) -> Result<u64, CredentialError> {
+        // Each table to clear, and the one column (with its value) that narrows it.
+        let cards = match card_fingerprint {
+            Some(f) => ("gw_cards", Some(("fingerprint", f))),
+            None => ("gw_cards", None),
+        };
+        let targets: Vec<(&str, Option<(&str, &str)>)> = match factor {
+            None => vec![
+                ("gw_secrets", None),
+                ("gw_totp", None),
+                cards,
+                ("gw_biometrics", None),
+                ("gw_emergency_otps", None),
+            ],
+            Some(f @ (Factor::Password | Factor::Pin)) => {
+                vec![("gw_secrets", Some(("factor", f.name())))]
+            }
+            Some(f @ (Factor::Face | Factor::Vein)) => {
+                vec![("gw_biometrics", Some(("factor", f.name())))]
+            }
+            Some(Factor::Totp) => vec![("gw_totp", None)],
+            Some(Factor::EmergencyOtp) => vec![("gw_emergency_otps", None)],
+            Some(Factor::Card) => vec![cards],
+            Some(Factor::MynumberCard) if card_fingerprint.is_none() => {
+                vec![("gw_cards", Some(("kind", "mynumber")))]
+            }
+            Some(Factor::MynumberCard) => vec![cards],
+        };
+        let mut tx = self.db.begin_write().await?;
+        let mut removed = 0;
+        for (table, narrow) in targets {
+            let mut sql =
+                format!("DELETE FROM {table} WHERE tenant = $1 AND tier = $2 AND user_id = $3");
+            if let Some((column, _)) = narrow {
+                sql.push_str(&format!(" AND {column} = $4"));
+            }
+            let mut q = sqlx::query(&sql)
+                .bind(self.tenant())
+                .bind(self.tier_name())
+                .bind(user);
+            if let Some((_, value)) = narrow {
+                q = q.bind(value);
+            }
+            removed += q
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("removing credentials"))?
+                .rows_affected();
+        }
+        tx.commit().await.map_err(db_err("removing credentials"))?;
+        Ok(removed)
+    }
+
     async fn read_device(&self, id: &str) -> Result<Option<GatewayDevice>, CredentialError> {
         let row = sqlx::query(
             "SELECT kind, capabilities, location, capture_key FROM gw_devices
@@ -645,7 +744,7 @@ impl CredentialStore {
         user: &str,
         directory_passwords: bool,
     ) -> Result<Enrollment, CredentialError> {
-        Ok(self.for_logon(user, directory_passwords).await?.0)
+        Ok(self.stored(user, directory_passwords).await?.0)
     }
 
     /// What Begin needs, in one round trip: what the user can present (for the
@@ -654,11 +753,32 @@ impl CredentialStore {
     /// TOTP secret is still the one enrolled (a re-enrollment in between refuses the
     /// code), and cards are only ever added (a card enrolled in between is simply not
     /// offered this time).
+    ///
+    /// A user with nothing stored is what an unknown user looks like too: both are
+    /// planned as the tier's typical user, so that a challenge never tells them apart
+    /// from one (the engine masks the unknown one with what is sent). They fail at
+    /// Complete, as a wrong factor does.
     pub async fn for_logon(
         &self,
         user: &str,
         directory_passwords: bool,
     ) -> Result<(Enrollment, CardsAndTotp), CredentialError> {
+        let (mut e, material, any) = self.stored(user, directory_passwords).await?;
+        if !any {
+            e.factors = e
+                .factors
+                .union(self.typical_enrollment(directory_passwords).await?);
+        }
+        Ok((e, material))
+    }
+
+    /// The user's enrolment and logon material as stored, and whether anything that
+    /// is a factor of its own is stored at all.
+    async fn stored(
+        &self,
+        user: &str,
+        directory_passwords: bool,
+    ) -> Result<(Enrollment, CardsAndTotp, bool), CredentialError> {
         let mut conn = self
             .db
             .logon_reads
@@ -739,16 +859,7 @@ impl CredentialStore {
         if directory_passwords {
             e.factors = e.factors.with(Factor::Password);
         }
-        // Nothing stored is what an unknown user looks like too: plan both as the
-        // tier's typical user, so that a challenge never tells them apart from one
-        // (the engine masks the unknown one with what is sent). They fail at
-        // Complete, as a wrong factor does.
-        if !stored {
-            e.factors = e
-                .factors
-                .union(self.typical_enrollment(directory_passwords).await?);
-        }
-        Ok((e, material))
+        Ok((e, material, stored))
     }
 
     /// The enrolment most users of this tier have (the smaller set on a tie), counted
@@ -964,6 +1075,9 @@ mod tests {
         *s.typical.lock().await = None;
 
         assert_eq!(planned("nobody", false).await, set(&["pin", "totp"]));
+        // What an administrator is shown stays what is stored.
+        let shown = s.enrollment("nobody", false).await.unwrap().factors;
+        assert_eq!(shown, FactorSet::EMPTY);
         assert_eq!(planned("c", false).await, set(&["password"]));
         assert_eq!(planned("a", false).await, set(&["pin", "totp"]));
         // With a directory, stored passwords do not count and everyone has one.

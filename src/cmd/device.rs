@@ -77,6 +77,25 @@ fn issue_cert(id: &str, pki_dir: &Path, dir: &Path) -> Result<(PathBuf, PathBuf,
     Ok((cert, key, true))
 }
 
+pub async fn deregister(device: &str, gateway: &GatewayArgs) -> Result<Outcome> {
+    let r = GatewayAdminClient::new(gateway.connect().await?)
+        .deregister_device(pb::DeregisterDeviceRequest {
+            device: device.to_string(),
+        })
+        .await
+        .map_err(|s| super::refused("gateway", s))?
+        .into_inner();
+    println!(
+        "{device}: deregistered{}",
+        if r.ended_session {
+            "; its open session was ended"
+        } else {
+            ""
+        }
+    );
+    Ok(Outcome::Ok)
+}
+
 pub async fn register(args: &DeviceRegisterArgs) -> Result<Outcome> {
     let tier: Tier = args.tier.parse()?;
     let kind: DeviceKind = args.kind.parse()?;

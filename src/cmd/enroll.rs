@@ -4,14 +4,16 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use sekisho_gateway::agent::{read_certificate_der, read_templates};
+use sekisho_gateway::credentials::card_fingerprint;
 use sekisho_gateway::messages::local_time;
 use sekisho_gateway::qr::render_qr;
 use sekisho_proto::v1 as pb;
 use sekisho_proto::v1::gateway_admin_client::GatewayAdminClient;
 use tonic::transport::Channel;
 
+use crate::cli::EnrollRemoveArgs;
 use crate::client::GatewayArgs;
 use crate::Outcome;
 
@@ -127,6 +129,37 @@ pub async fn secret(factor: &str, user: &str, gateway: &GatewayArgs) -> Result<O
         .map_err(refused)?
         .into_inner();
     print_enrollment(&r);
+    Ok(Outcome::Ok)
+}
+
+pub async fn remove(a: &EnrollRemoveArgs) -> Result<Outcome> {
+    let card_fingerprint = match &a.card_cert {
+        Some(path) => card_fingerprint(
+            &read_certificate_der(path).with_context(|| path.display().to_string())?,
+        ),
+        None => String::new(),
+    };
+    let r = admin(&a.gateway)
+        .await?
+        .remove_credentials(pb::RemoveCredentialsRequest {
+            user: a.user.clone(),
+            factor: a.factor.clone().unwrap_or_default(),
+            card_fingerprint,
+        })
+        .await
+        .map_err(refused)?
+        .into_inner();
+    let what = match (&a.factor, &a.card_cert) {
+        (_, Some(path)) => format!("the card in {}", path.display()),
+        (Some(f), None) => format!("{f} credentials"),
+        (None, None) => "every credential".to_string(),
+    };
+    if r.removed == 0 {
+        eprintln!("{}: nothing to remove ({what} not enrolled)", a.user);
+        return Ok(Outcome::No);
+    }
+    println!("{}: removed {what} ({} stored)", a.user, r.removed);
+    println!("{} has enrolled: {}", a.user, enrolled_list(&r.enrolled));
     Ok(Outcome::Ok)
 }
 

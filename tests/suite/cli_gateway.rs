@@ -7,6 +7,7 @@ use common::gateway::{now_secs, TestGateway};
 use common::sekisho;
 use sekisho_gateway::factors::totp::{code_at, TotpParams};
 use sekisho_policy_engine::Tier;
+use sekisho_proto::v1 as pb;
 
 // The binary runs synchronously, so the in-process gateway needs its own worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -14,26 +15,8 @@ async fn enroll_and_log_on_with_the_agent_command() {
     let gw = TestGateway::start(Tier::Internet, |_| {}).await;
     gw.register("net-vdi-01", "vdi", &[]).await;
     let url = gw.url();
-    let p = gw.pki();
-    let (ca, admin_cert, admin_key) = (
-        p.ca().display().to_string(),
-        p.admin_cert().display().to_string(),
-        p.admin_key().display().to_string(),
-    );
-    let admin = |extra: &[&str], stdin: &str| {
-        let mut args: Vec<&str> = extra.to_vec();
-        args.extend([
-            "--gateway",
-            &url,
-            "--ca",
-            &ca,
-            "--cert",
-            &admin_cert,
-            "--key",
-            &admin_key,
-        ]);
-        sekisho(&args, stdin)
-    };
+    let ca = gw.pki().ca().display().to_string();
+    let admin = |extra: &[&str], stdin: &str| gw.admin_cli(extra, stdin);
 
     let (code, _, err) = admin(&["enroll", "password", "u013"], "u013-password\n");
     assert_eq!(code, 0, "{err}");
@@ -143,4 +126,158 @@ async fn enroll_and_log_on_with_the_agent_command() {
     assert_eq!(code, 0, "{err}");
     assert!(!out.is_empty());
     gw.stop().await;
+}
+
+/// A lost card, a user who left, a stolen terminal: each removed through the admin
+/// CLI takes effect at the next logon, and is journaled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_and_devices_are_removed_through_the_admin_command() {
+    let gw = TestGateway::start(Tier::Lgwan, |_| {}).await;
+    gw.register("lgwan-desk-22", "desktop", &["card"]).await;
+    gw.set_secret("u036", "password", "u036-password").await;
+    let lost = gw.cards.issue("u036");
+    let kept = gw.cards.issue("u036");
+    gw.enroll_card("u036", &lost).await;
+    gw.enroll_card("u036", &kept).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let lost_file = dir.path().join("lost.der");
+    std::fs::write(&lost_file, &lost.der).expect("card file");
+    let lost_path = lost_file.to_str().expect("utf-8 path");
+
+    // Nothing named: clap refuses before anything is sent.
+    let (code, _, err) = gw.admin_cli(&["enroll", "remove", "u036"], "");
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = gw.admin_cli(
+        &[
+            "enroll",
+            "remove",
+            "u036",
+            "--factor",
+            "pin",
+            "--card-cert",
+            lost_path,
+        ],
+        "",
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("card_fingerprint") && err.contains("card"),
+        "{err}"
+    );
+
+    let (code, out, err) = gw.admin_cli(
+        &[
+            "enroll",
+            "remove",
+            "u036",
+            "--factor",
+            "card",
+            "--card-cert",
+            lost_path,
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("removed the card in") && out.contains("(1 stored)"),
+        "{out}"
+    );
+    assert!(out.contains("card") && out.contains("password"), "{out}");
+
+    let mut ep = gw.endpoint("lgwan-desk-22").await;
+    let c = begin(&mut ep, "u036").await;
+    let r = complete(&mut ep, &c, &lost, "u036-password").await;
+    assert_eq!(r.decision, pb::Decision::Deny as i32);
+    assert!(
+        r.factors
+            .iter()
+            .any(|f| f.factor == "card" && f.reason == "card_not_enrolled"),
+        "{r:?}"
+    );
+    let c = begin(&mut ep, "u036").await;
+    let r = complete(&mut ep, &c, &kept, "u036-password").await;
+    assert_eq!(r.decision, pb::Decision::Allow as i32, "{r:?}");
+
+    // The stolen terminal: refused from now on, its session ended.
+    let (code, out, err) = gw.admin_cli(&["device", "deregister", "lgwan-desk-22"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("its open session was ended"), "{out}");
+    let refused = ep
+        .begin(pb::BeginRequest {
+            user: "u036".into(),
+            action: "logon".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a deregistered device is refused");
+    assert!(refused.message().contains("lgwan-desk-22"), "{refused:?}");
+    let (code, _, err) = gw.admin_cli(&["device", "deregister", "lgwan-desk-22"], "");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not registered"), "{err}");
+
+    // Someone who left: everything goes; again, there is nothing left to remove.
+    let (code, out, err) = gw.admin_cli(&["enroll", "remove", "u036", "--all"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("has enrolled: (nothing)"), "{out}");
+    let (code, _, err) = gw.admin_cli(&["enroll", "remove", "u036", "--all"], "");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("nothing to remove"), "{err}");
+
+    let db = gw.running.gateway.store.db().clone();
+    let actions: Vec<String> =
+        sekisho_gateway::journal::read_events(&db, gw.running.gateway.name())
+            .await
+            .expect("journal")
+            .into_iter()
+            .map(|e| e.body.action)
+            .collect();
+    for action in ["credential_remove", "device_deregister"] {
+        assert!(
+            actions.iter().any(|a| a == action),
+            "{action} in {actions:?}"
+        );
+    }
+    gw.stop().await;
+}
+
+async fn begin(
+    ep: &mut pb::logon_client::LogonClient<tonic::transport::Channel>,
+    user: &str,
+) -> pb::Challenge {
+    ep.begin(pb::BeginRequest {
+        user: user.into(),
+        action: "logon".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("begin")
+    .into_inner()
+}
+
+async fn complete(
+    ep: &mut pb::logon_client::LogonClient<tonic::transport::Channel>,
+    c: &pb::Challenge,
+    card: &common::gateway::TestCard,
+    password: &str,
+) -> pb::LogonResult {
+    let nonce = c.nonces.get("card").expect("a card nonce");
+    let signature = sekisho_gateway::factors::card::sign_nonce(&card.key_pem, nonce).expect("sign");
+    ep.complete(pb::CompleteRequest {
+        challenge_id: c.challenge_id.clone(),
+        proofs: vec![
+            pb::Proof {
+                proof: Some(pb::proof::Proof::Card(pb::CardProof {
+                    certificate: card.der.clone(),
+                    signature,
+                })),
+            },
+            pb::Proof {
+                proof: Some(pb::proof::Proof::Password(password.into())),
+            },
+        ],
+        ..Default::default()
+    })
+    .await
+    .expect("complete")
+    .into_inner()
 }

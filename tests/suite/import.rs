@@ -30,29 +30,6 @@ fn pem(card: &TestCard) -> String {
     )
 }
 
-/// Runs `sekisho ARGS… --gateway URL --ca … --cert … --key …` as the administrator.
-fn admin_cli(gw: &TestGateway, args: &[&str]) -> (i32, String, String) {
-    let p = gw.pki();
-    let (url, ca, cert, key) = (
-        gw.url(),
-        p.ca().display().to_string(),
-        p.admin_cert().display().to_string(),
-        p.admin_key().display().to_string(),
-    );
-    let mut all: Vec<&str> = args.to_vec();
-    all.extend([
-        "--gateway",
-        &url,
-        "--ca",
-        &ca,
-        "--cert",
-        &cert,
-        "--key",
-        &key,
-    ]);
-    sekisho(&all, "")
-}
-
 async fn imports(gw: &TestGateway) -> Vec<sekisho_policy_engine::audit::AuditEvent> {
     let db = gw.running.gateway.store.db().clone();
     journal::read_events(&db, gw.running.gateway.name())
@@ -93,14 +70,14 @@ async fn users_import_is_checked_all_or_nothing_idempotent_and_usable() {
         "{good}u013,dup,,,,,,,\n,no id,,,,,,,\nu017,x,,,,short,12345,cards/none.pem,NOTBASE32!!\nu018,x,,,\n"
     );
     std::fs::write(&csv, &bad).expect("csv");
-    let (code, out, err) = admin_cli(&gw, &["users", "import", csv.to_str().unwrap()]);
+    let (code, out, err) = gw.admin_cli(&["users", "import", csv.to_str().unwrap()], "");
     assert_eq!(code, 2, "{out}{err}");
     assert!(
         err.contains("users.csv: row 8: 5 columns, but the header has 9"),
         "{err}"
     );
     std::fs::write(&csv, bad.replace("u018,x,,,\n", "")).expect("csv");
-    let (code, _, err) = admin_cli(&gw, &["users", "import", csv.to_str().unwrap()]);
+    let (code, _, err) = gw.admin_cli(&["users", "import", csv.to_str().unwrap()], "");
     assert_eq!(code, 2, "{err}");
     for expected in [
         "row 5, column user: user 'u013' is already in row 2",
@@ -118,7 +95,7 @@ async fn users_import_is_checked_all_or_nothing_idempotent_and_usable() {
 
     // A row only the gateway can refuse (a card from an unknown CA): still nothing.
     std::fs::write(&csv, format!("{good}u015,山本,,,,,,cards/u015.pem,\n")).expect("csv");
-    let (code, _, err) = admin_cli(&gw, &["users", "import", csv.to_str().unwrap()]);
+    let (code, _, err) = gw.admin_cli(&["users", "import", csv.to_str().unwrap()], "");
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains(
@@ -132,7 +109,7 @@ async fn users_import_is_checked_all_or_nothing_idempotent_and_usable() {
 
     // One card listed for two people: a card is one person's.
     std::fs::write(&csv, format!("{good}u015,山本,,,,,,cards/u014.pem,\n")).expect("csv");
-    let (code, _, err) = admin_cli(&gw, &["users", "import", csv.to_str().unwrap()]);
+    let (code, _, err) = gw.admin_cli(&["users", "import", csv.to_str().unwrap()], "");
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains(
@@ -144,10 +121,8 @@ async fn users_import_is_checked_all_or_nothing_idempotent_and_usable() {
 
     // A dry run says what would change and writes nothing.
     std::fs::write(&csv, &good).expect("csv");
-    let (code, out, err) = admin_cli(
-        &gw,
-        &["users", "import", "--dry-run", csv.to_str().unwrap()],
-    );
+    let (code, out, err) =
+        gw.admin_cli(&["users", "import", "--dry-run", csv.to_str().unwrap()], "");
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("+ u013 (row 2) added: name, department, role, groups, password, totp"),
@@ -160,7 +135,7 @@ async fn users_import_is_checked_all_or_nothing_idempotent_and_usable() {
     assert_eq!(gw.running.gateway.store.user("u013").await.unwrap(), None);
     assert!(imports(&gw).await.is_empty());
 
-    let (code, out, err) = admin_cli(&gw, &["users", "import", csv.to_str().unwrap()]);
+    let (code, out, err) = gw.admin_cli(&["users", "import", csv.to_str().unwrap()], "");
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("3 added, 0 changed, 0 unchanged"), "{out}");
     assert!(err.contains("3 users read (UTF-8)"), "{err}");
@@ -178,7 +153,7 @@ async fn users_import_is_checked_all_or_nothing_idempotent_and_usable() {
     assert_eq!(store.enrollment("u014", false).await.unwrap().cards, 1);
     // ...and a card enrolled for one is refused for another, by import or enrolment.
     std::fs::write(&csv, format!("{good}u015,山本,,,,,,cards/u014.pem,\n")).expect("csv");
-    let (code, _, err) = admin_cli(&gw, &["users", "import", csv.to_str().unwrap()]);
+    let (code, _, err) = gw.admin_cli(&["users", "import", csv.to_str().unwrap()], "");
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("already enrolled for user 'u014'"), "{err}");
     std::fs::write(&csv, &good).expect("csv");
@@ -194,7 +169,7 @@ async fn users_import_is_checked_all_or_nothing_idempotent_and_usable() {
 
     // Again: nothing changes, nothing is journaled, hashes are not redone.
     let phc = store.secret("u013", Factor::Password).await.unwrap();
-    let (code, out, err) = admin_cli(&gw, &["users", "import", csv.to_str().unwrap()]);
+    let (code, out, err) = gw.admin_cli(&["users", "import", csv.to_str().unwrap()], "");
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("0 added, 0 changed, 3 unchanged"), "{out}");
     assert_eq!(store.secret("u013", Factor::Password).await.unwrap(), phc);
@@ -206,7 +181,7 @@ async fn users_import_is_checked_all_or_nothing_idempotent_and_usable() {
         good.replace("4826", "5937").replace("総務課", "財政課"),
     )
     .expect("csv");
-    let (code, out, err) = admin_cli(&gw, &["users", "import", csv.to_str().unwrap()]);
+    let (code, out, err) = gw.admin_cli(&["users", "import", csv.to_str().unwrap()], "");
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("~ u014 (row 3) changed: pin"), "{out}");
     assert!(out.contains("~ u016 (row 4) changed: department"), "{out}");
@@ -255,7 +230,7 @@ async fn shift_jis_import(backend: Backend) {
     let csv = dir.path().join("職員.csv");
     std::fs::write(&csv, &sjis).expect("csv");
 
-    let (code, out, err) = admin_cli(&gw, &["users", "import", csv.to_str().unwrap()]);
+    let (code, out, err) = gw.admin_cli(&["users", "import", csv.to_str().unwrap()], "");
     assert_eq!(code, 0, "{out}{err}");
     assert!(err.contains("2 users read (Shift_JIS)"), "{err}");
     assert!(out.contains("2 added"), "{out}");
@@ -269,8 +244,7 @@ async fn shift_jis_import(backend: Backend) {
     assert!(verifies(&gw, "u202", Factor::Pin, "7391").await);
 
     // Forcing UTF-8 on it is refused with the row of the first bad byte.
-    let (code, _, err) = admin_cli(
-        &gw,
+    let (code, _, err) = gw.admin_cli(
         &[
             "users",
             "import",
@@ -278,11 +252,12 @@ async fn shift_jis_import(backend: Backend) {
             "utf-8",
             csv.to_str().unwrap(),
         ],
+        "",
     );
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("row 2: invalid UTF-8"), "{err}");
 
-    let (code, out, err) = admin_cli(&gw, &["users", "import", csv.to_str().unwrap()]);
+    let (code, out, err) = gw.admin_cli(&["users", "import", csv.to_str().unwrap()], "");
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("0 added, 0 changed, 2 unchanged"), "{out}");
     gw.stop().await;

@@ -501,6 +501,99 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
         Ok(Response::new(pb::UnlockUserResponse { was_locked }))
     }
 
+    async fn deregister_device(
+        &self,
+        request: Request<pb::DeregisterDeviceRequest>,
+    ) -> Result<Response<pb::DeregisterDeviceResponse>, Status> {
+        let admin = self.admin(&request)?;
+        let r = request.into_inner();
+        if r.device.is_empty() || r.device.len() > 256 {
+            return Err(invalid("device id must be 1 to 256 bytes"));
+        }
+        let (removed, ended_session) = self
+            .gateway
+            .store
+            .deregister_device(&r.device)
+            .await
+            .map_err(store_status)?;
+        if !removed {
+            return Err(Status::not_found(format!(
+                "device '{}' is not registered on this gateway (tier {})",
+                r.device,
+                self.gateway.store.db().tier().name()
+            )));
+        }
+        tracing::info!(%admin, device = %r.device, ended_session, "device deregistered");
+        self.record(
+            &admin,
+            "device_deregister",
+            "",
+            &r.device,
+            &[("ended_session", ended_session.to_string())],
+        )
+        .await?;
+        Ok(Response::new(pb::DeregisterDeviceResponse {
+            removed,
+            ended_session,
+        }))
+    }
+
+    async fn remove_credentials(
+        &self,
+        request: Request<pb::RemoveCredentialsRequest>,
+    ) -> Result<Response<pb::RemoveCredentialsResponse>, Status> {
+        let admin = self.admin(&request)?;
+        let r = request.into_inner();
+        check_user(&r.user)?;
+        let factor = match r.factor.as_str() {
+            "" => None,
+            name => Some(
+                name.parse::<Factor>()
+                    .map_err(|e| invalid(format!("factor: {e}")))?,
+            ),
+        };
+        let fingerprint = match r.card_fingerprint.as_str() {
+            "" => None,
+            f if !matches!(factor, Some(Factor::Card | Factor::MynumberCard)) => {
+                return Err(invalid(format!(
+                    "card_fingerprint '{f}' needs factor card or mynumber_card"
+                )))
+            }
+            f if f.len() == 64 && f.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Some(f.to_ascii_lowercase())
+            }
+            f => {
+                return Err(invalid(format!(
+                    "card_fingerprint '{f}' is not a SHA-256 in hex (64 characters)"
+                )))
+            }
+        };
+        let store = &self.gateway.store;
+        let removed = store
+            .remove_credentials(&r.user, factor, fingerprint.as_deref())
+            .await
+            .map_err(store_status)?;
+        let what = factor.map_or("all", Factor::name);
+        tracing::info!(%admin, user = %r.user, factor = what, removed, "credentials removed");
+        let mut detail = vec![
+            ("factor", what.to_string()),
+            ("removed", removed.to_string()),
+        ];
+        if let Some(f) = &fingerprint {
+            detail.push(("card_fingerprint", f.clone()));
+        }
+        self.record(&admin, "credential_remove", &r.user, "", &detail)
+            .await?;
+        let e = store
+            .enrollment(&r.user, self.gateway.passwords.is_directory())
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::RemoveCredentialsResponse {
+            removed,
+            enrolled: crate::decide::names(e.factors),
+        }))
+    }
+
     async fn import_users(
         &self,
         request: Request<pb::ImportUsersRequest>,

@@ -152,6 +152,31 @@ impl TestGateway {
         self.engine.running.pki.as_ref().expect("dev PKI")
     }
 
+    /// Runs `sekisho ARGS… --gateway URL --ca … --cert … --key …` as the
+    /// administrator, with `stdin`. (The binary runs synchronously: a test calling
+    /// this needs a multi-threaded runtime for the in-process gateway.)
+    pub fn admin_cli(&self, args: &[&str], stdin: &str) -> (i32, String, String) {
+        let p = self.pki();
+        let (url, ca, cert, key) = (
+            self.url(),
+            p.ca().display().to_string(),
+            p.admin_cert().display().to_string(),
+            p.admin_key().display().to_string(),
+        );
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend([
+            "--gateway",
+            &url,
+            "--ca",
+            &ca,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+        ]);
+        super::sekisho(&all, stdin)
+    }
+
     /// Client TLS for a device (a certificate named after it, issued on first use).
     pub fn device_tls(&self, device: &str) -> ClientTls {
         device_tls(self.pki(), device)
