@@ -80,9 +80,11 @@ async fn run(
     mut stop: oneshot::Receiver<()>,
 ) {
     let mut backoff = MIN_BACKOFF;
+    // Whether the last failure was logged and nothing has worked since: an outage is
+    // logged once, and again after the stream had come back.
     let mut failing = false;
     loop {
-        let attempt = follow(&gateway, &mut client, &applied);
+        let attempt = follow(&gateway, &mut client, &applied, &mut failing);
         tokio::select! {
             _ = &mut stop => return,
             r = attempt => {
@@ -108,6 +110,7 @@ async fn follow(
     gateway: &Gateway,
     client: &mut PolicyDecisionClient<Channel>,
     applied: &watch::Sender<u64>,
+    failing: &mut bool,
 ) -> Result<(), FollowError> {
     let db = gateway.store.db();
     let after = cursor(db).await?;
@@ -120,6 +123,9 @@ async fn follow(
         .watch_revocations(pb::WatchRevocationsRequest { after })
         .await?
         .into_inner();
+    if std::mem::take(failing) {
+        tracing::info!("following the engine's revocations again");
+    }
     while let Some(r) = stream.message().await? {
         apply(gateway, &r).await?;
         set_cursor(db, r.seq).await?;
@@ -128,10 +134,14 @@ async fn follow(
     Ok(())
 }
 
-/// Ends the user's sessions on this tier and journals each one.
+/// Journals, then ends, each of the user's sessions on this tier. Journaled first:
+/// a failure in between leaves the sessions open and the revocation unapplied, so
+/// the next attempt journals them again (twice in the trail) rather than ending
+/// them with no trace.
 async fn apply(gateway: &Gateway, r: &pb::Revocation) -> Result<(), FollowError> {
     let now = chrono::Utc::now().timestamp_millis();
-    let ended = session::end_all_of(gateway.store.db(), &r.user, "revoked", now).await?;
+    let db = gateway.store.db();
+    let ended = session::open_of(db, &r.user).await?;
     for s in &ended {
         let mut e = gateway.event("session_revoke", Outcome::Allow);
         e.device.clone_from(&s.device);
@@ -142,6 +152,8 @@ async fn apply(gateway: &Gateway, r: &pb::Revocation) -> Result<(), FollowError>
         e.detail.insert("revocation".into(), r.seq.to_string());
         gateway.record(e).await?;
     }
+    let ids: Vec<&str> = ended.iter().map(|s| s.id.as_str()).collect();
+    session::end(db, &ids, "revoked", now).await?;
     tracing::info!(user = %r.user, reason = %r.reason, sessions = ended.len(), seq = r.seq, "revocation applied");
     Ok(())
 }

@@ -109,15 +109,9 @@ pub async fn get(db: &Db, id: &str) -> Result<Option<Session>, StoreError> {
     row.as_ref().map(from_row).transpose()
 }
 
-/// Ends every session on this tier that `user` is the account or the operator of
-/// (a deprovisioned user), recording `reason`. Returns the sessions as they were.
-pub async fn end_all_of(
-    db: &Db,
-    user: &str,
-    reason: &str,
-    now_ms: i64,
-) -> Result<Vec<Session>, StoreError> {
-    let mut tx = db.begin_write().await?;
+/// Every session on this tier that has not ended and that `user` is the account or
+/// the operator of (a deprovisioned user's, to end with [`end`]).
+pub async fn open_of(db: &Db, user: &str) -> Result<Vec<Session>, StoreError> {
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM gw_sessions WHERE tenant = $1 AND tier = $2
          AND (user_id = $3 OR operator = $3) AND state <> 'ended'"
@@ -125,25 +119,34 @@ pub async fn end_all_of(
     .bind(&*db.tenant)
     .bind(db.tier.name())
     .bind(user)
-    .fetch_all(&mut *tx)
+    .fetch_all(&db.pool)
     .await
     .map_err(db_err("reading a user's sessions"))?;
-    sqlx::query(
-        "UPDATE gw_sessions SET state = 'ended', end_reason = $4, updated_at = $5
-         WHERE tenant = $1 AND tier = $2 AND (user_id = $3 OR operator = $3) AND state <> 'ended'",
-    )
-    .bind(&*db.tenant)
-    .bind(db.tier.name())
-    .bind(user)
-    .bind(reason)
-    .bind(now_ms)
-    .execute(&mut *tx)
-    .await
-    .map_err(db_err("ending a user's sessions"))?;
-    tx.commit()
-        .await
-        .map_err(db_err("ending a user's sessions"))?;
     rows.iter().map(from_row).collect()
+}
+
+/// Ends the sessions `ids` that have not ended yet, recording `reason`. Returns
+/// how many it ended.
+pub async fn end(db: &Db, ids: &[&str], reason: &str, now_ms: i64) -> Result<u64, StoreError> {
+    let mut tx = db.begin_write().await?;
+    let mut ended = 0;
+    for id in ids {
+        ended += sqlx::query(
+            "UPDATE gw_sessions SET state = 'ended', end_reason = $4, updated_at = $5
+             WHERE tenant = $1 AND tier = $2 AND id = $3 AND state <> 'ended'",
+        )
+        .bind(&*db.tenant)
+        .bind(db.tier.name())
+        .bind(*id)
+        .bind(reason)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("ending sessions"))?
+        .rows_affected();
+    }
+    tx.commit().await.map_err(db_err("ending sessions"))?;
+    Ok(ended)
 }
 
 #[cfg(test)]
@@ -219,19 +222,18 @@ mod tests {
             .await
             .unwrap();
         let c = open(&db, "pc3", "carol", 1).await.unwrap();
-        let ended = end_all_of(&db, "alice", "revoked", 3).await.unwrap();
-        let mut ids: Vec<&str> = ended.iter().map(|s| s.id.as_str()).collect();
+        let open = open_of(&db, "alice").await.unwrap();
+        let mut ids: Vec<&str> = open.iter().map(|s| s.id.as_str()).collect();
         ids.sort();
         let mut want = vec![a.id.as_str(), b.id.as_str()];
         want.sort();
         assert_eq!(ids, want);
+        assert_eq!(end(&db, &ids, "revoked", 3).await.unwrap(), 2);
         assert!(current(&db, "pc1").await.unwrap().is_none());
         assert!(current(&db, "pc2").await.unwrap().is_none());
         assert_eq!(current(&db, "pc3").await.unwrap().unwrap().id, c.id);
-        assert!(end_all_of(&db, "alice", "revoked", 4)
-            .await
-            .unwrap()
-            .is_empty());
+        assert!(open_of(&db, "alice").await.unwrap().is_empty());
+        assert_eq!(end(&db, &ids, "revoked", 4).await.unwrap(), 0);
     }
 
     #[tokio::test]
