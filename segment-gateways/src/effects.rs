@@ -10,6 +10,8 @@
 //! Conditions that can only be judged at commit time are judged here, against the
 //! database, so that they hold across gateway replicas sharing a store:
 //! - a user locked since the answer was prepared gets [`Conflict::Locked`];
+//! - a deny of a user who is locked gets [`Applied::locked_until`], so that the
+//!   answer can be made to hide which of the presented factors were correct;
 //! - a TOTP step that another logon recorded first gets [`Conflict::TotpReplayed`]
 //!   (two logons racing with one code: exactly one wins), and a code checked against
 //!   a secret enrolled again since gets [`Conflict::TotpChanged`];
@@ -55,8 +57,16 @@ pub enum Effect {
     /// password, by a locked user, or in an attempt that ends in an error stays
     /// usable, and the one answer that uses it commits it with its event.
     UseEmergencyOtp { user: String, code_hash: String },
-    /// Counts a failed attempt of `user`, locking them at `policy.max_failures`.
+    /// Counts a failed attempt of `user`, locking them at `policy.max_failures`;
+    /// reports [`Applied::locked_until`] when they were locked already.
     CountFailure { user: String, policy: LockoutPolicy },
+    /// The answer denies `user` without counting a failure: every factor they
+    /// presented was correct but too few, or one could not be checked (the
+    /// directory down). Changes nothing; it only has the user's lockout read at
+    /// commit, like [`Effect::CountFailure`], so that [`Applied::locked_until`]
+    /// tells whether the answer must hide which factors were correct. Without it a
+    /// locked user's correct factors would still be confirmed one guess at a time.
+    Deny { user: String },
     /// Ends the device's open session (superseded) and opens session `id`.
     OpenSession {
         id: String,
@@ -79,6 +89,7 @@ impl Effect {
             | Effect::TotpStep { user, .. }
             | Effect::UseEmergencyOtp { user, .. }
             | Effect::CountFailure { user, .. }
+            | Effect::Deny { user }
             | Effect::OpenSession { user, .. } => Some(user),
             Effect::SetSession { .. } => None,
         }
@@ -117,6 +128,13 @@ pub struct Applied {
     pub conflict: Option<Conflict>,
     /// The lock's end, when this answer's failure locked the user.
     pub newly_locked: Option<i64>,
+    /// The lock's end, when the answer denies a user (it carries
+    /// [`Effect::CountFailure`] or [`Effect::Deny`]) who was locked before it
+    /// committed. Such an answer must not tell which presented factors were
+    /// correct: while locked, each answer would otherwise confirm a guess without
+    /// the guess costing anything. (An answer that would let a locked user in gets
+    /// [`Conflict::Locked`] instead.)
+    pub locked_until: Option<i64>,
 }
 
 /// The tenant and tier every statement is bound to.
@@ -212,25 +230,32 @@ async fn apply_round(
         effects.extend(answers[i].iter().map(|e| (i, e)));
     }
 
-    // 1. Lockout standing of every user admitted or failing in this round.
+    // 1. Lockout standing of every user admitted or denied in this round: a locked
+    // user is not let in, and a deny of them is flagged.
     let lockout_users: Vec<&str> = effects
         .iter()
         .filter_map(|&(_, e)| match e {
-            Effect::Admit { user } | Effect::CountFailure { user, .. } => Some(user.as_str()),
+            Effect::Admit { user } | Effect::CountFailure { user, .. } | Effect::Deny { user } => {
+                Some(user.as_str())
+            }
             _ => None,
         })
         .collect();
     let standing = standings(conn, scope, &lockout_users).await?;
+    let locked = |user: &str| standing.get(user).and_then(|s| s.locked_at(now_ms));
     for &(i, e) in &effects {
-        if let Effect::Admit { user } = e {
-            if let Some(until) = standing
-                .get(user.as_str())
-                .and_then(|s| s.locked_at(now_ms))
-            {
-                applied[i]
-                    .conflict
-                    .get_or_insert(Conflict::Locked { until_ms: until });
+        match e {
+            Effect::Admit { user } => {
+                if let Some(until) = locked(user) {
+                    applied[i]
+                        .conflict
+                        .get_or_insert(Conflict::Locked { until_ms: until });
+                }
             }
+            Effect::CountFailure { user, .. } | Effect::Deny { user } => {
+                applied[i].locked_until = applied[i].locked_until.or(locked(user));
+            }
+            _ => {}
         }
     }
 
@@ -887,6 +912,86 @@ mod tests {
                 lockout::standing(&other, "u1").await.unwrap(),
                 Default::default()
             );
+            f.journal.close().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deny_of_a_locked_user_is_flagged_and_counts_nothing() {
+        for t in targets("effects-locked-deny") {
+            let f = fixture(&t).await;
+            let deny = |user: &str| Effect::Deny { user: user.into() };
+            let flagged = |until: i64| Applied {
+                locked_until: Some(until),
+                ..Applied::default()
+            };
+            // Unlocked: a deny is not flagged and counts nothing; neither is a
+            // failure that does not lock.
+            assert_eq!(
+                commit(&f, vec![deny("u1")]).await.applied,
+                Applied::default()
+            );
+            assert_eq!(
+                lockout::standing(&f.db, "u1").await.unwrap(),
+                Default::default()
+            );
+            for _ in 0..2 {
+                assert_eq!(
+                    commit(&f, vec![fail("u1")]).await.applied,
+                    Applied::default()
+                );
+            }
+            // The failure that locks is answered as before the lock; a deny after it
+            // in the same batch sees the lock.
+            let scope = Scope {
+                tenant: &f.db.tenant,
+                tier: f.db.tier.name(),
+            };
+            let (third, then) = (vec![fail("u1")], vec![deny("u1")]);
+            let answers: Vec<&[Effect]> = vec![&third, &then];
+            let now = crate::db::now_ms();
+            let until = now + POLICY.lock_ms;
+            let mut conn = f.db.pool.acquire().await.unwrap();
+            let applied = apply(&mut conn, &scope, &answers, now).await.unwrap();
+            assert_eq!(
+                applied,
+                vec![
+                    Applied {
+                        newly_locked: Some(until),
+                        ..Applied::default()
+                    },
+                    flagged(until)
+                ]
+            );
+            drop(conn);
+            // Locked: failures and denies are flagged (a TOTP step still recorded);
+            // only failures are counted, and none extends the lock.
+            assert_eq!(commit(&f, vec![fail("u1")]).await.applied, flagged(until));
+            assert_eq!(
+                commit(&f, vec![step("u1", 3), deny("u1")]).await.applied,
+                flagged(until)
+            );
+            assert_eq!(
+                commit(&f, vec![step("u1", 3)]).await.applied.conflict,
+                Some(Conflict::TotpReplayed)
+            );
+            assert_eq!(
+                lockout::standing(&f.db, "u1").await.unwrap(),
+                Standing {
+                    failures: 4,
+                    locked_until_ms: Some(until)
+                }
+            );
+            // Another user is not flagged, nor is anyone once the lock has run out.
+            assert_eq!(
+                commit(&f, vec![deny("u2")]).await.applied,
+                Applied::default()
+            );
+            let later: Vec<&[Effect]> = vec![&then];
+            let mut conn = f.db.pool.acquire().await.unwrap();
+            let applied = apply(&mut conn, &scope, &later, until).await.unwrap();
+            assert_eq!(applied, vec![Applied::default()], "{}", t.url);
+            drop(conn);
             f.journal.close().await;
         }
     }

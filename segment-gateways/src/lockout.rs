@@ -4,10 +4,14 @@
 //! sees the same behaviour for both. Only failures of what the person presented are
 //! counted: a factor the gateway could not check (the directory down, an unusable
 //! stored credential) denies the attempt but is not held against the user (see
-//! [`crate::factors::Failure::counts_towards_lockout`]). The endpoint is told "locked until" only when a
-//! correct factor set would otherwise have been accepted (see the logon service);
-//! while locked, failures still count but do not extend the lock, so an attacker
-//! cannot keep a user out forever by guessing.
+//! [`crate::factors::Failure::counts_towards_lockout`]).
+//!
+//! The endpoint is told "locked until" only when a correct factor set would
+//! otherwise have been accepted (see [`crate::logon`]), so a guesser never learns
+//! the lock. While locked, every other answer is the one wrong factors get, even
+//! when some presented factors were correct: the lock stops the guessing instead
+//! of only keeping the user out. Failures still count but do not extend the lock,
+//! so an attacker cannot keep a user out forever by guessing.
 
 use sekisho_policy_engine::store::StoreError;
 use sqlx::Row;

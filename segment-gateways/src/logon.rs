@@ -28,6 +28,17 @@
 //! refused before any proof is verified, so it neither binds to the directory nor
 //! uses anything up. Only failures caused by what the person presented count
 //! towards lockout ([`Failure::counts_towards_lockout`]).
+//!
+//! A lock must slow guessing down, not only deny service: while a user is locked
+//! (judged at commit), a deny never tells which of the presented factors were
+//! correct. Each factor that checked out is reported failed with the code a wrong
+//! proof of it gets, and a deny for too few factors becomes a `factor_failed` deny,
+//! so the answer equals the one for wrong factors (`conceal`). Only a correct set
+//! that would have been let in is told "locked until", as the spec asks. While not
+//! locked, a correct but insufficient set is answered `insufficient_factors` and
+//! counts no failure: it tells a guesser only what the wrong guesses before it,
+//! each counted, narrowed down, and counting it would lock out people whose card
+//! reader or phone is at fault.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -284,8 +295,10 @@ impl Gateway {
     }
 
     /// Begin: the plan's options for this user here, and the nonces to sign. A
-    /// refusal is journaled too (a device of another tier, the engine unreachable),
-    /// except rate limiting, so that a flood cannot fill the journal.
+    /// refusal is journaled too (a device of another tier, a malformed request, the
+    /// engine unreachable), except rate limiting, so that a flood cannot fill the
+    /// journal: the limit is applied before anything else is looked at, so each
+    /// journaled refusal costs the device a token.
     pub async fn begin(
         &self,
         device_id: &str,
@@ -316,6 +329,11 @@ impl Gateway {
         request: pb::BeginRequest,
         request_id: &str,
     ) -> Result<pb::Challenge, LogonError> {
+        // First: every refusal below is journaled durably, and a device must not
+        // be able to buy fsyncs faster than it may try logons.
+        if !self.rate.allow(device_id) {
+            return Err(LogonError::RateLimited(device_id.to_string()));
+        }
         if !request.device.is_empty() && request.device != device_id {
             return Err(LogonError::DeviceMismatch {
                 named: request.device,
@@ -329,9 +347,6 @@ impl Gateway {
         let via = parse_via(&request.via)?;
         let upstream = FactorSet::parse_names(&request.upstream)
             .map_err(|e| LogonError::BadRequest(format!("upstream: {e}")))?;
-        if !self.rate.allow(device_id) {
-            return Err(LogonError::RateLimited(device_id.to_string()));
-        }
         self.registered_device(device_id).await?;
         let (enrollment, material) = self
             .store
@@ -429,6 +444,7 @@ impl Gateway {
             }
         };
         let attempt = self.attempt(device_id, &challenge.user, challenge.action, request_id);
+        let plan_version = challenge.policy_version.clone();
         let prepared = match self
             .verify_and_decide(device_id, challenge, request, request_id)
             .await
@@ -444,9 +460,20 @@ impl Gateway {
         let Prepared { result, effects } = prepared;
         let max_failures = self.settings.lockout.max_failures;
         let events = {
-            let (attempt, result) = (attempt.clone(), result.clone());
+            let (attempt, result, plan_version) =
+                (attempt.clone(), result.clone(), plan_version.clone());
             Box::new(move |applied: &Applied| {
-                let mut events = vec![attempt.answered(&settle(result, applied))];
+                let settled = settle(result, applied, &plan_version);
+                let mut answered = attempt.answered(&settled.answer);
+                // The trail says what the endpoint was told, and also what the lock
+                // hid from it: correct factors presented for a locked user are a
+                // sign that someone has them.
+                if !settled.concealed.is_empty() {
+                    answered
+                        .detail
+                        .insert("concealed_while_locked".into(), settled.concealed.join(","));
+                }
+                let mut events = vec![answered];
                 if let Some(until) = applied.newly_locked {
                     events.push(attempt.locked_out(until, max_failures));
                 }
@@ -462,7 +489,18 @@ impl Gateway {
                 "user locked out after repeated failures"
             );
         }
-        let result = settle(result, &committed.applied);
+        let Settled {
+            answer: result,
+            concealed,
+        } = settle(result, &committed.applied, &plan_version);
+        if !concealed.is_empty() {
+            tracing::warn!(
+                user = %attempt.user,
+                device = device_id,
+                factors = ?concealed,
+                "correct factors presented for a locked user: answered as wrong"
+            );
+        }
         if result.decision == pb::Decision::Allow as i32 {
             tracing::info!(user = %attempt.user, device = device_id, action = attempt.action.name(), factors = ?result.factors.iter().map(|f| f.factor.as_str()).collect::<Vec<_>>(), policy_version = %result.policy_version, "allowed");
         }
@@ -498,6 +536,8 @@ impl Gateway {
             })
             .into_iter()
             .collect();
+        // No proof at all: nothing to hide while locked, and answering it alike
+        // locked or not keeps the lock hidden from anyone who knows no factor.
         if checked.is_empty() {
             return Ok(Prepared::new(
                 deny(reason::INSUFFICIENT_FACTORS, version, results),
@@ -509,12 +549,18 @@ impl Gateway {
             // A factor the gateway could not check (directory down, unusable stored
             // credential) is not the person's doing: it denies, but counts only when
             // something the person presented failed too.
-            if failures.iter().any(|f| f.counts_towards_lockout()) {
-                effects.push(Effect::CountFailure {
+            effects.push(if failures.iter().any(|f| f.counts_towards_lockout()) {
+                Effect::CountFailure {
                     user: user.to_string(),
                     policy: self.settings.lockout,
-                });
-            }
+                }
+            } else {
+                // Counted or not, the commit reads the lockout: a locked user's
+                // correct factors must not show.
+                Effect::Deny {
+                    user: user.to_string(),
+                }
+            });
             return Ok(Prepared::new(
                 deny(reason::FACTOR_FAILED, version, results),
                 effects,
@@ -523,6 +569,12 @@ impl Gateway {
         let verified = checked
             .iter()
             .fold(FactorSet::EMPTY, |acc, c| acc.union(c.proves));
+        // Every presented factor is correct. A deny from here on counts no failure,
+        // but its commit reads the lockout: while the user is locked it must look
+        // like a deny for wrong factors, or each guess would still be confirmed.
+        let denied = || Effect::Deny {
+            user: user.to_string(),
+        };
         let subject = Subject {
             user,
             device: device_id,
@@ -536,6 +588,7 @@ impl Gateway {
             // deprovisioned since): refused like a factor set no policy permits, so
             // the answer does not tell whether the account exists.
             Err(DecideError::UnknownUser(_)) => {
+                effects.push(denied());
                 return Ok(Prepared::new(
                     deny(reason::INSUFFICIENT_FACTORS, String::new(), results),
                     effects,
@@ -550,6 +603,7 @@ impl Gateway {
                 results,
             );
             r.policy_ids = decision.policy_ids;
+            effects.push(denied());
             return Ok(Prepared::new(r, effects));
         }
         // Only now, with a factor set that would have been accepted, can "locked" be
@@ -870,9 +924,67 @@ struct TotpUse {
     sealed: String,
 }
 
+/// What the endpoint is told, once the answer's effects are committed.
+#[derive(Debug)]
+struct Settled {
+    answer: pb::LogonResult,
+    /// The factors that were correct but are reported failed because the user is
+    /// locked ([`conceal`]): for the audit trail and the log, never the endpoint.
+    concealed: Vec<String>,
+}
+
 /// The answer as it stands after its effects were committed: a condition that no
-/// longer held (see [`Conflict`]) turns it into the deny it calls for.
-fn settle(mut r: pb::LogonResult, applied: &Applied) -> pb::LogonResult {
+/// longer held (see [`Conflict`]) turns it into the deny it calls for, and a deny
+/// of a user found locked ([`Applied::locked_until`]) is [concealed](conceal).
+/// `plan_version` is the challenge's policy version, the one a deny for wrong
+/// factors carries.
+fn settle(r: pb::LogonResult, applied: &Applied, plan_version: &str) -> Settled {
+    let mut answer = after_conflict(r, applied);
+    let concealed = match applied.locked_until {
+        Some(_) => conceal(&mut answer, plan_version),
+        None => Vec::new(),
+    };
+    Settled { answer, concealed }
+}
+
+/// Makes a deny of a locked user the deny wrong factors get: every factor that
+/// checked out is reported failed with the code a wrong proof of it gets
+/// ([`wrong_proof`]), the reason is `factor_failed`, the policy version the plan's
+/// and no policy is named (the engine is never asked about wrong factors). Failed
+/// factors keep their codes: they fail alike locked or not. A My Number card that
+/// checked out also proved `mynumber_card`; a failed card proves only `card`, so
+/// that entry goes. Returns the factors it hid.
+fn conceal(r: &mut pb::LogonResult, plan_version: &str) -> Vec<String> {
+    r.decision = pb::Decision::Deny as i32;
+    r.reason = reason::FACTOR_FAILED.into();
+    plan_version.clone_into(&mut r.policy_version);
+    r.policy_ids.clear();
+    r.session_id.clear();
+    r.operator.clear();
+    r.locked_until_unix_ms = None;
+    r.factors
+        .retain(|f| !(f.ok && f.factor == Factor::MynumberCard.name()));
+    let mut hidden = Vec::new();
+    for f in r.factors.iter_mut().filter(|f| f.ok) {
+        f.ok = false;
+        f.reason = wrong_proof(&f.factor).code().into();
+        hidden.push(f.factor.clone());
+    }
+    hidden
+}
+
+/// The failure a wrong proof of `factor` gets: a card other than the enrolled one
+/// is not enrolled; a wrong password, PIN, code or biometric is a mismatch.
+fn wrong_proof(factor: &str) -> Failure {
+    if factor == Factor::Card.name() {
+        Failure::CardNotEnrolled
+    } else {
+        Failure::Mismatch
+    }
+}
+
+/// [`settle`]'s first half: the deny a [`Conflict`] calls for.
+fn after_conflict(mut r: pb::LogonResult, applied: &Applied) -> pb::LogonResult {
     let Some(conflict) = applied.conflict else {
         return r;
     };
@@ -1065,19 +1177,26 @@ mod tests {
     fn applied(conflict: Option<Conflict>) -> Applied {
         Applied {
             conflict,
-            newly_locked: None,
+            ..Applied::default()
         }
+    }
+
+    /// What the endpoint is told, the challenge's policy version being "v7".
+    fn told(r: pb::LogonResult, applied: &Applied) -> pb::LogonResult {
+        settle(r, applied, "v7").answer
     }
 
     #[test]
     fn an_answer_without_conflict_stands() {
         let r = allowed_with_totp();
-        assert_eq!(settle(r.clone(), &applied(None)), r);
+        let settled = settle(r.clone(), &applied(None), "v7");
+        assert_eq!(settled.answer, r);
+        assert!(settled.concealed.is_empty());
     }
 
     #[test]
     fn a_conflict_turns_an_allow_into_the_deny_it_calls_for() {
-        let locked = settle(
+        let locked = told(
             allowed_with_totp(),
             &applied(Some(Conflict::Locked { until_ms: 42 })),
         );
@@ -1090,7 +1209,7 @@ mod tests {
         assert!(locked.policy_ids.is_empty());
         assert_eq!(locked.policy_version, "v7");
 
-        let replayed = settle(allowed_with_totp(), &applied(Some(Conflict::TotpReplayed)));
+        let replayed = told(allowed_with_totp(), &applied(Some(Conflict::TotpReplayed)));
         assert_eq!(replayed.reason, reason::FACTOR_FAILED);
         let failed: Vec<(&str, &str)> = replayed
             .factors
@@ -1101,14 +1220,14 @@ mod tests {
         assert_eq!(failed, vec![("totp", "replayed")]);
         assert!(replayed.session_id.is_empty());
 
-        let changed = settle(allowed_with_totp(), &applied(Some(Conflict::TotpChanged)));
+        let changed = told(allowed_with_totp(), &applied(Some(Conflict::TotpChanged)));
         assert_eq!(changed.reason, reason::FACTOR_FAILED);
         assert!(changed
             .factors
             .iter()
             .any(|f| f.factor == "totp" && !f.ok && f.reason == "mismatch"));
 
-        let gone = settle(allowed_with_totp(), &applied(Some(Conflict::NoSession)));
+        let gone = told(allowed_with_totp(), &applied(Some(Conflict::NoSession)));
         assert_eq!(
             (gone.decision, gone.reason.as_str()),
             (pb::Decision::Deny as i32, reason::NO_SESSION)
@@ -1124,7 +1243,7 @@ mod tests {
             (Conflict::EmergencyOtpChanged, "mismatch"),
             (Conflict::EmergencyOtpExpired, "expired"),
         ] {
-            let r = settle(allowed.clone(), &applied(Some(conflict)));
+            let r = told(allowed.clone(), &applied(Some(conflict)));
             assert_eq!(r.decision, pb::Decision::Deny as i32);
             assert_eq!(r.reason, reason::FACTOR_FAILED);
             assert!(r.session_id.is_empty());
@@ -1136,6 +1255,101 @@ mod tests {
                 .collect();
             assert_eq!(failed, vec![("emergency_otp", code)]);
         }
+    }
+
+    fn result(factor: &str, failure: Option<Failure>) -> pb::FactorResult {
+        pb::FactorResult {
+            factor: factor.into(),
+            ok: failure.is_none(),
+            reason: failure.map(|f| f.code().to_string()).unwrap_or_default(),
+        }
+    }
+
+    fn locked() -> Applied {
+        Applied {
+            locked_until: Some(42),
+            ..Applied::default()
+        }
+    }
+
+    #[test]
+    fn a_locked_users_deny_looks_like_one_for_wrong_factors() {
+        use Failure::{CardNotEnrolled, Mismatch, Replayed};
+        // The right password alone where more is needed, and a wrong one.
+        let mut insufficient = deny(
+            reason::INSUFFICIENT_FACTORS,
+            "v8".into(),
+            vec![result("password", None)],
+        );
+        insufficient.policy_ids = vec!["lgwan-forbid-something".into()];
+        let wrong = deny(
+            reason::FACTOR_FAILED,
+            "v7".into(),
+            vec![result("password", Some(Mismatch))],
+        );
+        let settled = settle(insufficient.clone(), &locked(), "v7");
+        assert_eq!(settled.answer, wrong);
+        assert_eq!(settled.concealed, vec!["password".to_string()]);
+        // A wrong guess is answered as ever, and nothing is said to be hidden.
+        let settled = settle(wrong.clone(), &locked(), "v7");
+        assert_eq!(settled.answer, wrong);
+        assert!(settled.concealed.is_empty());
+        // Not locked: the right password is answered as it always was.
+        assert_eq!(
+            told(insufficient.clone(), &Applied::default()),
+            insufficient
+        );
+
+        // A My Number card that checked out, a correct PIN and a replayed code:
+        // the card is reported as a card of someone else, the PIN as wrong, and the
+        // replay keeps its code.
+        let right = deny(
+            reason::FACTOR_FAILED,
+            "v7".into(),
+            vec![
+                result("card", None),
+                result("mynumber_card", None),
+                result("pin", None),
+                result("totp", Some(Replayed)),
+            ],
+        );
+        let as_wrong = deny(
+            reason::FACTOR_FAILED,
+            "v7".into(),
+            vec![
+                result("card", Some(CardNotEnrolled)),
+                result("pin", Some(Mismatch)),
+                result("totp", Some(Replayed)),
+            ],
+        );
+        let settled = settle(right, &locked(), "v7");
+        assert_eq!(settled.answer, as_wrong);
+        assert_eq!(
+            settled.concealed,
+            vec!["card".to_string(), "pin".to_string()]
+        );
+
+        // A right code that lost a race while locked: replayed, and the rest hidden.
+        let mut raced = allowed_with_totp();
+        raced.decision = pb::Decision::Deny as i32;
+        raced.reason = reason::INSUFFICIENT_FACTORS.into();
+        let both = Applied {
+            conflict: Some(Conflict::TotpReplayed),
+            locked_until: Some(42),
+            newly_locked: None,
+        };
+        let r = told(raced, &both);
+        assert_eq!(
+            r,
+            deny(
+                reason::FACTOR_FAILED,
+                "v7".into(),
+                vec![
+                    result("password", Some(Mismatch)),
+                    result("totp", Some(Replayed))
+                ],
+            )
+        );
     }
 
     fn material(totp: Option<TotpCredential>) -> CardsAndTotp {

@@ -223,14 +223,12 @@ async fn credentials_and_devices_are_removed_through_the_admin_command() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("nothing to remove"), "{err}");
 
-    let db = gw.running.gateway.store.db().clone();
-    let actions: Vec<String> =
-        sekisho_gateway::journal::read_events(&db, gw.running.gateway.name())
-            .await
-            .expect("journal")
-            .into_iter()
-            .map(|e| e.body.action)
-            .collect();
+    let actions: Vec<String> = gw
+        .journal()
+        .await
+        .into_iter()
+        .map(|e| e.body.action)
+        .collect();
     for action in ["credential_remove", "device_deregister"] {
         assert!(
             actions.iter().any(|a| a == action),

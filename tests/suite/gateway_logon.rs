@@ -49,6 +49,17 @@ fn password(p: &str) -> pb::proof::Proof {
     pb::proof::Proof::Password(p.into())
 }
 
+/// u036 presents `good` and the right password, and is told "locked" (every factor
+/// correct); returns until when.
+async fn told_locked(ep: &mut Endpoint, good: &TestCard) -> i64 {
+    let c = begin(ep, "u036", "logon").await;
+    let r = complete(ep, &c, vec![card(&c, good), password("u036-password")]).await;
+    assert!(!allowed(&r));
+    assert_eq!(r.reason, "locked");
+    assert!(r.factors.iter().all(|f| f.ok), "{r:?}");
+    r.locked_until_unix_ms.expect("locked until")
+}
+
 fn card(c: &pb::Challenge, card: &TestCard) -> pb::proof::Proof {
     card_over(card, &c.nonces["card"])
 }
@@ -520,6 +531,14 @@ async fn cards_pins_nonces_and_devices_that_do_not_belong() {
     .await;
     assert_eq!(failures(&r), failed("card", "card_not_enrolled"));
 
+    // The failures above locked u036, and while locked a deny hides which factors
+    // were right: lift the lock to see how the PIN alone is judged.
+    admin
+        .unlock_user(pb::UnlockUserRequest {
+            user: "u036".into(),
+        })
+        .await
+        .unwrap();
     // Wrong PIN (the PIN verifier, whatever the policy asks for).
     let c = begin(&mut ep, "u036", "logon").await;
     let r = complete(
@@ -607,16 +626,7 @@ async fn lockout_after_n_failures_is_told_only_to_the_right_factors_and_ends() {
         ("factor_failed", None)
     );
     // ...and the right factors are told "locked until".
-    let c = begin(&mut ep, "u036", "logon").await;
-    let r = complete(
-        &mut ep,
-        &c,
-        vec![card(&c, &good), password("u036-password")],
-    )
-    .await;
-    assert!(!allowed(&r));
-    assert_eq!(r.reason, "locked");
-    let until = r.locked_until_unix_ms.expect("locked until");
+    let until = told_locked(&mut ep, &good).await;
     let listed = gw
         .admin()
         .await
@@ -666,6 +676,146 @@ async fn lockout_after_n_failures_is_told_only_to_the_right_factors_and_ends() {
     )
     .await;
     assert!(allowed(&r), "{r:?}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_locked_user_is_told_nothing_about_the_factors_presented() {
+    // The lock lasts 900 s here: nothing in this test waits for it to end.
+    let gw = TestGateway::start(Tier::Internet, |_| {}).await;
+    gw.register("net-desk-01", "desktop", &["card"]).await;
+    gw.set_secret("u036", "password", "u036-password").await;
+    let good = gw.cards.issue("u036");
+    gw.enroll_card("u036", &good).await;
+    let stranger = gw.cards.issue("u999");
+    let mut ep = gw.endpoint("net-desk-01").await;
+
+    // Not locked: the right password alone is told so (too few factors) and costs
+    // nothing; a wrong one fails and counts.
+    let c = begin(&mut ep, "u036", "logon").await;
+    let r = complete(&mut ep, &c, vec![password("u036-password")]).await;
+    assert_eq!(
+        (r.reason.as_str(), failures(&r)),
+        ("insufficient_factors", Vec::new())
+    );
+    assert_eq!(failures_counted(&gw, "u036").await, 0);
+    let c = begin(&mut ep, "u036", "logon").await;
+    let r = complete(&mut ep, &c, vec![password("guess-1")]).await;
+    assert_eq!(r.reason, "factor_failed");
+    assert_eq!(failures(&r), failed("password", "mismatch"));
+    assert_eq!(failures_counted(&gw, "u036").await, 1);
+    // An allowed logon is as it was: every factor ok, a session, the count gone.
+    let c = begin(&mut ep, "u036", "logon").await;
+    let ok = complete(
+        &mut ep,
+        &c,
+        vec![card(&c, &good), password("u036-password")],
+    )
+    .await;
+    assert!(allowed(&ok), "{ok:?}");
+    assert!(ok.factors.iter().all(|f| f.ok) && ok.factors.len() == 2);
+    assert!(!ok.session_id.is_empty() && !ok.policy_ids.is_empty());
+    assert_eq!((ok.reason.as_str(), ok.locked_until_unix_ms), ("", None));
+    assert_eq!(failures_counted(&gw, "u036").await, 0);
+
+    for n in 0..3 {
+        let c = begin(&mut ep, "u036", "logon").await;
+        let r = complete(&mut ep, &c, vec![password(&format!("guess-{n}"))]).await;
+        assert_eq!(failures(&r), failed("password", "mismatch"));
+    }
+    // Locked now. The right password alone gets exactly the answer a wrong one
+    // gets: the guess is neither confirmed nor is the lock given away.
+    let c = begin(&mut ep, "u036", "logon").await;
+    let wrong = complete(&mut ep, &c, vec![password("guess-4")]).await;
+    let c = begin(&mut ep, "u036", "logon").await;
+    let right = complete(&mut ep, &c, vec![password("u036-password")]).await;
+    assert_eq!(right, wrong);
+    assert_eq!(
+        (wrong.reason.as_str(), failures(&wrong)),
+        ("factor_failed", failed("password", "mismatch"))
+    );
+    assert_eq!(wrong.locked_until_unix_ms, None);
+    // The same for the enrolled card with a wrong password: answered like a card of
+    // someone else.
+    let c = begin(&mut ep, "u036", "logon").await;
+    let theirs = complete(&mut ep, &c, vec![card(&c, &stranger), password("guess-5")]).await;
+    let c = begin(&mut ep, "u036", "logon").await;
+    let own = complete(&mut ep, &c, vec![card(&c, &good), password("guess-5")]).await;
+    assert_eq!(own, theirs);
+    assert_eq!(
+        failures(&own),
+        vec![
+            ("card".to_string(), "card_not_enrolled".to_string()),
+            ("password".to_string(), "mismatch".to_string()),
+        ]
+    );
+    // Only the full right set is told "locked", with its end.
+    told_locked(&mut ep, &good).await;
+
+    // The trail records what the endpoint was told, and what the lock hid.
+    let events = gw.journal().await;
+    let hidden: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e.body.detail.get("concealed_while_locked"))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(hidden, ["password", "card"]);
+    gw.stop().await;
+}
+
+/// An internet-tier gateway whose devices may Begin twice, then once a minute.
+async fn rate_limited_gateway() -> TestGateway {
+    let gw = TestGateway::start(Tier::Internet, |c| {
+        c.rate_limit.burst = 2;
+        c.rate_limit.per_device_per_minute = 1.0;
+    })
+    .await;
+    gw.register("net-vdi-01", "vdi", &[]).await;
+    gw
+}
+
+#[tokio::test]
+async fn bad_begins_are_rate_limited_before_they_are_journaled() {
+    let gw = rate_limited_gateway().await;
+    let mut ep = gw.endpoint("net-vdi-01").await;
+    let journaled = || async {
+        gw.journal()
+            .await
+            .into_iter()
+            .filter(|e| e.body.action == "logon")
+            .map(|e| e.body.reason)
+            .collect::<Vec<_>>()
+    };
+    let no_user = || pb::BeginRequest {
+        action: "logon".into(),
+        ..Default::default()
+    };
+    let another_device = || pb::BeginRequest {
+        device: "net-vdi-02".into(),
+        user: "u013".into(),
+        ..Default::default()
+    };
+    // Within the burst, each refusal is journaled.
+    let e = ep.begin(no_user()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    let e = ep.begin(another_device()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    assert_eq!(journaled().await, ["bad_request", "device_mismatch"]);
+    // Past it, bad and good Begins alike are refused before anything is looked at
+    // or written.
+    for request in [no_user(), another_device(), no_user()] {
+        let e = ep.begin(request).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+    }
+    let e = ep
+        .begin(pb::BeginRequest {
+            user: "u013".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(journaled().await, ["bad_request", "device_mismatch"]);
     gw.stop().await;
 }
 
@@ -799,12 +949,7 @@ async fn an_unknown_user_is_planned_like_a_typical_one() {
 
 #[tokio::test]
 async fn devices_are_rate_limited() {
-    let gw = TestGateway::start(Tier::Internet, |c| {
-        c.rate_limit.burst = 2;
-        c.rate_limit.per_device_per_minute = 1.0;
-    })
-    .await;
-    gw.register("net-vdi-01", "vdi", &[]).await;
+    let gw = rate_limited_gateway().await;
     gw.register("net-desk-02", "desktop", &["card"]).await;
     let mut ep = gw.endpoint("net-vdi-01").await;
     begin(&mut ep, "u013", "logon").await;

@@ -9,7 +9,6 @@ use common::gateway::{now_secs, TestCard, TestGateway};
 use common::{pg_url, sekisho, unique_tenant, Backend};
 use sekisho_gateway::effects::Effect;
 use sekisho_gateway::factors::totp::{code_at, TotpParams};
-use sekisho_gateway::journal;
 use sekisho_policy_engine::store::Store;
 use sekisho_policy_engine::{Factor, Tier};
 use sekisho_proto::v1 as pb;
@@ -31,10 +30,8 @@ fn pem(card: &TestCard) -> String {
 }
 
 async fn imports(gw: &TestGateway) -> Vec<sekisho_policy_engine::audit::AuditEvent> {
-    let db = gw.running.gateway.store.db().clone();
-    journal::read_events(&db, gw.running.gateway.name())
+    gw.journal()
         .await
-        .expect("journal")
         .into_iter()
         .filter(|e| e.body.action == "user_import")
         .collect()

@@ -177,6 +177,14 @@ impl TestGateway {
         super::sekisho(&all, stdin)
     }
 
+    /// Every event in this gateway's journal, oldest first.
+    pub async fn journal(&self) -> Vec<sekisho_policy_engine::audit::AuditEvent> {
+        let db = self.running.gateway.store.db().clone();
+        sekisho_gateway::journal::read_events(&db, self.running.gateway.name())
+            .await
+            .expect("journal")
+    }
+
     /// Client TLS for a device (a certificate named after it, issued on first use).
     pub fn device_tls(&self, device: &str) -> ClientTls {
         device_tls(self.pki(), device)
