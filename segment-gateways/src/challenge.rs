@@ -41,6 +41,8 @@ pub enum ChallengeError {
     Invalid,
     #[error("too many open challenges")]
     Full,
+    #[error("the system random number generator failed")]
+    Random,
 }
 
 pub struct Challenges {
@@ -72,7 +74,7 @@ impl Challenges {
     pub fn insert(&self, challenge: Challenge) -> Result<String, ChallengeError> {
         let id = random_bytes::<16>()
             .map(hex::encode)
-            .map_err(|_| ChallengeError::Full)?;
+            .map_err(|_| ChallengeError::Random)?;
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if open.len() >= self.max_open {
             let now = Instant::now();

@@ -84,6 +84,9 @@ pub enum LogonError {
     NoSession(String),
     #[error("the gateway has too many open challenges: try again shortly")]
     Busy,
+    /// No nonce or challenge id could be drawn: nothing to do but refuse.
+    #[error("the gateway's random number generator failed")]
+    Random,
     #[error(transparent)]
     Decide(#[from] DecideError),
     #[error(transparent)]
@@ -104,6 +107,7 @@ impl LogonError {
             LogonError::RateLimited(_) => "rate_limited",
             LogonError::NoSession(_) => "no_session",
             LogonError::Busy => "busy",
+            LogonError::Random => "random_failed",
             LogonError::Decide(DecideError::UnknownDevice(_)) => "engine_unknown_device",
             LogonError::Decide(DecideError::UnknownUser(_)) => "engine_unknown_user",
             LogonError::Decide(DecideError::Refused(_)) => "engine_refused",
@@ -384,7 +388,7 @@ impl Gateway {
             (Factor::Vein, "vein"),
         ] {
             if wanted.contains(factor) && !nonces.contains_key(name) {
-                nonces.insert(name, Challenges::nonce().map_err(|_| LogonError::Busy)?);
+                nonces.insert(name, Challenges::nonce().map_err(|_| LogonError::Random)?);
             }
         }
         let ttl = self.challenges.ttl();
@@ -403,7 +407,10 @@ impl Gateway {
             expires_at_ms,
         };
         let id = self.challenges.insert(challenge).map_err(|e| match e {
-            ChallengeError::Full | ChallengeError::Invalid => LogonError::Busy,
+            ChallengeError::Full => LogonError::Busy,
+            ChallengeError::Random => LogonError::Random,
+            // insert() never answers this; refusing is the safe reading.
+            ChallengeError::Invalid => LogonError::Busy,
         })?;
         Ok(pb::Challenge {
             challenge_id: id,

@@ -60,6 +60,10 @@ pub(crate) fn status(e: LogonError) -> Status {
             Status::permission_denied(e.to_string())
         }
         LogonError::RateLimited(_) | LogonError::Busy => Status::resource_exhausted(e.to_string()),
+        LogonError::Random => {
+            tracing::error!(error = %e, "no randomness for a challenge");
+            Status::unavailable(e.to_string())
+        }
         LogonError::NoSession(_) => Status::not_found(e.to_string()),
         LogonError::Decide(DecideError::UnknownDevice(_)) => {
             Status::failed_precondition(e.to_string())
