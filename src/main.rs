@@ -42,8 +42,7 @@ fn main() -> ExitCode {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::No) => ExitCode::from(1),
         Err(e) => {
-            // One line: the chain of causes, outermost first.
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            eprintln!("error: {}", one_line(&e));
             ExitCode::from(2)
         }
     }
@@ -175,5 +174,55 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
             source,
             output,
         }) => cmd::report::operators(&device, &at, &source, &output).await,
+    }
+}
+
+/// An error as one line: the chain of causes, outermost first. A cause whose text
+/// its parent already spells out (`{path}: {source}` with `#[source]`) is not
+/// repeated, and line breaks inside a message (a TOML error's excerpt) become
+/// single spaces.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read the CA certificate ca.pem: {source}")]
+    struct Read {
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_already_said_is_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = anyhow::Error::new(Read { source: io }).context("engine failed to start");
+        assert_eq!(
+            one_line(&e),
+            "engine failed to start: cannot read the CA certificate ca.pem: No such file"
+        );
+        let toml = anyhow::anyhow!("e.toml: TOML parse error at line 2\n  |\n2 | x = 3\n");
+        assert_eq!(
+            one_line(&toml),
+            "e.toml: TOML parse error at line 2 | 2 | x = 3"
+        );
     }
 }

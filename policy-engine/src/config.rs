@@ -191,6 +191,14 @@ impl EngineConfig {
             (None, None, None) | (Some(_), Some(_), Some(_)) => {}
             _ => return Err("tls.cert, tls.key and tls.client_ca go together: set all three, or none to use a generated PKI".into()),
         }
+        // Without TLS there are no client certificates, so no administrator check
+        // either: only a peer on this machine may reach such an engine.
+        if t.plaintext && !self.listen.ip().is_loopback() {
+            return Err(format!(
+                "tls.plaintext serves without TLS and without admin checks: listen must be a loopback address, not {}",
+                self.listen
+            ));
+        }
         if self.tenant.trim().is_empty() {
             return Err("tenant must not be empty".into());
         }
@@ -210,9 +218,15 @@ impl EngineConfig {
             || self.store.starts_with("postgres://")
             || self.store.starts_with("postgresql://"))
         {
+            // A mistyped URL cannot be trusted to be redacted: with credentials in
+            // it, it is not shown.
+            let shown = if self.store.contains('@') {
+                "(not shown: it holds credentials)".to_string()
+            } else {
+                format!("'{}'", self.store)
+            };
             return Err(format!(
-                "store '{}' is neither sqlite://FILE nor postgres://…",
-                self.store
+                "store {shown} is neither sqlite://FILE nor postgres://…"
             ));
         }
         Ok(())
@@ -252,6 +266,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("mysql://x"), "{e}");
+        let e = EngineConfig::parse("e.toml", "store = \"postgres//u:secret@db/x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("secret") && e.contains("not shown"), "{e}");
+        let open = "listen = \"0.0.0.0:7443\"\n[tls]\nplaintext = true";
+        let e = EngineConfig::parse("e.toml", open).unwrap_err().to_string();
+        assert!(
+            e.contains("tls.plaintext") && e.contains("0.0.0.0:7443"),
+            "{e}"
+        );
+        let local = "listen = \"127.0.0.1:7443\"\n[tls]\nplaintext = true";
+        assert!(EngineConfig::parse("e.toml", local).is_ok());
     }
 
     #[test]

@@ -212,6 +212,16 @@ pub async fn start(config: &EngineConfig) -> Result<RunningEngine, ServeError> {
 
     let mut builder = Server::builder();
     let mut pki = None;
+    // Also for a configuration built in code, which `EngineConfig::load` did not check.
+    if config.tls.plaintext && !config.listen.ip().is_loopback() {
+        return Err(ServeError::Tls {
+            path: "tls.plaintext".into(),
+            message: format!(
+                "serving without TLS (and without admin checks) needs a loopback listen address, not {}",
+                config.listen
+            ),
+        });
+    }
     let admin_names = if config.tls.plaintext {
         tracing::warn!(listen = %config.listen, "serving WITHOUT TLS (tls.plaintext = true): loopback test beds only");
         None

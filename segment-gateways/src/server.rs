@@ -174,12 +174,8 @@ pub async fn start(resolved: Resolved) -> Result<RunningGateway, GatewayError> {
         store: store_url,
     } = resolved;
 
-    let db = Db::open(&store_url, &config.tenant, tier).await?;
-    let key = load_key(&config.key_file, &db).await?;
-    let store = CredentialStore::open(db, key).await?;
-    tracing::info!(store = %sekisho_policy_engine::store::redact_url(&store_url), backend = store.db().backend(), tier = tier.name(), "credential store open");
-    let journal = Journal::start(store.db().clone(), name.clone()).await?;
-
+    // What only reads configured files comes first: a mistake there must not leave
+    // a new store and key file behind.
     let hasher = SecretHasher::new(config.argon2.clone())?;
     let passwords = match &config.directory {
         Some(d) => PasswordVerifier::directory(d.clone())?,
@@ -195,6 +191,12 @@ pub async fn start(resolved: Resolved) -> Result<RunningGateway, GatewayError> {
             &config.cards.crl,
         )?))
     };
+
+    let db = Db::open(&store_url, &config.tenant, tier).await?;
+    let key = load_key(&config.key_file, &db).await?;
+    let store = CredentialStore::open(db, key).await?;
+    tracing::info!(store = %sekisho_policy_engine::store::redact_url(&store_url), backend = store.db().backend(), tier = tier.name(), "credential store open");
+    let journal = Journal::start(store.db().clone(), name.clone()).await?;
 
     // The development PKI serves when no certificates are configured.
     let needs_pki = config.tls.cert.is_none() || config.engine.ca.is_none();

@@ -92,5 +92,11 @@ pub fn run(args: &DecideArgs) -> Result<Outcome> {
         }
     };
     println!("{}", serde_json::to_string(&answer)?);
-    Ok(Outcome::Ok)
+    // As `agent`: a script can test the exit status (0 allow or a plan, 1 deny).
+    Ok(match answer {
+        Answer::Decision {
+            decision: "deny", ..
+        } => Outcome::No,
+        _ => Outcome::Ok,
+    })
 }

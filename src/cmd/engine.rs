@@ -20,10 +20,8 @@ pub async fn serve(config: Option<&Path>) -> Result<Outcome> {
     if let Some(pki) = &running.pki {
         eprintln!("mutual TLS with the generated PKI in {}", pki.dir.display());
     }
-    tokio::signal::ctrl_c()
-        .await
-        .context("cannot wait for Ctrl-C")?;
+    let stopped = super::stop_signal().await;
     eprintln!("stopping");
     running.shutdown().await?;
-    Ok(Outcome::Ok)
+    stopped.map(|()| Outcome::Ok)
 }

@@ -23,18 +23,8 @@ pub async fn serve(config: Option<&Path>) -> Result<Outcome> {
             pki.dir.display()
         );
     }
-    let stopped = stop_signal().await;
+    let stopped = super::stop_signal().await;
     eprintln!("stopping");
     running.shutdown().await;
     stopped.map(|()| Outcome::Ok)
-}
-
-/// Ctrl-C, or SIGTERM (a service manager stopping the gateway).
-async fn stop_signal() -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot wait for SIGTERM")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("cannot wait for Ctrl-C"),
-        _ = term.recv() => Ok(()),
-    }
 }

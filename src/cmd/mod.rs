@@ -189,6 +189,18 @@ pub fn read_secrets_from_stdin(labels: &[&str]) -> Result<Vec<String>> {
     Ok(secrets)
 }
 
+/// Ctrl-C, or SIGTERM (a service manager stopping a daemon): either ends it with a
+/// clean shutdown.
+pub(crate) async fn stop_signal() -> anyhow::Result<()> {
+    use anyhow::Context;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot wait for SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot wait for Ctrl-C"),
+        _ = term.recv() => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
