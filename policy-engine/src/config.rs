@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::pki::DEFAULT_ADMIN_NAME;
+use crate::pki::{DEFAULT_ADMIN_NAME, DEFAULT_GATEWAY_NAME};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -85,8 +85,13 @@ pub struct TlsConfig {
     /// Names the generated server certificate is valid for.
     pub server_names: Vec<String>,
     /// Client certificate common names allowed to use the admin API (publish,
-    /// entities). Other valid client certificates (gateways) may only ask for decisions.
+    /// entities).
     pub admin_names: Vec<String>,
+    /// Client certificate common names of gateways: with the administrators, the
+    /// only ones that may ask for decisions, follow revocations and ship audit
+    /// journals. An endpoint's certificate from the same CA may not: a plan for any
+    /// user would tell it who exists.
+    pub gateway_names: Vec<String>,
 }
 
 impl Default for TlsConfig {
@@ -99,6 +104,7 @@ impl Default for TlsConfig {
             generate_dir: PathBuf::from("sekisho-tls"),
             server_names: vec!["localhost".into(), "127.0.0.1".into()],
             admin_names: vec![DEFAULT_ADMIN_NAME.into()],
+            gateway_names: vec![DEFAULT_GATEWAY_NAME.into()],
         }
     }
 }

@@ -36,9 +36,9 @@ pub struct EngineState {
     pub store: Store,
     /// The version being served; `WatchPolicy` streams its changes.
     pub version: watch::Sender<Option<VersionInfo>>,
-    /// Client certificate common names allowed to administer. `None` when the
-    /// listener has no TLS (a loopback test bed), where there is nobody to check.
-    pub admin_names: Option<Vec<String>>,
+    /// Who may call what, by client certificate name. `None` when the listener has
+    /// no TLS (a loopback test bed), where there is nobody to check.
+    pub clients: Option<Clients>,
     /// Where answered decisions are recorded (sampled, never waited for).
     pub decisions: DecisionLog,
     /// The store's entity generation the in-memory directory reflects.
@@ -64,7 +64,7 @@ impl EngineState {
         store: Store,
         version: Option<VersionInfo>,
         entity_generation: u64,
-        admin_names: Option<Vec<String>>,
+        clients: Option<Clients>,
         decisions: DecisionLog,
         directory_sync: Option<Arc<DirectorySync>>,
     ) -> Arc<Self> {
@@ -73,7 +73,7 @@ impl EngineState {
             store,
             version: watch::channel(version).0,
             entity_generation: AtomicU64::new(entity_generation),
-            admin_names,
+            clients,
             decisions,
             admin_lock: Mutex::new(()),
             closing: watch::channel(false).0,
@@ -304,6 +304,10 @@ pub const MAX_DECIDE_CALLS: usize = 256;
 
 /// The decisions themselves, shared by the single calls and `Decide`.
 impl DecisionService {
+    fn check_gateway<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        Clients::check_gateway(self.0.clients.as_ref(), request)
+    }
+
     fn plan_one(&self, r: pb::PlanRequest) -> Result<pb::PlanResponse, Status> {
         let id = request_id(&r.request_id);
         let span = tracing::info_span!("plan", request_id = %id, user = %r.user, device = %r.device, action = %r.action);
@@ -398,6 +402,7 @@ impl pb::policy_decision_server::PolicyDecision for DecisionService {
         &self,
         request: Request<pb::PlanRequest>,
     ) -> Result<Response<pb::PlanResponse>, Status> {
+        self.check_gateway(&request)?;
         self.plan_one(request.into_inner()).map(Response::new)
     }
 
@@ -405,6 +410,7 @@ impl pb::policy_decision_server::PolicyDecision for DecisionService {
         &self,
         request: Request<pb::AuthorizeRequest>,
     ) -> Result<Response<pb::AuthorizeResponse>, Status> {
+        self.check_gateway(&request)?;
         self.authorize_one(request.into_inner()).map(Response::new)
     }
 
@@ -414,6 +420,7 @@ impl pb::policy_decision_server::PolicyDecision for DecisionService {
     ) -> Result<Response<pb::DecideResponse>, Status> {
         use pb::decision_answer::Answer;
         use pb::decision_call::Call;
+        self.check_gateway(&request)?;
         let calls = request.into_inner().calls;
         if calls.len() > MAX_DECIDE_CALLS {
             return Err(invalid(format!(
@@ -469,6 +476,7 @@ impl pb::policy_decision_server::PolicyDecision for DecisionService {
         &self,
         request: Request<pb::WatchRevocationsRequest>,
     ) -> Result<Response<RevocationStream>, Status> {
+        self.check_gateway(&request)?;
         let mut after = request.into_inner().after;
         let state = Arc::clone(&self.0);
         let mut head = state.revocation_head.subscribe();
@@ -517,13 +525,42 @@ impl pb::policy_decision_server::PolicyDecision for DecisionService {
 type RevocationStream =
     Pin<Box<dyn Stream<Item = Result<pb::Revocation, Status>> + Send + 'static>>;
 
+/// Client certificate common names, by what they may call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Clients {
+    /// The admin API, and everything a gateway may call.
+    pub admins: Vec<String>,
+    /// Decisions, revocations and audit shipping (`PolicyDecision`, `AuditSink`).
+    pub gateways: Vec<String>,
+}
+
+impl Clients {
+    /// Refuses a client that is neither a gateway nor an administrator: an
+    /// endpoint's certificate may come from the same CA, and must not learn plans.
+    pub fn check_gateway<T>(clients: Option<&Clients>, request: &Request<T>) -> Result<(), Status> {
+        let Some(c) = clients else { return Ok(()) };
+        match peer_name(request) {
+            Some(n) if c.gateways.contains(&n) || c.admins.contains(&n) => Ok(()),
+            Some(n) => {
+                tracing::warn!(client = %n, "gateway call refused");
+                Err(Status::permission_denied(format!(
+                    "client certificate '{n}' is not a gateway (tls.gateway_names)"
+                )))
+            }
+            None => Err(Status::permission_denied(
+                "this call needs a client certificate naming a gateway",
+            )),
+        }
+    }
+}
+
 /// `sekisho.v1.PolicyAdmin`: only for clients whose certificate names an administrator.
 #[derive(Clone)]
 pub struct AdminService(pub Arc<EngineState>);
 
 impl AdminService {
     fn authorize_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let Some(allowed) = &self.0.admin_names else {
+        let Some(allowed) = self.0.clients.as_ref().map(|c| &c.admins) else {
             return Ok(());
         };
         match peer_name(request) {
@@ -786,7 +823,7 @@ impl pb::policy_admin_server::PolicyAdmin for AdminService {
     }
 }
 
-fn peer_name<T>(request: &Request<T>) -> Option<String> {
+pub(crate) fn peer_name<T>(request: &Request<T>) -> Option<String> {
     request.peer_certs().and_then(|certs| {
         certs
             .first()

@@ -20,7 +20,7 @@ use crate::directory::DirectorySync;
 use crate::engine::{CacheLimits, Engine};
 use crate::entities::{parse_entities_json, Directory, EntityError};
 use crate::grpc::audit::AuditSinkService;
-use crate::grpc::{AdminService, DecisionService, EngineState};
+use crate::grpc::{AdminService, Clients, DecisionService, EngineState};
 use crate::pki::{PkiError, PkiFiles};
 use crate::policies::{CompiledPolicies, LoadError, PolicySources};
 use crate::store::{Store, StoreError};
@@ -222,7 +222,7 @@ pub async fn start(config: &EngineConfig) -> Result<RunningEngine, ServeError> {
             ),
         });
     }
-    let admin_names = if config.tls.plaintext {
+    let clients = if config.tls.plaintext {
         tracing::warn!(listen = %config.listen, "serving WITHOUT TLS (tls.plaintext = true): loopback test beds only");
         None
     } else {
@@ -244,7 +244,10 @@ pub async fn start(config: &EngineConfig) -> Result<RunningEngine, ServeError> {
             .identity(identity)
             .client_ca_root(Certificate::from_pem(read_pem(&ca)?));
         builder = builder.tls_config(tls)?;
-        Some(config.tls.admin_names.clone())
+        Some(Clients {
+            admins: config.tls.admin_names.clone(),
+            gateways: config.tls.gateway_names.clone(),
+        })
     };
 
     let last_revocation = store.last_revocation().await?;
@@ -253,13 +256,13 @@ pub async fn start(config: &EngineConfig) -> Result<RunningEngine, ServeError> {
         config.audit.decision_sample,
         config.audit.decision_queue,
     );
-    let audit_sink = AuditSinkService::new(store.audit());
+    let audit_sink = AuditSinkService::new(store.audit()).only_for(clients.clone());
     let state = EngineState::new(
         engine,
         store,
         version,
         entity_generation,
-        admin_names,
+        clients,
         decisions,
         directory_sync.clone(),
     );

@@ -137,6 +137,29 @@ async fn gateways_ship_journals_idempotently() {
         status.message()
     );
 
+    // An oversized event is refused as it arrives; the engine's own journal name
+    // cannot be shipped under.
+    let mut huge = batch(&chain("lgwan-gw-4", 1));
+    huge.records[0].json = "x".repeat(64 * 1024 + 1);
+    let status = ship(&mut client, vec![huge]).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("gateway lgwan-gw-4 seq 1"),
+        "{}",
+        status.message()
+    );
+    let own = batch(&chain(
+        sekisho_policy_engine::store::directory::DIRECTORY_JOURNAL,
+        1,
+    ));
+    let status = ship(&mut client, vec![own]).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("engine's own journal"),
+        "{}",
+        status.message()
+    );
+
     let audit = engine.state.store.audit();
     assert_eq!(audit.count(&Filter::default()).await.unwrap(), 1200);
     let reports = audit.verify().await.unwrap();

@@ -365,6 +365,41 @@ async fn mutual_tls_is_required_and_admin_is_a_role() {
         "{}",
         e.message()
     );
+
+    // An endpoint's certificate from the same CA may neither ask for a plan (it
+    // would tell who exists) nor ship into a gateway's journal.
+    let device = common::gateway::device_tls(&pki, "lgwan-desk-17");
+    let channel = sekisho_gateway::tls::connect(
+        &engine.url(),
+        &device,
+        Some("localhost"),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let e = pb::policy_decision_client::PolicyDecisionClient::new(channel.clone())
+        .plan(plan_request("u023", "lgwan-desk-17", "logon"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(
+        e.message().contains("'lgwan-desk-17' is not a gateway"),
+        "{}",
+        e.message()
+    );
+    let e = pb::audit_sink_client::AuditSinkClient::new(channel)
+        .ship(tokio_stream::iter(Vec::<pb::AuditBatch>::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    // The gateway's may.
+    let mut as_gateway = pb::policy_decision_client::PolicyDecisionClient::new(
+        engine.gateway().connect().await.unwrap(),
+    );
+    as_gateway
+        .plan(plan_request("u023", "lgwan-desk-17", "logon"))
+        .await
+        .unwrap();
     engine.stop().await;
 }
 

@@ -16,7 +16,9 @@ use sekisho_proto::v1 as pb;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::audit::store::{AuditError, AuditStore, Record};
+use crate::audit::store::{AuditError, AuditStore, Record, MAX_EVENT_BYTES};
+use crate::grpc::{peer_name, Clients};
+use crate::store::directory::DIRECTORY_JOURNAL;
 
 /// Most records accepted in one `AuditBatch`. Forwarders send a few hundred; the
 /// bound keeps one message from tying up the store (one transaction per batch).
@@ -40,11 +42,23 @@ pub const CONFLICT_SEQ_METADATA: &str = "sekisho-conflict-seq";
 #[derive(Clone, Debug)]
 pub struct AuditSinkService {
     audit: AuditStore,
+    /// Who may ship; `None` lets any client the TLS layer accepted (tests, a
+    /// plaintext test bed).
+    clients: Option<Clients>,
 }
 
 impl AuditSinkService {
     pub fn new(audit: AuditStore) -> Self {
-        AuditSinkService { audit }
+        AuditSinkService {
+            audit,
+            clients: None,
+        }
+    }
+
+    /// Only gateways and administrators may ship: an endpoint's certificate from
+    /// the same CA could otherwise write into any gateway's journal.
+    pub fn only_for(self, clients: Option<Clients>) -> Self {
+        AuditSinkService { clients, ..self }
     }
 
     /// The service wrapped for a tonic router, with the batch size limit set.
@@ -81,14 +95,8 @@ impl pb::audit_sink_server::AuditSink for AuditSinkService {
         &self,
         request: Request<Streaming<pb::AuditBatch>>,
     ) -> Result<Response<pb::ShipAck>, Status> {
-        let client = request
-            .peer_certs()
-            .and_then(|certs| {
-                certs
-                    .first()
-                    .and_then(|c| crate::pki::common_name(c.as_ref()))
-            })
-            .unwrap_or_default();
+        Clients::check_gateway(self.clients.as_ref(), &request)?;
+        let client = peer_name(&request).unwrap_or_default();
         let mut stream = request.into_inner();
         let mut stored_through: BTreeMap<String, u64> = BTreeMap::new();
         let mut inserted = 0u64;
@@ -104,6 +112,25 @@ impl pb::audit_sink_server::AuditSink for AuditSinkService {
                         "batch {batches} has {} records; at most {MAX_BATCH_RECORDS} per batch",
                         batch.records.len()
                     )));
+                }
+                // Checked as they arrive, not when a group is stored: 5,000 records
+                // of 64 MiB each would be held before anything looked at them.
+                for r in &batch.records {
+                    if r.json.len() > MAX_EVENT_BYTES {
+                        return Err(Status::invalid_argument(format!(
+                            "gateway {} seq {}: the event is {} bytes, more than the {MAX_EVENT_BYTES} an event may have",
+                            r.gateway,
+                            r.seq,
+                            r.json.len()
+                        )));
+                    }
+                    // The engine's own journal (directory revocations) is written
+                    // only by the engine: a record under its name could stop it.
+                    if r.gateway == DIRECTORY_JOURNAL {
+                        return Err(Status::invalid_argument(format!(
+                            "'{DIRECTORY_JOURNAL}' is the engine's own journal; no gateway may ship under that name"
+                        )));
+                    }
                 }
                 pending.extend(batch.records.into_iter().map(|r| Record {
                     gateway: r.gateway,
