@@ -725,7 +725,8 @@ pub struct AuditFilterArgs {
     #[arg(long, value_name = "TIER")]
     pub tier: Option<String>,
     /// logon, unlock, switch_operator, elevate, lock, logoff, lockout, enroll,
-    /// emergency_otp_issue, device_register, unlock_user, user_import.
+    /// emergency_otp_issue, device_register, device_deregister, credential_remove,
+    /// unlock_user, user_import, session_revoke, deprovision.
     #[arg(long, value_name = "ACTION")]
     pub action: Option<String>,
     /// allow, deny or error.

@@ -28,10 +28,18 @@ fn main() -> ExitCode {
         Command::Demo(_) => format!("{},sekisho_policy_engine::server=error", cli.log),
         _ => cli.log.clone(),
     };
+    let filter = match tracing_subscriber::EnvFilter::try_new(&filter) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: --log / SEKISHO_LOG '{}': {e}", cli.log);
+            return ExitCode::from(2);
+        }
+    };
+    // Colours only for a terminal: a log file or journald gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
     let result = match tokio::runtime::Runtime::new() {

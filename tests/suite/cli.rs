@@ -214,6 +214,22 @@ fn authorize_names_the_deciding_policies() {
 }
 
 #[test]
+fn a_bad_log_filter_is_refused_not_replaced() {
+    let (code, _, err) = sekisho(&[
+        "--log",
+        "sekisho=[[[",
+        "policy",
+        "validate",
+        common::POLICIES,
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.starts_with("error: --log / SEKISHO_LOG 'sekisho=[[['"),
+        "{err}"
+    );
+}
+
+#[test]
 fn bad_input_is_exit_2_with_one_line_naming_it() {
     let base = [
         "decide",
