@@ -768,6 +768,11 @@ mod tests {
         }
     }
 
+    /// What committing one answer that uses `user`'s code `hash` ran into.
+    async fn use_conflict(f: &Fixture, user: &str, hash: &str) -> Option<Conflict> {
+        commit(f, vec![use_otp(user, hash)]).await.applied.conflict
+    }
+
     /// Issues `user` an emergency OTP stored as `code_hash`, expiring at `expires_ms`.
     async fn issue_otp(f: &Fixture, user: &str, code_hash: &str, expires_ms: i64) {
         f.store
@@ -1078,10 +1083,7 @@ mod tests {
             assert_eq!(s.id, winners[0]);
             assert!(otp_used(&f, "u1").await);
             assert_eq!(
-                commit(&f, vec![use_otp("u1", "hash-1")])
-                    .await
-                    .applied
-                    .conflict,
+                use_conflict(&f, "u1", "hash-1").await,
                 Some(Conflict::EmergencyOtpUsed)
             );
 
@@ -1089,35 +1091,20 @@ mod tests {
             // the new one is untouched and works.
             issue_otp(&f, "u1", "hash-2", in_an_hour()).await;
             assert_eq!(
-                commit(&f, vec![use_otp("u1", "hash-1")])
-                    .await
-                    .applied
-                    .conflict,
+                use_conflict(&f, "u1", "hash-1").await,
                 Some(Conflict::EmergencyOtpChanged)
             );
             assert!(!otp_used(&f, "u1").await);
-            assert_eq!(
-                commit(&f, vec![use_otp("u1", "hash-2")])
-                    .await
-                    .applied
-                    .conflict,
-                None
-            );
+            assert_eq!(use_conflict(&f, "u1", "hash-2").await, None);
             // Expired between the check and the commit; withdrawn (or never issued).
             issue_otp(&f, "u2", "hash-3", 1).await;
             assert_eq!(
-                commit(&f, vec![use_otp("u2", "hash-3")])
-                    .await
-                    .applied
-                    .conflict,
+                use_conflict(&f, "u2", "hash-3").await,
                 Some(Conflict::EmergencyOtpExpired)
             );
             assert!(!otp_used(&f, "u2").await);
             assert_eq!(
-                commit(&f, vec![use_otp("nobody", "hash-4")])
-                    .await
-                    .applied
-                    .conflict,
+                use_conflict(&f, "nobody", "hash-4").await,
                 Some(Conflict::EmergencyOtpChanged)
             );
             f.journal.close().await;

@@ -824,16 +824,8 @@ async fn emergency_otp_works_once() {
     let gw = TestGateway::start(Tier::Lgwan, |_| {}).await;
     gw.register("lgwan-desk-01", "desktop", &["card"]).await;
     gw.set_secret("u007", "password", "u007-password").await;
-    let mut admin = gw.admin().await;
-    let issued = admin
-        .issue_emergency_otp(pb::IssueEmergencyOtpRequest {
-            user: "u007".into(),
-            ttl_secs: 7200,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(issued.code.len(), 14, "XXXX-XXXX-XXXX");
+    let code = gw.issue_emergency_otp("u007").await;
+    assert_eq!(code.len(), 14, "XXXX-XXXX-XXXX");
     let mut ep = gw.endpoint("lgwan-desk-01").await;
 
     // No card enrolled: the plan offers the emergency code with the password.
@@ -844,7 +836,7 @@ async fn emergency_otp_works_once() {
     );
     let proofs = || {
         vec![
-            pb::proof::Proof::EmergencyOtp(issued.code.to_lowercase()),
+            pb::proof::Proof::EmergencyOtp(code.to_lowercase()),
             password("u007-password"),
         ]
     };
@@ -858,7 +850,9 @@ async fn emergency_otp_works_once() {
     let r = complete(&mut ep, &c, proofs()).await;
     assert_eq!(failures(&r), failed("emergency_otp", "replayed"));
 
-    let too_long = admin
+    let too_long = gw
+        .admin()
+        .await
         .issue_emergency_otp(pb::IssueEmergencyOtpRequest {
             user: "u007".into(),
             ttl_secs: 3 * 86_400,
@@ -1077,16 +1071,7 @@ async fn an_emergency_otp_is_used_up_only_by_a_logon_that_lets_the_user_in() {
     let gw = TestGateway::start(Tier::Lgwan, |_| {}).await;
     gw.register("lgwan-desk-01", "desktop", &["card"]).await;
     gw.set_secret("u007", "password", "u007-password").await;
-    let mut admin = gw.admin().await;
-    let code = admin
-        .issue_emergency_otp(pb::IssueEmergencyOtpRequest {
-            user: "u007".into(),
-            ttl_secs: 7200,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .code;
+    let code = gw.issue_emergency_otp("u007").await;
     let mut ep = gw.endpoint("lgwan-desk-01").await;
     let otp = || pb::proof::Proof::EmergencyOtp(code.clone());
 
@@ -1143,7 +1128,8 @@ async fn an_emergency_otp_is_used_up_only_by_a_logon_that_lets_the_user_in() {
     let c = begin(&mut ep, "u007", "logon").await;
     let r = complete(&mut ep, &c, vec![otp(), password("u007-password")]).await;
     assert_eq!(r.reason, "locked", "{r:?}");
-    admin
+    gw.admin()
+        .await
         .unlock_user(pb::UnlockUserRequest {
             user: "u007".into(),
         })
@@ -1166,17 +1152,7 @@ async fn two_logons_racing_with_one_emergency_otp_let_one_in() {
     gw.register("lgwan-desk-01", "desktop", &["card"]).await;
     gw.register("lgwan-desk-17", "desktop", &["card"]).await;
     gw.set_secret("u007", "password", "u007-password").await;
-    let code = gw
-        .admin()
-        .await
-        .issue_emergency_otp(pb::IssueEmergencyOtpRequest {
-            user: "u007".into(),
-            ttl_secs: 7200,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .code;
+    let code = gw.issue_emergency_otp("u007").await;
     let (mut ep1, mut ep2) = (
         gw.endpoint("lgwan-desk-01").await,
         gw.endpoint("lgwan-desk-17").await,

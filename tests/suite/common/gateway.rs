@@ -277,6 +277,20 @@ impl TestGateway {
             .expect("enroll template");
     }
 
+    /// Issues `user` an emergency OTP valid for two hours and returns the code.
+    pub async fn issue_emergency_otp(&self, user: &str) -> String {
+        self.admin()
+            .await
+            .issue_emergency_otp(pb::IssueEmergencyOtpRequest {
+                user: user.into(),
+                ttl_secs: 7200,
+            })
+            .await
+            .expect("issue an emergency OTP")
+            .into_inner()
+            .code
+    }
+
     /// Enrolls TOTP and returns the secret (decoded from the base32 the API shows).
     pub async fn enroll_totp(&self, user: &str) -> Vec<u8> {
         let r = self
