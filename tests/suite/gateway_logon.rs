@@ -49,6 +49,29 @@ fn password(p: &str) -> pb::proof::Proof {
     pb::proof::Proof::Password(p.into())
 }
 
+/// `user` logs on from two devices at once with the same proofs: exactly one is let
+/// in. Returns the other's answer.
+async fn one_of_two_wins(
+    ep1: &mut Endpoint,
+    ep2: &mut Endpoint,
+    user: &str,
+    proofs: impl Fn() -> Vec<pb::proof::Proof>,
+) -> pb::LogonResult {
+    let (c1, c2) = (
+        begin(ep1, user, "logon").await,
+        begin(ep2, user, "logon").await,
+    );
+    let (r1, r2) = tokio::join!(complete(ep1, &c1, proofs()), complete(ep2, &c2, proofs()));
+    assert_eq!(
+        [allowed(&r1), allowed(&r2)].iter().filter(|a| **a).count(),
+        1,
+        "{r1:?} {r2:?}"
+    );
+    let lost = if allowed(&r1) { r2 } else { r1 };
+    assert!(lost.session_id.is_empty());
+    lost
+}
+
 /// u036 presents `good` and the right password, and is told "locked" (every factor
 /// correct); returns until when.
 async fn told_locked(ep: &mut Endpoint, good: &TestCard) -> i64 {
@@ -332,22 +355,8 @@ async fn internet_password_and_totp_with_replay_and_window() {
             pb::proof::Proof::Totp(next.clone()),
         ]
     };
-    let (c1, c2) = (
-        begin(&mut ep, "u013", "logon").await,
-        begin(&mut ep2, "u013", "logon").await,
-    );
-    let (r1, r2) = tokio::join!(
-        complete(&mut ep, &c1, both()),
-        complete(&mut ep2, &c2, both())
-    );
-    assert_eq!(
-        [allowed(&r1), allowed(&r2)].iter().filter(|a| **a).count(),
-        1,
-        "{r1:?} {r2:?}"
-    );
-    let lost = if allowed(&r1) { &r2 } else { &r1 };
-    assert_eq!(failures(lost), failed("totp", "replayed"));
-    assert!(lost.session_id.is_empty());
+    let lost = one_of_two_wins(&mut ep, &mut ep2, "u013", both).await;
+    assert_eq!(failures(&lost), failed("totp", "replayed"));
 
     // A code five steps ahead (a phone whose clock runs fast): outside the window.
     // (An old code is refused as replayed once a later one was accepted.)
@@ -1165,22 +1174,8 @@ async fn two_logons_racing_with_one_emergency_otp_let_one_in() {
     };
     // Both challenges are issued while the code is unused, so both Completes may
     // find it unused when they check it: only the commit can tell them apart.
-    let (c1, c2) = (
-        begin(&mut ep1, "u007", "logon").await,
-        begin(&mut ep2, "u007", "logon").await,
-    );
-    let (r1, r2) = tokio::join!(
-        complete(&mut ep1, &c1, proofs()),
-        complete(&mut ep2, &c2, proofs())
-    );
-    assert_eq!(
-        [allowed(&r1), allowed(&r2)].iter().filter(|a| **a).count(),
-        1,
-        "{r1:?} {r2:?}"
-    );
-    let lost = if allowed(&r1) { &r2 } else { &r1 };
-    assert_eq!(failures(lost), failed("emergency_otp", "replayed"));
-    assert!(lost.session_id.is_empty());
+    let lost = one_of_two_wins(&mut ep1, &mut ep2, "u007", proofs).await;
+    assert_eq!(failures(&lost), failed("emergency_otp", "replayed"));
     gw.stop().await;
 }
 
