@@ -736,9 +736,8 @@ impl pb::policy_admin_server::PolicyAdmin for AdminService {
                 }
             }
         }
-        let n = (del.users.len() + del.groups.len() + del.devices.len()) as u32;
-        self.change_entities(EntityBatch::default(), del).await?;
-        Ok(Response::new(pb::DeleteEntitiesResponse { deleted: n }))
+        let deleted = self.change_entities(EntityBatch::default(), del).await?;
+        Ok(Response::new(pb::DeleteEntitiesResponse { deleted }))
     }
 
     async fn sync_directory(
@@ -873,9 +872,30 @@ impl AdminService {
 
     /// Checks the change against a copy of the directory, writes it to the store in one
     /// transaction, then applies it in memory: a refused change touches neither.
-    async fn change_entities(&self, batch: EntityBatch, del: EntityDeletion) -> Result<(), Status> {
+    /// Applies the change to the store and the served directory together. Returns
+    /// how many of the deletions named an entity that existed.
+    async fn change_entities(
+        &self,
+        batch: EntityBatch,
+        del: EntityDeletion,
+    ) -> Result<u32, Status> {
         let _guard = self.0.admin_lock.lock().await;
         let mut copy = self.0.engine.with_directory(Directory::clone);
+        let existed = del
+            .users
+            .iter()
+            .filter(|id| copy.user(id).is_some())
+            .count()
+            + del
+                .groups
+                .iter()
+                .filter(|id| copy.group(id).is_some())
+                .count()
+            + del
+                .devices
+                .iter()
+                .filter(|id| copy.device(id).is_some())
+                .count();
         copy.apply(batch.clone(), del.clone())
             .map_err(|e| invalid(e.to_string()))?;
         let generation = self
@@ -885,7 +905,7 @@ impl AdminService {
             .await
             .map_err(store_status)?;
         self.0.install_directory(copy, generation);
-        Ok(())
+        Ok(u32::try_from(existed).unwrap_or(u32::MAX))
     }
 }
 

@@ -52,8 +52,12 @@ pub fn parse_url(url: &str) -> Result<LdapUrl, &'static str> {
             return Err("has an invalid port");
         }
     }
-    let loopback =
-        host.eq_ignore_ascii_case("localhost") || host == "::1" || host.starts_with("127.");
+    // An address, not a name that merely starts like one (`127.evil.example`).
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
     Ok(LdapUrl { ldaps, loopback })
 }
 
@@ -80,4 +84,27 @@ pub fn client_config(path: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_url;
+
+    #[test]
+    fn loopback_is_an_address_not_a_prefix() {
+        for local in [
+            "ldap://localhost",
+            "ldap://127.0.0.1:3389",
+            "ldap://[::1]:389",
+        ] {
+            assert!(parse_url(local).unwrap().loopback, "{local}");
+        }
+        for remote in [
+            "ldap://127.evil.example",
+            "ldap://ad.city.local",
+            "ldaps://10.0.0.1",
+        ] {
+            assert!(!parse_url(remote).unwrap().loopback, "{remote}");
+        }
+    }
 }

@@ -43,11 +43,13 @@ pub async fn delete(
     if entities.is_empty() {
         anyhow::bail!("nothing to delete: name at least one --user, --group or --device");
     }
+    let named = entities.len();
     let mut client = pb::policy_admin_client::PolicyAdminClient::new(engine.connect().await?);
     let r = client
         .delete_entities(pb::DeleteEntitiesRequest { entities })
         .await?
         .into_inner();
-    println!("deleted {}", r.deleted);
+    // Ids that named nothing are not counted: a typo shows up as a smaller number.
+    println!("deleted {} of the {} named", r.deleted, named);
     Ok(Outcome::Ok)
 }

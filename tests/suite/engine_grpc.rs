@@ -271,15 +271,25 @@ async fn decisions_and_publishing(backend: Backend, name: &str) {
     let e = admin.upsert_entities(bad).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("'no-such-group'"), "{}", e.message());
-    admin
+    let deleted = admin
         .delete_entities(pb::DeleteEntitiesRequest {
-            entities: vec![pb::EntityRef {
-                kind: pb::EntityKind::User as i32,
-                id: "u023".into(),
-            }],
+            entities: vec![
+                pb::EntityRef {
+                    kind: pb::EntityKind::User as i32,
+                    id: "u023".into(),
+                },
+                // A typo deletes nothing and is not counted.
+                pb::EntityRef {
+                    kind: pb::EntityKind::User as i32,
+                    id: "u0233".into(),
+                },
+            ],
         })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner()
+        .deleted;
+    assert_eq!(deleted, 1);
     let e = gw
         .plan(plan_request("u023", "lgwan-desk-17", "logon"))
         .await

@@ -123,7 +123,9 @@ struct Inner {
     tx: mpsc::Sender<Decision>,
     sample: f64,
     seen: AtomicU64,
-    dropped: AtomicU64,
+    /// Shared with the writer, which counts what a refused batch lost (the writer
+    /// holds no sender, so the queue still closes when the last handle goes).
+    dropped: Arc<AtomicU64>,
     last_warn_ms: AtomicI64,
 }
 
@@ -157,13 +159,14 @@ impl DecisionLog {
         }
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let (stop_tx, stop_rx) = oneshot::channel();
-        let task = tokio::spawn(write_loop(audit, rx, stop_rx));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(write_loop(audit, rx, stop_rx, dropped.clone()));
         let log = DecisionLog {
             inner: Some(Arc::new(Inner {
                 tx,
                 sample: sample.min(1.0),
                 seen: AtomicU64::new(0),
-                dropped: AtomicU64::new(0),
+                dropped,
                 last_warn_ms: AtomicI64::new(0),
             })),
         };
@@ -212,7 +215,8 @@ impl DecisionLog {
         }
     }
 
-    /// Decisions dropped because the queue was full, since start.
+    /// Decisions not recorded since start: dropped because the queue was full, or
+    /// lost with a batch the store refused.
     pub fn dropped(&self) -> u64 {
         self.inner
             .as_ref()
@@ -264,6 +268,7 @@ async fn write_loop(
     audit: AuditStore,
     mut rx: mpsc::Receiver<Decision>,
     mut stop: oneshot::Receiver<()>,
+    dropped: Arc<AtomicU64>,
 ) {
     let prefix = instance_prefix();
     let mut next_id = 0u64;
@@ -300,14 +305,14 @@ async fn write_loop(
                     }
                 }
                 let entries = write(&mut buf);
-                store_entries(&audit, &entries).await;
+                store_entries(&audit, &entries, &dropped).await;
             }
             // A writer handle dropped without `flush_and_stop` leaves the writer running.
             Ok(()) = &mut stop => {
                 rx.close();
                 while rx.recv_many(&mut buf, WRITE_BATCH).await > 0 {
                     let entries = write(&mut buf);
-                    store_entries(&audit, &entries).await;
+                    store_entries(&audit, &entries, &dropped).await;
                 }
                 break;
             }
@@ -315,9 +320,11 @@ async fn write_loop(
     }
 }
 
-async fn store_entries(audit: &AuditStore, entries: &[DecisionEntry]) {
+async fn store_entries(audit: &AuditStore, entries: &[DecisionEntry], dropped: &AtomicU64) {
     if let Err(e) = audit.record_decisions(entries).await {
-        tracing::error!(error = %e, lost = entries.len(), "could not record decisions");
+        let total =
+            dropped.fetch_add(entries.len() as u64, Ordering::Relaxed) + entries.len() as u64;
+        tracing::error!(error = %e, lost = entries.len(), dropped_since_start = total, "could not record decisions");
     }
 }
 
@@ -380,5 +387,18 @@ mod tests {
         // After the stop, decisions are dropped rather than queued forever.
         log.record(decision(11));
         assert_eq!(log.dropped(), 8);
+    }
+
+    #[tokio::test]
+    async fn a_batch_the_store_refuses_is_counted_as_dropped() {
+        let audit = memory_store().await;
+        audit.close().await;
+        let (log, writer) = DecisionLog::start(audit, 1.0, 10);
+        for i in 0..4 {
+            log.record(decision(i));
+        }
+        assert_eq!(log.dropped(), 0);
+        writer.flush_and_stop(Duration::from_secs(5)).await;
+        assert_eq!(log.dropped(), 4);
     }
 }

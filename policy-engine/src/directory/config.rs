@@ -266,6 +266,17 @@ impl DirectoryConfig {
         if !(0.0..=1.0).contains(&self.max_removal_share) {
             return Err(invalid("max_removal_share", "must be between 0 and 1"));
         }
+        // Beyond a day neither means anything, and far beyond it the scheduler's
+        // date arithmetic would overflow.
+        if self.incremental_minutes > 24 * 60 {
+            return Err(invalid(
+                "incremental_minutes",
+                "must be at most 1440 (a day)",
+            ));
+        }
+        if self.retry_secs > 24 * 3600 {
+            return Err(invalid("retry_secs", "must be at most 86400 (a day)"));
+        }
         let sync_at = if self.sync_at.is_empty() {
             None
         } else {
@@ -409,6 +420,10 @@ mod tests {
         assert!(err(|c| c.base_dn.clear()).starts_with("directory.base_dn"));
         assert!(err(|c| c.sync_at = "25:00".into()).starts_with("directory.sync_at"));
         assert!(err(|c| c.max_removal_share = 2.0).starts_with("directory.max_removal_share"));
+        assert!(err(|c| c.retry_secs = 10_000_000_000_000).starts_with("directory.retry_secs"));
+        assert!(
+            err(|c| c.incremental_minutes = u64::MAX).starts_with("directory.incremental_minutes")
+        );
         assert!(err(|c| c.user_filter = Some("uid=*".into())).starts_with("directory.user_filter"));
         assert!(err(|c| c.bind_dn = "cn=x".into()).starts_with("directory.bind_password_file"));
         assert!(err(|c| {
