@@ -52,13 +52,10 @@ pub fn parse_url(url: &str) -> Result<LdapUrl, &'static str> {
             return Err("has an invalid port");
         }
     }
-    // An address, not a name that merely starts like one (`127.evil.example`).
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_matches(['[', ']'])
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    Ok(LdapUrl { ldaps, loopback })
+    Ok(LdapUrl {
+        ldaps,
+        loopback: crate::transport::is_loopback_host(host),
+    })
 }
 
 /// A rustls client configuration trusting only the CA certificates in `path`: the

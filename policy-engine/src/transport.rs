@@ -171,6 +171,17 @@ pub fn incoming(
         .map_ok(Coalesced::new)
 }
 
+/// Whether `host` (a URL's host, IPv6 brackets allowed) is this machine: `localhost`
+/// or a loopback address. An address, not a name that merely starts like one
+/// (`127.evil.example`).
+pub fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The client side, for `Endpoint::connect_with_connector`: tonic adds TLS on top for
 /// `https://` URLs.
 #[derive(Debug, Clone, Copy, Default)]

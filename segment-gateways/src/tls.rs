@@ -8,6 +8,7 @@ use std::time::Duration;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sekisho_policy_engine::transport;
+use tonic::codegen::http::Uri;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// The CA to trust and the certificate to present (PEM files).
@@ -109,9 +110,9 @@ pub fn endpoint(
         .map_err(|e| bad(e.to_string()))?
         .connect_timeout(timeout)
         .timeout(timeout);
-    match url.split_once("://") {
-        Some(("https", rest)) => {
-            let host = host_of(rest);
+    match endpoint.uri().scheme_str() {
+        Some("https") => {
+            let host = uri_host(endpoint.uri());
             let config = ClientTlsConfig::new()
                 .ca_certificate(Certificate::from_pem(read_pem(
                     &tls.ca,
@@ -133,9 +134,10 @@ pub fn endpoint(
 /// proves who answers, and the engine's answer is an allow or a deny, so only a peer
 /// on this machine (a test bed) can be trusted that way.
 pub(crate) fn check_scheme(url: &str) -> Result<(), String> {
-    match url.split_once("://") {
+    let uri = url.parse::<Uri>().ok();
+    match uri.as_ref().and_then(|u| Some((u.scheme_str()?, u))) {
         Some(("https", _)) => Ok(()),
-        Some(("http", rest)) if is_loopback(host_of(rest)) => Ok(()),
+        Some(("http", u)) if transport::is_loopback_host(uri_host(u)) => Ok(()),
         Some(("http", _)) => Err(
             "http:// (no TLS) is only for a loopback test bed (127.0.0.1, [::1], localhost); use https://"
                 .into(),
@@ -144,21 +146,9 @@ pub(crate) fn check_scheme(url: &str) -> Result<(), String> {
     }
 }
 
-/// The host of a URL's part after `scheme://`, without an IPv6 literal's brackets.
-fn host_of(rest: &str) -> &str {
-    let authority = rest.split('/').next().unwrap_or_default();
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
-    match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => authority.split(':').next().unwrap_or_default(),
-    }
-}
-
-fn is_loopback(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+/// A URL's host, without an IPv6 literal's brackets.
+fn uri_host(uri: &Uri) -> &str {
+    uri.host().unwrap_or_default().trim_matches(['[', ']'])
 }
 
 /// Opens `endpoint` now, so that a refused certificate or a closed port is reported
@@ -194,11 +184,14 @@ mod tests {
 
     #[test]
     fn hosts_are_read_with_ports_paths_users_and_ipv6_brackets() {
-        assert_eq!(host_of("engine.city.local:7443/x"), "engine.city.local");
-        assert_eq!(host_of("[::1]:7443"), "::1");
-        assert_eq!(host_of("[fe80::1]/"), "fe80::1");
-        assert_eq!(host_of("svc@127.0.0.1:1"), "127.0.0.1");
-        assert_eq!(host_of(""), "");
+        let host = |url: &str| uri_host(&url.parse::<Uri>().unwrap()).to_string();
+        assert_eq!(
+            host("https://engine.city.local:7443/x"),
+            "engine.city.local"
+        );
+        assert_eq!(host("https://[::1]:7443"), "::1");
+        assert_eq!(host("https://[fe80::1]/"), "fe80::1");
+        assert_eq!(host("http://svc@127.0.0.1:1"), "127.0.0.1");
     }
 
     #[test]

@@ -118,6 +118,13 @@ fn check_user(user: &str) -> Result<(), Status> {
     Ok(())
 }
 
+fn check_device_id(id: &str) -> Result<(), Status> {
+    if id.is_empty() || id.len() > 256 {
+        return Err(invalid("device id must be 1 to 256 bytes"));
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl pb::gateway_admin_server::GatewayAdmin for AdminService {
     async fn enroll_totp(
@@ -402,9 +409,7 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
         let admin = self.admin(&request)?;
         let r = request.into_inner();
         let d = r.device.ok_or_else(|| invalid("device is missing"))?;
-        if d.id.is_empty() || d.id.len() > 256 {
-            return Err(invalid("device id must be 1 to 256 bytes"));
-        }
+        check_device_id(&d.id)?;
         if self.admin_names.contains(&d.id) {
             return Err(invalid(format!(
                 "device id '{}' is an administrator name: devices and administrators are told apart by certificate name",
@@ -507,9 +512,7 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
     ) -> Result<Response<pb::DeregisterDeviceResponse>, Status> {
         let admin = self.admin(&request)?;
         let r = request.into_inner();
-        if r.device.is_empty() || r.device.len() > 256 {
-            return Err(invalid("device id must be 1 to 256 bytes"));
-        }
+        check_device_id(&r.device)?;
         let (removed, ended_session) = self
             .gateway
             .store
@@ -568,8 +571,9 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
                 )))
             }
         };
-        let store = &self.gateway.store;
-        let removed = store
+        let removed = self
+            .gateway
+            .store
             .remove_credentials(&r.user, factor, fingerprint.as_deref())
             .await
             .map_err(store_status)?;
@@ -584,13 +588,9 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
         }
         self.record(&admin, "credential_remove", &r.user, "", &detail)
             .await?;
-        let e = store
-            .enrollment(&r.user, self.gateway.passwords.is_directory())
-            .await
-            .map_err(store_status)?;
         Ok(Response::new(pb::RemoveCredentialsResponse {
             removed,
-            enrolled: crate::decide::names(e.factors),
+            enrolled: self.enrolled(&r.user, String::new()).await?.enrolled,
         }))
     }
 
