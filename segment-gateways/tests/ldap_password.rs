@@ -16,6 +16,7 @@ fn config(url: &str) -> DirectoryConfig {
         ca_file: None,
         bind_dn_template: "uid={user},ou=people,dc=example,dc=jp".to_string(),
         timeout_secs: 2,
+        allow_cleartext: false,
     }
 }
 

@@ -62,6 +62,10 @@ pub struct DirectoryConfig {
     pub url: String,
     /// Upgrade an `ldap://` connection with StartTLS before binding.
     pub starttls: bool,
+    /// Let the service account's password and the directory's contents cross the
+    /// network in clear to a directory on another machine (`ldap://` without
+    /// `starttls`). Refused unless set: the mistake is silent otherwise.
+    pub allow_cleartext: bool,
     /// CA certificate(s) that issued the directory's TLS certificate (PEM); without
     /// it the system trust store is used.
     pub ca_file: Option<PathBuf>,
@@ -99,6 +103,7 @@ impl Default for DirectoryConfig {
         DirectoryConfig {
             url: String::new(),
             starttls: true,
+            allow_cleartext: false,
             ca_file: None,
             bind_dn: String::new(),
             bind_password_file: None,
@@ -216,7 +221,16 @@ impl DirectoryConfig {
             ));
         }
         if !url.ldaps && !self.starttls && !url.loopback {
-            tracing::warn!(url = %self.url, "directory sync without TLS: the service account's password crosses the network in clear");
+            if !self.allow_cleartext {
+                return Err(invalid(
+                    "url",
+                    format!(
+                        "{:?} is ldap:// to another machine without starttls: the service account's password would cross the network in clear; set starttls = true, use ldaps://, or set allow_cleartext = true if the network is trusted",
+                        self.url
+                    ),
+                ));
+            }
+            tracing::warn!(url = %self.url, "directory sync without TLS (allow_cleartext = true): the service account's password crosses the network in clear");
         }
         let tls = match &self.ca_file {
             Some(p) => Some(
@@ -431,5 +445,14 @@ mod tests {
             c.starttls = true
         })
         .starts_with("directory.starttls"));
+        let clear = err(|c| c.url = "ldap://ad.city.local".into());
+        assert!(
+            clear.starts_with("directory.url") && clear.contains("allow_cleartext"),
+            "{clear}"
+        );
+        let mut c = base();
+        c.url = "ldap://ad.city.local".into();
+        c.allow_cleartext = true;
+        assert!(c.resolve(Path::new(".")).is_ok());
     }
 }

@@ -45,6 +45,11 @@ pub struct DirectoryConfig {
     /// Bound on connecting (including TLS) and, separately, on the bind itself.
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// Let user passwords cross the network in clear to a directory that is not on
+    /// this machine (`ldap://` without `starttls`). Refused unless set, because the
+    /// mistake is silent: logons work and every password is readable on the wire.
+    #[serde(default)]
+    pub allow_cleartext: bool,
 }
 
 fn default_timeout_secs() -> u64 {
@@ -66,6 +71,8 @@ pub enum DirectoryConfigError {
     Template(String),
     #[error("directory.timeout_secs = {0} must be between 1 and {MAX_TIMEOUT_SECS}")]
     Timeout(u64),
+    #[error("directory.url {0:?} is ldap:// to another machine without starttls: passwords would cross the network in clear; set starttls = true, use ldaps://, or set allow_cleartext = true if the network is trusted")]
+    Cleartext(String),
 }
 
 /// A validated [`DirectoryConfig`] with its TLS settings prepared once.
@@ -119,10 +126,12 @@ impl Directory {
                 None => None,
             };
         if !uses_tls && !url.loopback {
+            if !config.allow_cleartext {
+                return Err(DirectoryConfigError::Cleartext(config.url.clone()));
+            }
             tracing::warn!(
                 url = %config.url,
-                "password directory without TLS: passwords cross the network in clear; \
-                 set starttls = true or use ldaps://"
+                "password directory without TLS (allow_cleartext = true): passwords cross the network in clear"
             );
         }
         Ok(Directory { config, tls })
@@ -308,6 +317,7 @@ mod tests {
             ca_file: None,
             bind_dn_template: "uid={user},ou=people,dc=example,dc=jp".to_string(),
             timeout_secs: 5,
+            allow_cleartext: false,
         }
     }
 
@@ -374,9 +384,26 @@ mod tests {
             let err = Directory::new(config(url)).unwrap_err();
             assert!(err.to_string().starts_with("directory.url"), "{url}: {err}");
         }
-        for url in ["LDAP://x", "ldap://x:389/", "ldaps://[::1]:636", "ldap://x"] {
+        for url in [
+            "LDAP://localhost",
+            "ldap://127.0.0.1:389/",
+            "ldaps://[::1]:636",
+            "ldaps://x",
+        ] {
             assert!(Directory::new(config(url)).is_ok(), "{url}");
         }
+
+        // Clear text to another machine only when asked for by name.
+        assert!(matches!(
+            Directory::new(config("ldap://ad.city.local")),
+            Err(DirectoryConfigError::Cleartext(_))
+        ));
+        let mut c = config("ldap://ad.city.local");
+        c.allow_cleartext = true;
+        assert!(Directory::new(c).is_ok());
+        let mut c = config("ldap://ad.city.local");
+        c.starttls = true;
+        assert!(Directory::new(c).is_ok());
 
         let mut c = config("ldaps://x");
         c.starttls = true;
