@@ -136,7 +136,7 @@ impl Default for GatewayTls {
 }
 
 /// Which CAs issue this tier's cards.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CardsConfig {
     /// PEM files of the CAs that issue staff IC cards.
@@ -145,6 +145,20 @@ pub struct CardsConfig {
     pub mynumber_ca: Vec<PathBuf>,
     /// CRL files (PEM or DER); revoked serials are refused.
     pub crl: Vec<PathBuf>,
+    /// Seconds between looks at the CA and CRL files: a changed set is re-read and
+    /// put in force without a restart (0: read at startup only).
+    pub reload_secs: u64,
+}
+
+impl Default for CardsConfig {
+    fn default() -> Self {
+        CardsConfig {
+            ca: Vec::new(),
+            mynumber_ca: Vec::new(),
+            crl: Vec::new(),
+            reload_secs: 60,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -267,6 +281,9 @@ impl Default for AuditConfig {
 
 /// Events reach the engine's audit store within this of their commit.
 const MAX_AUDIT_INTERVAL_MS: u64 = 10_000;
+/// A CRL is republished daily at the least; a longer wait only leaves revoked
+/// cards working longer.
+const MAX_CARD_RELOAD_SECS: u64 = 86_400;
 /// An engine call this slow holds the person at the screen; a minute is past any
 /// sensible wait.
 const MAX_ENGINE_TIMEOUT_MS: u64 = 60_000;
@@ -444,6 +461,12 @@ impl GatewayConfig {
                 a.interval_ms
             )));
         }
+        if self.cards.reload_secs > MAX_CARD_RELOAD_SECS {
+            return Err(invalid(format!(
+                "cards.reload_secs must be at most {MAX_CARD_RELOAD_SECS} (a day; 0 reads the files at startup only), got {}",
+                self.cards.reload_secs
+            )));
+        }
         self.argon2
             .validate()
             .map_err(|e| invalid(format!("argon2: {e}")))?;
@@ -552,6 +575,7 @@ mod tests {
         assert!(e("tier = \"lgwan\"\n[audit]\nfoward = false").contains("unknown field `foward`"));
         assert!(e("tier = \"lgwan\"\n[audit]\ninterval_ms = 60000").contains("audit.interval_ms"));
         assert!(e("tier = \"lgwan\"\n[lockout]\nlock_secs = 0").contains("lockout.lock_secs"));
+        assert!(e("tier = \"lgwan\"\n[cards]\nreload_secs = 86401").contains("cards.reload_secs"));
         assert!(e("tier = \"lgwan\"\n[challenge]\nmax_open = 0").contains("challenge.max_open"));
         assert!(e("tier = \"lgwan\"\n[engine]\ntimeout_ms = 0").contains("engine.timeout_ms"));
         assert!(

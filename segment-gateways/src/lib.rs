@@ -6,6 +6,7 @@
 //! engine.
 
 pub mod agent;
+pub mod cards;
 pub mod challenge;
 pub mod config;
 pub mod credentials;

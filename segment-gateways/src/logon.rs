@@ -50,13 +50,14 @@ use sekisho_policy_engine::audit::{format_ts, Outcome};
 use sekisho_policy_engine::{Action, DeviceKind, Factor, FactorSet, Via};
 use sekisho_proto::v1 as pb;
 
+use crate::cards::CardFiles;
 use crate::challenge::{Challenge, ChallengeError, Challenges, CARD_NONCE};
 use crate::credentials::{CardsAndTotp, CredentialError, CredentialStore, GatewayDevice};
 use crate::db::now_ms;
 use crate::decide::{DecideError, Decider, Subject};
 use crate::effects::{Applied, Conflict, Effect};
 use crate::factors::biometric::{self, BiometricFactor};
-use crate::factors::card::{self, CardKind, CardTrust};
+use crate::factors::card::{self, CardKind};
 use crate::factors::password::PasswordVerifier;
 use crate::factors::totp::TotpParams;
 use crate::factors::{emergency_otp, pin, totp, Failure};
@@ -148,7 +149,8 @@ pub struct Gateway {
     pub rate: RateLimiter,
     pub hasher: SecretHasher,
     pub passwords: PasswordVerifier,
-    pub cards: Option<Arc<CardTrust>>,
+    /// The card CAs and CRLs; `None` when none is configured.
+    pub cards: Option<Arc<CardFiles>>,
     pub settings: FlowSettings,
 }
 
@@ -843,7 +845,7 @@ impl Gateway {
             .iter()
             .map(|c| rustls_pki_types::CertificateDer::from(c.certificate.as_slice()))
             .collect();
-        let Some(trust) = &self.cards else {
+        let Some(trust) = self.cards.as_ref().map(|c| c.current()) else {
             // No card CA configured on this tier: no card can be trusted.
             return if enrolled
                 .iter()
@@ -855,7 +857,7 @@ impl Gateway {
             };
         };
         card::verify(
-            trust,
+            &trust,
             &enrolled,
             &proof.certificate,
             nonce,

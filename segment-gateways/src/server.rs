@@ -17,13 +17,14 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
+use crate::cards::{CardFiles, CardReloader};
 use crate::challenge::Challenges;
 use crate::config::{Resolved, KEY_ENV};
 use crate::credentials::{CredentialError, CredentialStore};
 use crate::crypto::{KeyError, SealingKey};
 use crate::db::Db;
 use crate::decide::Decider;
-use crate::factors::card::{CardTrust, CardTrustError};
+use crate::factors::card::CardTrustError;
 use crate::factors::password::{DirectoryConfigError, PasswordVerifier};
 use crate::forward::{ForwardSettings, Forwarder};
 use crate::grpc::admin::AdminService;
@@ -86,6 +87,9 @@ pub struct RunningGateway {
     /// Ships the journal to the engine; `None` with `audit.forward = false`.
     forwarder: Option<Forwarder>,
     revocations: Option<RevocationFollower>,
+    /// Re-reads the card CAs and CRLs; `None` without cards or with
+    /// `cards.reload_secs = 0`.
+    card_reloader: Option<CardReloader>,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -100,6 +104,12 @@ impl RunningGateway {
     /// The last revocation (from the engine's directory sync) this gateway applied.
     pub fn revocations_applied(&self) -> Option<watch::Receiver<u64>> {
         self.revocations.as_ref().map(RevocationFollower::applied)
+    }
+
+    /// Looks at the card CA and CRL files now, as the periodic check does: a
+    /// changed set is put in force and journaled. Returns whether it was.
+    pub async fn reload_cards(&self) -> bool {
+        crate::cards::reload(&self.gateway).await
     }
 
     /// Stops accepting calls and lets calls in flight finish for up to
@@ -123,6 +133,9 @@ impl RunningGateway {
             f.stop().await;
         }
         if let Some(r) = self.revocations.take() {
+            r.stop().await;
+        }
+        if let Some(r) = self.card_reloader.take() {
             r.stop().await;
         }
         self.gateway.journal.close().await;
@@ -181,16 +194,10 @@ pub async fn start(resolved: Resolved) -> Result<RunningGateway, GatewayError> {
         Some(d) => PasswordVerifier::directory(d.clone())?,
         None => PasswordVerifier::Local(hasher.clone()),
     };
-    let cards = if config.cards.ca.is_empty() && config.cards.mynumber_ca.is_empty() {
+    let cards = CardFiles::load(&config.cards)?.map(Arc::new);
+    if cards.is_none() {
         tracing::warn!("no card CA configured (cards.ca, cards.mynumber_ca): card logons will fail on this tier");
-        None
-    } else {
-        Some(Arc::new(CardTrust::from_pem_files(
-            &config.cards.ca,
-            &config.cards.mynumber_ca,
-            &config.cards.crl,
-        )?))
-    };
+    }
 
     let db = Db::open(&store_url, &config.tenant, tier).await?;
     let key = load_key(&config.key_file, &db).await?;
@@ -298,6 +305,12 @@ pub async fn start(resolved: Resolved) -> Result<RunningGateway, GatewayError> {
     });
     let admin_names: Arc<[String]> = config.tls.admin_names.clone().into();
     let revocations = Some(RevocationFollower::spawn(gateway.clone(), channel));
+    let card_reloader = (gateway.cards.is_some() && config.cards.reload_secs > 0).then(|| {
+        CardReloader::spawn(
+            gateway.clone(),
+            Duration::from_secs(config.cards.reload_secs),
+        )
+    });
 
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(
@@ -348,6 +361,7 @@ pub async fn start(resolved: Resolved) -> Result<RunningGateway, GatewayError> {
         gateway,
         forwarder,
         revocations,
+        card_reloader,
         stop: Some(stop),
         server,
     })

@@ -147,6 +147,7 @@ async fn lgwan_card_and_directory_password_then_lock_unlock_logoff() {
             ca_file: None,
             bind_dn_template: "uid={user},ou=people,dc=example,dc=jp".into(),
             timeout_secs: 5,
+            allow_cleartext: false,
         });
     })
     .await;
@@ -610,6 +611,54 @@ async fn cards_pins_nonces_and_devices_that_do_not_belong() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
     gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_crl_installed_while_running_revokes_the_card_and_a_bad_one_changes_nothing() {
+    let gw = TestGateway::start(Tier::Lgwan, |_| {}).await;
+    gw.register("lgwan-desk-30", "desktop", &["card"]).await;
+    gw.set_secret("u036", "password", "u036-password").await;
+    let (lost, spare) = (gw.cards.issue("u036"), gw.cards.issue("u036"));
+    gw.enroll_card("u036", &lost).await;
+    gw.enroll_card("u036", &spare).await;
+    let ep = gw.endpoint("lgwan-desk-30").await;
+    let logon = |card_used: &TestCard| {
+        let (mut ep, card_used) = (ep.clone(), card_used.clone());
+        async move {
+            let c = begin(&mut ep, "u036", "logon").await;
+            let proofs = vec![card(&c, &card_used), password("u036-password")];
+            complete(&mut ep, &c, proofs).await
+        }
+    };
+    // The chain of `lost` is validated and remembered before the revocation.
+    assert!(allowed(&logon(&lost).await));
+    assert!(!gw.running.reload_cards().await, "nothing changed");
+
+    assert!(gw.install_crl(&gw.cards.crl_pem(&[&lost])).await);
+    assert_eq!(failures(&logon(&lost).await), failed("card", "revoked"));
+    assert!(allowed(&logon(&spare).await));
+
+    // A CRL from a CA this tier does not trust: refused, the one in force stays.
+    let rogue = common::gateway::CardCa::new("rogue CA", gw.dir.path());
+    assert!(!gw.install_crl(&rogue.crl_pem(&[])).await);
+    assert_eq!(failures(&logon(&lost).await), failed("card", "revoked"));
+
+    let reloads: Vec<_> = gw
+        .journal()
+        .await
+        .into_iter()
+        .filter(|e| e.body.action == "card_trust_reload")
+        .map(|e| e.body)
+        .collect();
+    assert_eq!(reloads.len(), 2, "{reloads:?}");
+    assert_eq!(reloads[0].outcome.name(), "allow");
+    assert!(reloads[0].detail.contains_key("crls_valid_until"));
+    assert_eq!(reloads[1].outcome.name(), "error");
+    assert!(
+        reloads[1].detail["error"].contains("issued by none of the configured"),
+        "{:?}",
+        reloads[1].detail
+    );
 }
 
 #[tokio::test]
@@ -1189,6 +1238,7 @@ async fn a_directory_outage_locks_no_one() {
             ca_file: None,
             bind_dn_template: "uid={user},ou=people,dc=example,dc=jp".into(),
             timeout_secs: 1,
+            allow_cleartext: false,
         });
     })
     .await;

@@ -95,8 +95,9 @@ pub struct CardTrust {
     /// Path building costs a CA signature check (60–100 µs for P-256 on the machines
     /// in BENCHMARKS.md, half of a card logon's verification), and its outcome for a given certificate changes
     /// only with the time (validity periods, kept here) or the CRLs (fixed for the
-    /// life of this value). Failures are not remembered: they take the full path and
-    /// get its exact reason.
+    /// life of this value: changed files make a new one, see `crate::cards`).
+    /// Failures are not remembered: they take the full path and get its exact
+    /// reason.
     chains: Mutex<HashMap<[u8; 32], ValidChain>>,
 }
 
@@ -184,7 +185,7 @@ impl CardTrust {
         let crls_valid_until = crls.iter().filter_map(|c| c.next_update).min();
         if let Some(until) = crls_valid_until {
             if UnixTime::now() >= until {
-                tracing::error!(crls = ?crls.iter().map(|c| c.what.as_str()).collect::<Vec<_>>(), "a configured CRL is past its next update: cards of its CA are refused (\"unavailable\") until a current CRL is installed and the gateway restarted");
+                tracing::error!(crls = ?crls.iter().map(|c| c.what.as_str()).collect::<Vec<_>>(), "a configured CRL is past its next update: cards of its CA are refused (\"unavailable\") until a current CRL is installed (it is read within cards.reload_secs)");
             }
         }
         Ok(CardTrust {
@@ -195,6 +196,11 @@ impl CardTrust {
             crls_valid_until,
             chains: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The earliest `nextUpdate` of the configured CRLs, if any.
+    pub fn crls_valid_until(&self) -> Option<UnixTime> {
+        self.crls_valid_until
     }
 
     /// The kind of the remembered chain under `key`, if every certificate on it is

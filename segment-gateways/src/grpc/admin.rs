@@ -182,12 +182,12 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
         let admin = self.admin(&request)?;
         let r = request.into_inner();
         check_user(&r.user)?;
-        let Some(trust) = &self.gateway.cards else {
+        let Some(trust) = self.gateway.cards.as_ref().map(|c| c.current()) else {
             return Err(Status::failed_precondition(
                 "this gateway has no card CA configured (cards.ca / cards.mynumber_ca), so no card could ever be accepted",
             ));
         };
-        let kind = card::classify(trust, &r.certificate, UnixTime::now()).map_err(|f| {
+        let kind = card::classify(&trust, &r.certificate, UnixTime::now()).map_err(|f| {
             invalid(format!(
                 "the certificate cannot be used for logon on this tier: {f} (it must be valid now and chain to cards.ca or cards.mynumber_ca)"
             ))
@@ -602,10 +602,11 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
         let r = request.into_inner();
         let totp = TotpParams::new(self.totp.algorithm, self.totp.digits, 30)
             .map_err(|e| Status::internal(e.to_string()))?;
+        let trust = self.gateway.cards.as_ref().map(|c| c.current());
         let ctx = ImportContext {
             store: &self.gateway.store,
             hasher: &self.gateway.hasher,
-            cards: self.gateway.cards.as_deref(),
+            cards: trust.as_deref(),
             directory_passwords: self.gateway.passwords.is_directory(),
             totp,
         };

@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair,
-    KeyUsagePurpose, PublicKeyData,
+    CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, PublicKeyData,
+    RevocationReason, RevokedCertParams, SerialNumber,
 };
 use sekisho_gateway::config::GatewayConfig;
 use sekisho_gateway::server::{self, RunningGateway};
@@ -23,7 +24,11 @@ use super::{Backend, TestEngine};
 pub struct TestCard {
     pub der: Vec<u8>,
     pub key_pem: String,
+    pub serial: u64,
 }
+
+/// Card serials, unique within the test process, so a CRL revokes only its card.
+static NEXT_SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// A test CA issuing card certificates with any validity period.
 pub struct CardCa {
@@ -41,15 +46,13 @@ impl CardCa {
 
     /// A card certificate for `holder`, valid from `from` to `to` (year, month, day).
     pub fn issue_valid(&self, holder: &str, from: (i32, u8, u8), to: (i32, u8, u8)) -> TestCard {
-        let issuer = Issuer::from_ca_cert_pem(
-            &self.ca.cert_pem(),
-            KeyPair::from_pem(self.ca.key_pem()).expect("CA key"),
-        )
-        .expect("issuer");
+        let issuer = self.issuer();
+        let serial = NEXT_SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, holder);
         params.distinguished_name = dn;
+        params.serial_number = Some(SerialNumber::from(serial));
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
@@ -59,7 +62,41 @@ impl CardCa {
         TestCard {
             der: cert.der().to_vec(),
             key_pem: key.serialize_pem(),
+            serial,
         }
+    }
+
+    fn issuer(&self) -> Issuer<'static, KeyPair> {
+        Issuer::from_ca_cert_pem(
+            &self.ca.cert_pem(),
+            KeyPair::from_pem(self.ca.key_pem()).expect("CA key"),
+        )
+        .expect("issuer")
+    }
+
+    /// A CRL of this CA (in force 2020 to 2045) revoking `cards`, as PEM.
+    pub fn crl_pem(&self, cards: &[&TestCard]) -> String {
+        let params = CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2020, 1, 1),
+            next_update: rcgen::date_time_ymd(2045, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: cards
+                .iter()
+                .map(|c| RevokedCertParams {
+                    serial_number: SerialNumber::from(c.serial),
+                    revocation_time: rcgen::date_time_ymd(2021, 1, 1),
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        params
+            .signed_by(&self.issuer())
+            .expect("sign CRL")
+            .pem()
+            .expect("CRL PEM")
     }
 
     /// A card valid from 2020 to 2045.
@@ -118,6 +155,10 @@ impl TestGateway {
         let mut config = GatewayConfig::self_contained(tier, dir.path(), &pki, &engine.url());
         config.cards.ca = vec![cards.pem_file.clone()];
         config.cards.mynumber_ca = vec![jpki.pem_file.clone()];
+        // A CRL revoking nothing yet; `revoke` replaces it.
+        let crl_file = dir.path().join("test-card-CA.crl");
+        std::fs::write(&crl_file, cards.crl_pem(&[])).expect("write CRL");
+        config.cards.crl = vec![crl_file];
         config.rate_limit.burst = 1_000;
         config.lockout.max_failures = 3;
         // Low cost so the many PIN and password checks of the tests stay quick.
@@ -142,6 +183,17 @@ impl TestGateway {
     pub async fn launch(config: &GatewayConfig, dir: &Path) -> RunningGateway {
         let resolved = config.clone().resolve("test", dir).expect("valid config");
         server::start(resolved).await.expect("gateway starts")
+    }
+
+    /// Installs `crl_pem` as the card CA's CRL the way an operator should (written
+    /// beside it, then moved into place), and has the gateway look at it now.
+    /// Returns whether a new card trust is in force.
+    pub async fn install_crl(&self, crl_pem: &str) -> bool {
+        let path = &self.config.cards.crl[0];
+        let next = path.with_extension("crl.new");
+        std::fs::write(&next, crl_pem).expect("write CRL");
+        std::fs::rename(&next, path).expect("move CRL into place");
+        self.running.reload_cards().await
     }
 
     pub fn url(&self) -> String {
