@@ -135,7 +135,12 @@ impl EngineState {
         Ok(self.refresh_policies().await? || entities)
     }
 
-    async fn refresh_entities(&self) -> Result<bool, String> {
+    /// The entity generation the served directory is at.
+    pub(crate) fn entity_generation(&self) -> u64 {
+        self.entity_generation.load(Ordering::Acquire)
+    }
+
+    pub(crate) async fn refresh_entities(&self) -> Result<bool, String> {
         let known = self.entity_generation.load(Ordering::Acquire);
         // Read the generation before the entities: a change landing in between is
         // then loaded now and again at the next check, never missed.
@@ -163,33 +168,49 @@ impl EngineState {
     }
 
     async fn refresh_policies(&self) -> Result<bool, String> {
-        let current = self.version.borrow().as_ref().map_or(0, |v| v.version);
         let latest = self
             .store
             .latest_version()
             .await
             .map_err(|e| e.to_string())?;
         match latest {
-            Some(v) if v.version > current => {
-                let _guard = self.admin_lock.lock().await;
-                let (info, sources) = self
-                    .store
-                    .get_version(Some(v.version))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .ok_or_else(|| format!("version {} vanished", v.version))?;
-                let compiled =
-                    CompiledPolicies::compile(sources, info.version).map_err(|e| e.to_string())?;
-                self.engine.replace_policies(compiled);
-                tracing::info!(
-                    version = info.version,
-                    "serving policy version published elsewhere"
-                );
-                self.version.send_replace(Some(info));
-                Ok(true)
-            }
-            _ => Ok(false),
+            Some(v) => self.serve_stored_version(v.version).await,
+            None => Ok(false),
         }
+    }
+
+    fn served_version(&self) -> u64 {
+        self.version.borrow().as_ref().map_or(0, |v| v.version)
+    }
+
+    /// Serves the stored policy `version`, unless this replica already serves it or
+    /// a newer one. Returns whether it now serves `version`. The check is made
+    /// again under the admin lock: a publish through this replica may have served
+    /// a newer version while a refresh, holding an older "latest", waited for it,
+    /// and policy versions only move forward.
+    pub async fn serve_stored_version(&self, version: u64) -> Result<bool, String> {
+        if version <= self.served_version() {
+            return Ok(false);
+        }
+        let _guard = self.admin_lock.lock().await;
+        if version <= self.served_version() {
+            return Ok(false);
+        }
+        let (info, sources) = self
+            .store
+            .get_version(Some(version))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("version {version} vanished"))?;
+        let compiled =
+            CompiledPolicies::compile(sources, info.version).map_err(|e| e.to_string())?;
+        self.engine.replace_policies(compiled);
+        tracing::info!(
+            version = info.version,
+            "serving policy version published elsewhere"
+        );
+        self.version.send_replace(Some(info));
+        Ok(true)
     }
 }
 
@@ -287,8 +308,18 @@ fn diagnostic(d: &Diagnostic) -> pb::Diagnostic {
 }
 
 fn store_status(e: crate::store::StoreError) -> Status {
-    tracing::error!(error = %e, "store failure");
-    Status::unavailable(format!("policy store: {e}"))
+    use crate::store::StoreError;
+    match e {
+        // Another replica won a race: nothing was stored, and a retry can succeed.
+        StoreError::Conflict { .. } | StoreError::EntitiesMoved { .. } => {
+            tracing::warn!(error = %e, "store change lost a race with another replica");
+            Status::aborted(format!("policy store: {e}"))
+        }
+        e => {
+            tracing::error!(error = %e, "store failure");
+            Status::unavailable(format!("policy store: {e}"))
+        }
+    }
 }
 
 /// `sekisho.v1.PolicyDecision`.
@@ -763,7 +794,7 @@ impl pb::policy_admin_server::PolicyAdmin for AdminService {
             .map_err(|e| match e {
                 SyncError::NotConfigured => Status::failed_precondition(e.to_string()),
                 SyncError::Entities(_) => Status::failed_precondition(e.to_string()),
-                SyncError::Fetch(_) => Status::unavailable(e.to_string()),
+                SyncError::Fetch(_) | SyncError::CatchUp(_) => Status::unavailable(e.to_string()),
                 SyncError::Store(e) => store_status(e),
             })?;
         Ok(Response::new(sync_report(summary)))
@@ -879,7 +910,13 @@ impl AdminService {
         batch: EntityBatch,
         del: EntityDeletion,
     ) -> Result<u32, Status> {
+        // Check against the newest entities, not a stale memory of them: another
+        // replica may have removed a group this change refers to.
+        self.0.refresh_entities().await.map_err(|e| {
+            Status::unavailable(format!("catching up with entity changes failed: {e}"))
+        })?;
         let _guard = self.0.admin_lock.lock().await;
+        let based_on = self.0.entity_generation();
         let mut copy = self.0.engine.with_directory(Directory::clone);
         let existed = del
             .users
@@ -901,7 +938,7 @@ impl AdminService {
         let generation = self
             .0
             .store
-            .apply_entities(&batch, &del)
+            .apply_entities_on(&batch, &del, based_on)
             .await
             .map_err(store_status)?;
         self.0.install_directory(copy, generation);

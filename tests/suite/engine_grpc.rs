@@ -481,6 +481,67 @@ async fn replicas_on_postgres_pick_up_each_others_versions_and_entities() {
     assert_eq!(p.unavailable[0].missing, ["face"]);
     // Nothing more to catch up with.
     assert!(!b.running.state.refresh().await.unwrap());
+
+    // A group B still remembers is removed through A; a user put in it through B
+    // is checked against the store's entities, not B's memory, and refused. (It
+    // used to be stored, and then no replica could load the entities again.)
+    let pilot = pb::UpsertEntitiesRequest {
+        groups: vec![pb::Group {
+            id: "pilot".into(),
+            parents: vec![],
+        }],
+        ..Default::default()
+    };
+    a.admin_client().await.upsert_entities(pilot).await.unwrap();
+    assert!(b.running.state.refresh().await.unwrap());
+    a.admin_client()
+        .await
+        .delete_entities(pb::DeleteEntitiesRequest {
+            entities: vec![pb::EntityRef {
+                kind: pb::EntityKind::Group as i32,
+                id: "pilot".into(),
+            }],
+        })
+        .await
+        .unwrap();
+    let mut in_pilot = common::reenrol("u020", &["password"]);
+    in_pilot.users[0].groups.push("pilot".into());
+    let e = b
+        .admin_client()
+        .await
+        .upsert_entities(in_pilot)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("'pilot'"), "{}", e.message());
+    assert!(!b.running.state.refresh().await.unwrap());
+
+    // A version published through B is never replaced by an older one that a
+    // refresh read as "latest" before the publish.
+    let mut reference = common::publish_request(std::path::Path::new(common::POLICIES));
+    reference.files.push(pb::PolicyFile {
+        name: "note.cedar".into(),
+        text: "// v2, published through B\n".into(),
+    });
+    let v2 = b
+        .admin_client()
+        .await
+        .publish(reference)
+        .await
+        .unwrap()
+        .into_inner()
+        .version
+        .unwrap();
+    assert_eq!(v2.version, 2);
+    assert!(!b.running.state.serve_stored_version(1).await.unwrap());
+    let p = b
+        .decision_client()
+        .await
+        .plan(plan_request("u020", "lgwan-mobile-01", "logon"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p.policy_version, "v2");
     a.stop().await;
     b.stop().await;
 }

@@ -78,6 +78,8 @@ pub enum SyncError {
     Entities(#[from] EntityError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("catching up with entity changes made through another engine replica failed: {0}")]
+    CatchUp(String),
 }
 
 /// The configured directory and the lock that keeps runs from overlapping.
@@ -156,7 +158,10 @@ impl DirectorySync {
         let snapshot = fetch::read(&self.config, since.as_ref()).await?;
         let mode = if snapshot.full { "full" } else { "incremental" };
         record.mode = mode.into();
+        // Plan against the newest entities: another replica may have changed them.
+        state.refresh_entities().await.map_err(SyncError::CatchUp)?;
         let _admin = state.admin_lock().await;
+        let based_on = state.entity_generation();
         let current = state.engine.with_directory(Directory::clone);
         let plan = diff::plan(&snapshot, &mirror, &current);
         let mut next = current;
@@ -222,7 +227,13 @@ impl DirectorySync {
         record.elapsed_ms = t0.elapsed().as_millis() as u64;
         let (run_id, generation, last_revocation) = state
             .store
-            .commit_directory_sync(&plan, snapshot.high_water.as_deref(), record, events)
+            .commit_directory_sync(
+                &plan,
+                snapshot.high_water.as_deref(),
+                record,
+                events,
+                based_on,
+            )
             .await?;
         if let Some(generation) = generation {
             state.install_directory(next, generation);

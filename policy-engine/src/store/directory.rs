@@ -118,16 +118,25 @@ impl Store {
     /// Applies a planned sync: entities, mirror, high-water mark, revocations, the
     /// engine's audit events and the run record, all or nothing. Returns the run id,
     /// the new entity generation when entities changed, and the last revocation seq.
+    /// `based_on` is the entity generation the plan was made against: a plan made
+    /// before another replica's sync or entity change landed is refused with
+    /// [`StoreError::EntitiesMoved`] (it would disable, revoke or add again what
+    /// that change already did, from a stale picture).
     pub async fn commit_directory_sync(
         &self,
         plan: &SyncPlan,
         high_water: Option<&str>,
         run: &SyncRunRecord,
         events: Vec<EventBody>,
+        based_on: u64,
     ) -> Result<(u64, Option<u64>, u64), StoreError> {
         let mut tx = self.begin_write().await?;
+        self.lock_entities(&mut tx).await?;
         let generation = if plan.changes_entities() {
-            Some(self.write_entities(&mut tx, &plan.batch, &plan.del).await?)
+            Some(
+                self.write_entities(&mut tx, &plan.batch, &plan.del, Some(based_on))
+                    .await?,
+            )
         } else {
             None
         };
@@ -229,6 +238,7 @@ impl Store {
     /// Records a run that changed nothing (failed or refused).
     pub async fn record_directory_run(&self, run: &SyncRunRecord) -> Result<u64, StoreError> {
         let mut tx = self.begin_write().await?;
+        self.lock_entities(&mut tx).await?;
         let id = self.insert_run(&mut tx, run).await?;
         tx.commit()
             .await

@@ -92,6 +92,11 @@ pub enum StoreError {
     },
     #[error("publish conflict: version {version} of tenant '{tenant}' was taken by a concurrent publish; nothing was stored, retry")]
     Conflict { tenant: String, version: u64 },
+    /// The change was checked against the entities as of generation `expected`,
+    /// but another engine replica changed them since: stored as it is, it could
+    /// refer to a group or device that no longer exists.
+    #[error("the entities changed through another engine replica (now generation {found}; this change was checked against {expected}); nothing was stored, retry")]
+    EntitiesMoved { expected: u64, found: u64 },
     #[error("'{id}' appears more than once for table '{table}' in one write; nothing was stored")]
     Duplicate { table: &'static str, id: String },
     #[error("the database rejected a row for table '{table}' (nothing was stored): {message}")]
@@ -552,13 +557,56 @@ impl Store {
         batch: &EntityBatch,
         del: &EntityDeletion,
     ) -> Result<u64, StoreError> {
+        self.apply_entities_checked(batch, del, None).await
+    }
+
+    /// [`Store::apply_entities`] for a change checked against the entities as of
+    /// generation `based_on`: refused with [`StoreError::EntitiesMoved`] when the
+    /// store has moved past it (another replica changed them meanwhile).
+    pub async fn apply_entities_on(
+        &self,
+        batch: &EntityBatch,
+        del: &EntityDeletion,
+        based_on: u64,
+    ) -> Result<u64, StoreError> {
+        self.apply_entities_checked(batch, del, Some(based_on))
+            .await
+    }
+
+    async fn apply_entities_checked(
+        &self,
+        batch: &EntityBatch,
+        del: &EntityDeletion,
+        based_on: Option<u64>,
+    ) -> Result<u64, StoreError> {
         let mut tx = self.begin_write().await?;
-        let generation = self.write_entities(&mut tx, batch, del).await?;
+        let generation = self.write_entities(&mut tx, batch, del, based_on).await?;
         tx.commit().await.map_err(|source| StoreError::Database {
             context: "committing entity changes",
             source,
         })?;
         Ok(generation)
+    }
+
+    /// Makes the caller's write transaction the only one changing this tenant's
+    /// entities or directory runs until it ends. SQLite's `BEGIN IMMEDIATE` already
+    /// is; on PostgreSQL two replicas would otherwise read the same generation or
+    /// `MAX(seq)` and build on it side by side.
+    pub(crate) async fn lock_entities(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+    ) -> Result<(), StoreError> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(lock_key("entities", &self.tenant))
+                .execute(&mut **tx)
+                .await
+                .map_err(|source| StoreError::Database {
+                    context: "taking the entities lock",
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     /// [`Store::apply_entities`] inside the caller's transaction, so a change can be
@@ -569,10 +617,18 @@ impl Store {
         tx: &mut Transaction<'static, Any>,
         batch: &EntityBatch,
         del: &EntityDeletion,
+        based_on: Option<u64>,
     ) -> Result<u64, StoreError> {
         check_unique("users", batch.users.iter().map(|u| u.id.as_str()))?;
         check_unique("entity_groups", batch.groups.iter().map(|g| g.id.as_str()))?;
         check_unique("devices", batch.devices.iter().map(|d| d.id.as_str()))?;
+        self.lock_entities(tx).await?;
+        if let Some(expected) = based_on {
+            let found = self.entity_generation_in(&mut **tx).await?;
+            if found != expected {
+                return Err(StoreError::EntitiesMoved { expected, found });
+            }
+        }
 
         let users: Vec<Vec<Val>> = batch
             .users
@@ -661,10 +717,17 @@ impl Store {
     /// A counter the store bumps with every entity change (0 before the first). An
     /// engine replica that sees it move reloads its directory.
     pub async fn entity_generation(&self) -> Result<u64, StoreError> {
+        self.entity_generation_in(&self.pool).await
+    }
+
+    async fn entity_generation_in<'e>(
+        &self,
+        executor: impl sqlx::Executor<'e, Database = Any>,
+    ) -> Result<u64, StoreError> {
         let generation: Option<i64> =
             sqlx::query("SELECT generation FROM entity_generations WHERE tenant = $1")
                 .bind(&*self.tenant)
-                .fetch_optional(&self.pool)
+                .fetch_optional(executor)
                 .await
                 .and_then(|row| row.map(|r| r.try_get(0)).transpose())
                 .map_err(|source| StoreError::Database {

@@ -50,6 +50,7 @@ on_both_backends!(
     load_20000_users,
     reopening_keeps_data_and_migrations_run_once,
     entity_generation_counts_committed_changes,
+    a_change_checked_against_stale_entities_is_refused,
 );
 
 // ---------------------------------------------------------------------------
@@ -965,4 +966,68 @@ fn pow2_chunks_cover_the_rows_in_few_sizes() {
     }
     let sizes: Vec<usize> = super::pow2_chunks(&[0; 300], 64).map(<[_]>::len).collect();
     assert_eq!(sizes, [64, 64, 64, 64, 32, 8, 4]);
+}
+
+async fn a_change_checked_against_stale_entities_is_refused(fx: Fx) {
+    // Two pools on the same database behave like two engine replicas.
+    let (a, b) = (fx.open().await, fx.open().await);
+    let first = a
+        .apply_entities_on(&sample_batch(), &EntityDeletion::default(), 0)
+        .await
+        .unwrap();
+    assert_eq!(first, 1);
+
+    // B checked its change against generation 0, before A's landed.
+    let mine = EntityBatch {
+        users: vec![user("late", &[Factor::Pin], &[])],
+        ..Default::default()
+    };
+    let err = b
+        .apply_entities_on(&mine, &EntityDeletion::default(), 0)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::EntitiesMoved {
+                expected: 0,
+                found: 1
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("nothing was stored"), "{err}");
+    assert_eq!(b.load_entities().await.unwrap(), sorted(sample_batch()));
+
+    // Side by side, every change checked against the same generation: exactly one
+    // is stored, the others are refused rather than built on a generation twice.
+    let mut tasks = Vec::new();
+    for i in 0..6usize {
+        let s = [&a, &b][i % 2].clone();
+        let batch = EntityBatch {
+            users: vec![user(&format!("racer{i}"), &[Factor::Pin], &[])],
+            ..Default::default()
+        };
+        tasks.push(tokio::spawn(async move {
+            s.apply_entities_on(&batch, &EntityDeletion::default(), 1)
+                .await
+        }));
+    }
+    let mut stored = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(generation) => {
+                assert_eq!(generation, 2);
+                stored += 1;
+            }
+            Err(StoreError::EntitiesMoved {
+                expected: 1,
+                found: 2,
+            }) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(stored, 1);
+    assert_eq!(a.entity_generation().await.unwrap(), 2);
+    fx.cleanup(&a).await;
 }
