@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use sekisho_policy_engine::store::StoreError;
 use sekisho_policy_engine::{Capabilities, DeviceKind, Factor, FactorSet};
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 
 use crate::crypto::{CryptoError, SealingKey};
 use crate::db::{db_err, now_ms, Db};
@@ -244,22 +244,26 @@ impl CredentialStore {
     // ---------------------------------------------------------------------------
     // Devices
 
-    /// Registers or updates a device of this tier; true when it is new.
-    pub async fn register_device(&self, device: &GatewayDevice) -> Result<bool, CredentialError> {
+    /// Registers or updates a device of this tier, in the caller's transaction;
+    /// true when it is new. Call [`CredentialStore::forget_device`] once committed.
+    pub async fn register_device(
+        &self,
+        conn: &mut AnyConnection,
+        device: &GatewayDevice,
+    ) -> Result<bool, CredentialError> {
         let caps = serde_json::to_string(&device.capabilities.names()).unwrap_or_default();
         let key = device
             .capture_key
             .as_ref()
             .map(|k| hex::encode(k.to_spki_der()))
             .unwrap_or_default();
-        let mut tx = self.db.begin_write().await?;
         let existed: Option<i64> = sqlx::query_scalar(
             "SELECT registered_at FROM gw_devices WHERE tenant = $1 AND tier = $2 AND id = $3",
         )
         .bind(self.tenant())
         .bind(self.tier_name())
         .bind(&device.id)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut *conn)
         .await
         .map_err(db_err("reading a device"))?;
         sqlx::query(
@@ -277,14 +281,9 @@ impl CredentialStore {
         .bind(&device.location)
         .bind(key)
         .bind(now_ms())
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await
         .map_err(db_err("registering a device"))?;
-        tx.commit().await.map_err(db_err("registering a device"))?;
-        self.devices
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&device.id);
         Ok(existed.is_none())
     }
 
@@ -312,16 +311,20 @@ impl CredentialStore {
 
     /// Removes a device (a stolen or retired terminal): its certificate is refused
     /// from then on, and its open session, if any, ends with it. Returns whether it
-    /// was registered and whether a session ended. Other replicas stop accepting it
+    /// was registered and whether a session ended, in the caller's transaction
+    /// (then [`CredentialStore::forget_device`]). Other replicas stop accepting it
     /// within [`DEVICE_CACHE_TTL`].
-    pub async fn deregister_device(&self, id: &str) -> Result<(bool, bool), CredentialError> {
-        let mut tx = self.db.begin_write().await?;
+    pub async fn deregister_device(
+        &self,
+        conn: &mut AnyConnection,
+        id: &str,
+    ) -> Result<(bool, bool), CredentialError> {
         let removed =
             sqlx::query("DELETE FROM gw_devices WHERE tenant = $1 AND tier = $2 AND id = $3")
                 .bind(self.tenant())
                 .bind(self.tier_name())
                 .bind(id)
-                .execute(&mut *tx)
+                .execute(&mut *conn)
                 .await
                 .map_err(db_err("removing a device"))?
                 .rows_affected()
@@ -334,25 +337,30 @@ impl CredentialStore {
         .bind(self.tier_name())
         .bind(id)
         .bind(now_ms())
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await
         .map_err(db_err("ending a removed device's session"))?
         .rows_affected()
             > 0;
-        tx.commit().await.map_err(db_err("removing a device"))?;
+        Ok((removed, ended))
+    }
+
+    /// Drops `id` from the device cache, after a change to it committed: a device
+    /// read between the change and its commit would otherwise be served as it was.
+    pub fn forget_device(&self, id: &str) {
         self.devices
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
-        Ok((removed, ended))
     }
 
-    /// Removes a user's credentials on this tier, in one transaction: those of
+    /// Removes a user's credentials on this tier, in the caller's transaction: those of
     /// `factor`, or all of them with `None` (someone who left). For `card`, every
     /// card, or only the one with `card_fingerprint`; `mynumber_card` means the My
     /// Number cards. Returns how many were removed.
     pub async fn remove_credentials(
         &self,
+        conn: &mut AnyConnection,
         user: &str,
         factor: Option<Factor>,
         card_fingerprint: Option<&str>,
@@ -384,7 +392,6 @@ impl CredentialStore {
             }
             Some(Factor::MynumberCard) => vec![cards],
         };
-        let mut tx = self.db.begin_write().await?;
         let mut removed = 0;
         for (table, narrow) in targets {
             let mut sql =
@@ -400,12 +407,11 @@ impl CredentialStore {
                 q = q.bind(value);
             }
             removed += q
-                .execute(&mut *tx)
+                .execute(&mut *conn)
                 .await
                 .map_err(db_err("removing credentials"))?
                 .rows_affected();
         }
-        tx.commit().await.map_err(db_err("removing credentials"))?;
         Ok(removed)
     }
 
@@ -447,6 +453,7 @@ impl CredentialStore {
     /// Sets a PIN or standalone password (an Argon2id PHC string).
     pub async fn set_secret(
         &self,
+        conn: &mut AnyConnection,
         user: &str,
         factor: Factor,
         phc: &str,
@@ -461,7 +468,7 @@ impl CredentialStore {
         .bind(factor.name())
         .bind(phc)
         .bind(now_ms())
-        .execute(&self.db.pool)
+        .execute(conn)
         .await
         .map_err(db_err("storing a secret"))?;
         Ok(())
@@ -487,6 +494,7 @@ impl CredentialStore {
     /// Replaces the user's TOTP secret (the replay guard starts afresh).
     pub async fn set_totp(
         &self,
+        conn: &mut AnyConnection,
         user: &str,
         secret: &[u8],
         params: &TotpParams,
@@ -506,7 +514,7 @@ impl CredentialStore {
         .bind(params.algorithm().uri_name().to_ascii_lowercase())
         .bind(i64::from(params.digits()))
         .bind(now_ms())
-        .execute(&self.db.pool)
+        .execute(conn)
         .await
         .map_err(db_err("storing a TOTP secret"))?;
         Ok(())
@@ -563,13 +571,14 @@ impl CredentialStore {
     /// and [`CredentialError::CardOfAnotherUser`] when for someone else.
     pub async fn add_card(
         &self,
+        conn: &mut AnyConnection,
         user: &str,
         der: &[u8],
         kind: CardKind,
         not_after_ms: i64,
     ) -> Result<bool, CredentialError> {
         let fingerprint = card_fingerprint(der);
-        if let Some(holder) = self.card_holder(&fingerprint).await? {
+        if let Some(holder) = self.card_holder_in(&mut *conn, &fingerprint).await? {
             if holder != user {
                 return Err(CredentialError::CardOfAnotherUser { holder });
             }
@@ -587,7 +596,7 @@ impl CredentialStore {
         .bind(hex::encode(der))
         .bind(not_after_ms)
         .bind(now_ms())
-        .execute(&self.db.pool)
+        .execute(conn)
         .await
         .map_err(db_err("enrolling a card"))?;
         Ok(done.rows_affected() == 1)
@@ -597,6 +606,7 @@ impl CredentialStore {
     /// instead of them.
     pub async fn add_templates(
         &self,
+        conn: &mut AnyConnection,
         user: &str,
         factor: BiometricFactor,
         templates: &[Vec<f32>],
@@ -610,7 +620,6 @@ impl CredentialStore {
                 self.seal(user, what, &bytes)
             })
             .collect::<Result<_, _>>()?;
-        let mut tx = self.db.begin_write().await?;
         if replace {
             sqlx::query(
                 "DELETE FROM gw_biometrics WHERE tenant = $1 AND tier = $2 AND user_id = $3 AND factor = $4",
@@ -619,7 +628,7 @@ impl CredentialStore {
             .bind(self.tier_name())
             .bind(user)
             .bind(what)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await
             .map_err(db_err("replacing templates"))?;
         }
@@ -630,7 +639,7 @@ impl CredentialStore {
         .bind(self.tier_name())
         .bind(user)
         .bind(what)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut *conn)
         .await
         .map_err(db_err("numbering templates"))?;
         let now = now_ms();
@@ -646,11 +655,10 @@ impl CredentialStore {
             .bind(seq)
             .bind(s)
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await
             .map_err(db_err("enrolling a template"))?;
         }
-        tx.commit().await.map_err(db_err("enrolling templates"))?;
         Ok(())
     }
 
@@ -692,6 +700,7 @@ impl CredentialStore {
     /// Stores a new emergency OTP hash, replacing any earlier one.
     pub async fn set_emergency_otp(
         &self,
+        conn: &mut AnyConnection,
         user: &str,
         code_hash: &str,
         expires_at_ms: i64,
@@ -708,7 +717,7 @@ impl CredentialStore {
         .bind(code_hash)
         .bind(now_ms())
         .bind(expires_at_ms)
-        .execute(&self.db.pool)
+        .execute(conn)
         .await
         .map_err(db_err("storing an emergency OTP"))?;
         Ok(())
@@ -953,6 +962,16 @@ impl CredentialStore {
 
     /// Who the card with this SHA-256 fingerprint is enrolled for, if anyone.
     pub async fn card_holder(&self, fingerprint: &str) -> Result<Option<String>, CredentialError> {
+        self.card_holder_in(&self.db.pool, fingerprint).await
+    }
+
+    /// [`CredentialStore::card_holder`] read through `executor` (a transaction
+    /// that is about to enrol the card, so the check and the write see one state).
+    async fn card_holder_in<'e>(
+        &self,
+        executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+        fingerprint: &str,
+    ) -> Result<Option<String>, CredentialError> {
         let holder = sqlx::query_scalar(
             "SELECT user_id FROM gw_cards WHERE tenant = $1 AND tier = $2 AND fingerprint = $3
              ORDER BY user_id LIMIT 1",
@@ -960,7 +979,7 @@ impl CredentialStore {
         .bind(self.tenant())
         .bind(self.tier_name())
         .bind(fingerprint)
-        .fetch_optional(&self.db.pool)
+        .fetch_optional(executor)
         .await
         .map_err(db_err("reading a card"))?;
         Ok(holder)
@@ -1030,9 +1049,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir).await;
         let der = b"stand-in for a certificate's DER";
-        assert!(s.add_card("a", der, CardKind::Card, 0).await.unwrap());
-        assert!(!s.add_card("a", der, CardKind::Card, 0).await.unwrap());
-        let e = s.add_card("b", der, CardKind::Card, 0).await.unwrap_err();
+        let mut c = s.db().acquire().await.unwrap();
+        assert!(s
+            .add_card(&mut c, "a", der, CardKind::Card, 0)
+            .await
+            .unwrap());
+        assert!(!s
+            .add_card(&mut c, "a", der, CardKind::Card, 0)
+            .await
+            .unwrap());
+        let e = s
+            .add_card(&mut c, "b", der, CardKind::Card, 0)
+            .await
+            .unwrap_err();
         assert!(
             matches!(&e, CredentialError::CardOfAnotherUser { holder } if holder == "a"),
             "{e}"
@@ -1060,15 +1089,16 @@ mod tests {
         assert_eq!(planned("nobody", true).await, set(&["password"]));
 
         let params = TotpParams::default();
+        let mut c = s.db().acquire().await.unwrap();
         for user in ["a", "b"] {
-            s.set_secret(user, Factor::Pin, "$argon2id$stub")
+            s.set_secret(&mut c, user, Factor::Pin, "$argon2id$stub")
                 .await
                 .unwrap();
-            s.set_totp(user, b"12345678901234567890", &params)
+            s.set_totp(&mut c, user, b"12345678901234567890", &params)
                 .await
                 .unwrap();
         }
-        s.set_secret("c", Factor::Password, "$argon2id$stub")
+        s.set_secret(&mut c, "c", Factor::Password, "$argon2id$stub")
             .await
             .unwrap();
         // The count is kept for a while; a new one is made here.

@@ -74,6 +74,15 @@ impl Db {
 
     /// A write transaction that holds the writer lock from its start (SQLite), so
     /// read-then-write sequences in it cannot interleave with another writer's.
+    /// A connection of its own, for a store write made outside an administrator's
+    /// call (which journals its change in the same transaction): tools and tests.
+    pub async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<Any>, StoreError> {
+        self.pool
+            .acquire()
+            .await
+            .map_err(db_err("connecting to the gateway store"))
+    }
+
     pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
         self.pool
             .begin_with(self.backend.begin_write())

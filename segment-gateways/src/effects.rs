@@ -700,9 +700,10 @@ mod tests {
         let store = CredentialStore::open(db.clone(), SealingKey::generate().unwrap())
             .await
             .unwrap();
+        let mut conn = db.acquire().await.unwrap();
         for user in ["u1", "u2", "u3"] {
             store
-                .set_totp(user, &[7; 20], &TotpParams::default())
+                .set_totp(&mut conn, user, &[7; 20], &TotpParams::default())
                 .await
                 .unwrap();
             set_stored_secret(&db, user, &format!("sealed-{user}")).await;
@@ -775,8 +776,9 @@ mod tests {
 
     /// Issues `user` an emergency OTP stored as `code_hash`, expiring at `expires_ms`.
     async fn issue_otp(f: &Fixture, user: &str, code_hash: &str, expires_ms: i64) {
+        let mut conn = f.db.acquire().await.unwrap();
         f.store
-            .set_emergency_otp(user, code_hash, expires_ms)
+            .set_emergency_otp(&mut conn, user, code_hash, expires_ms)
             .await
             .unwrap();
     }

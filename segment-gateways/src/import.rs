@@ -32,6 +32,7 @@ use crate::factors::card::{self, CardTrust};
 use crate::factors::pin;
 use crate::factors::totp::TotpParams;
 use crate::hashing::SecretHasher;
+use sqlx::AnyConnection;
 
 /// The columns of a users file. Only `user` is required; a column left out of the
 /// header leaves that attribute as stored.
@@ -428,14 +429,20 @@ async fn settle_secrets(
     Ok(out)
 }
 
-/// Checks, compares and (unless `dry_run`) writes an import in one transaction.
-/// Returns one outcome per user in the order given; on any problem, nothing is
-/// written and every problem is returned.
-pub async fn import_users(
+/// An import checked and compared with the store, its secrets hashed: what is
+/// left is [`Plan::write`], which is quick, so that the caller can hold the
+/// journal for it alone.
+pub struct Plan<'a> {
+    planned: Vec<Planned<'a>>,
+}
+
+/// Checks an import and compares it with the store, hashing new secrets (unless
+/// `dry_run`). On any problem, every problem is returned.
+pub async fn plan<'a>(
     ctx: &ImportContext<'_>,
-    users: &[pb::ImportUser],
+    users: &'a [pb::ImportUser],
     dry_run: bool,
-) -> Result<Vec<UserOutcome>, ImportFailure> {
+) -> Result<Plan<'a>, ImportFailure> {
     let problems = check(ctx, users);
     if !problems.is_empty() {
         return Err(ImportFailure::Invalid(problems));
@@ -581,126 +588,129 @@ pub async fn import_users(
         }
     }
 
-    if !dry_run
-        && planned
-            .iter()
-            .any(|p| !p.fields.is_empty() || p.stored.is_none())
-    {
-        write(ctx, &planned).await?;
-    }
-    Ok(planned
-        .into_iter()
-        .map(|p| UserOutcome {
-            user: p.user.id.clone(),
-            row: p.user.row,
-            change: match (&p.stored, p.fields.is_empty()) {
-                (None, _) => Change::Added,
-                (Some(_), true) => Change::Unchanged,
-                (Some(_), false) => Change::Changed,
-            },
-            fields: p.fields,
-        })
-        .collect())
+    Ok(Plan { planned })
 }
 
-/// Writes every planned change in one transaction.
-async fn write(ctx: &ImportContext<'_>, planned: &[Planned<'_>]) -> Result<(), CredentialError> {
-    let store = ctx.store;
-    let (tenant, tier) = (store.tenant(), store.tier_name());
-    let now = now_ms();
-    // Sealing happens before the transaction so the writer lock is held for the
-    // writes alone.
-    let mut sealed = Vec::with_capacity(planned.len());
-    for p in planned {
-        sealed.push(if p.totp {
-            Some(store.seal(&p.user.id, "totp", &p.user.totp_secret)?)
-        } else {
-            None
-        });
+impl Plan<'_> {
+    /// One outcome per user, in the order given.
+    pub fn outcomes(&self) -> Vec<UserOutcome> {
+        self.planned
+            .iter()
+            .map(|p| UserOutcome {
+                user: p.user.id.clone(),
+                row: p.user.row,
+                change: match (&p.stored, p.fields.is_empty()) {
+                    (None, _) => Change::Added,
+                    (Some(_), true) => Change::Unchanged,
+                    (Some(_), false) => Change::Changed,
+                },
+                fields: p.fields.clone(),
+            })
+            .collect()
     }
-    let mut tx = store.db().begin_write().await?;
-    for (p, sealed_totp) in planned.iter().zip(sealed) {
-        let id = &p.user.id;
-        if p.stored.is_none()
-            || ["name", "department", "role", "groups"]
-                .iter()
-                .any(|f| p.fields.contains(f))
-        {
-            sqlx::query(
-                "INSERT INTO gw_users (tenant, tier, id, name, department, role, \"groups\", updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                 ON CONFLICT (tenant, tier, id) DO UPDATE SET name = excluded.name,
-                   department = excluded.department, role = excluded.role,
-                   \"groups\" = excluded.\"groups\", updated_at = excluded.updated_at",
-            )
-            .bind(tenant)
-            .bind(tier)
-            .bind(id)
-            .bind(&p.profile.name)
-            .bind(&p.profile.department)
-            .bind(&p.profile.role)
-            .bind(serde_json::to_string(&p.profile.groups).unwrap_or_else(|_| "[]".into()))
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err("importing a user"))?;
+
+    /// Writes every planned change in the caller's transaction.
+    pub async fn write(
+        &self,
+        ctx: &ImportContext<'_>,
+        tx: &mut AnyConnection,
+    ) -> Result<(), CredentialError> {
+        let planned = &self.planned;
+        let store = ctx.store;
+        let (tenant, tier) = (store.tenant(), store.tier_name());
+        let now = now_ms();
+        // Sealing happens before the transaction so the writer lock is held for the
+        // writes alone.
+        let mut sealed = Vec::with_capacity(planned.len());
+        for p in planned {
+            sealed.push(if p.totp {
+                Some(store.seal(&p.user.id, "totp", &p.user.totp_secret)?)
+            } else {
+                None
+            });
         }
-        for (factor, phc) in [("password", &p.password), ("pin", &p.pin)] {
-            let Some(phc) = phc else { continue };
-            sqlx::query(
-                "INSERT INTO gw_secrets (tenant, tier, user_id, factor, phc, updated_at) VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (tenant, tier, user_id, factor) DO UPDATE SET phc = excluded.phc, updated_at = excluded.updated_at",
-            )
-            .bind(tenant)
-            .bind(tier)
-            .bind(id)
-            .bind(factor)
-            .bind(phc)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err("importing a secret"))?;
+        for (p, sealed_totp) in planned.iter().zip(sealed) {
+            let id = &p.user.id;
+            if p.stored.is_none()
+                || ["name", "department", "role", "groups"]
+                    .iter()
+                    .any(|f| p.fields.contains(f))
+            {
+                sqlx::query(
+                    "INSERT INTO gw_users (tenant, tier, id, name, department, role, \"groups\", updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                     ON CONFLICT (tenant, tier, id) DO UPDATE SET name = excluded.name,
+                       department = excluded.department, role = excluded.role,
+                       \"groups\" = excluded.\"groups\", updated_at = excluded.updated_at",
+                )
+                .bind(tenant)
+                .bind(tier)
+                .bind(id)
+                .bind(&p.profile.name)
+                .bind(&p.profile.department)
+                .bind(&p.profile.role)
+                .bind(serde_json::to_string(&p.profile.groups).unwrap_or_else(|_| "[]".into()))
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("importing a user"))?;
+            }
+            for (factor, phc) in [("password", &p.password), ("pin", &p.pin)] {
+                let Some(phc) = phc else { continue };
+                sqlx::query(
+                    "INSERT INTO gw_secrets (tenant, tier, user_id, factor, phc, updated_at) VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (tenant, tier, user_id, factor) DO UPDATE SET phc = excluded.phc, updated_at = excluded.updated_at",
+                )
+                .bind(tenant)
+                .bind(tier)
+                .bind(id)
+                .bind(factor)
+                .bind(phc)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("importing a secret"))?;
+            }
+            if let Some(sealed) = sealed_totp {
+                sqlx::query(
+                    "INSERT INTO gw_totp (tenant, tier, user_id, secret, algorithm, digits, last_step, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, NULL, $7)
+                     ON CONFLICT (tenant, tier, user_id) DO UPDATE SET secret = excluded.secret,
+                       algorithm = excluded.algorithm, digits = excluded.digits, last_step = NULL,
+                       updated_at = excluded.updated_at",
+                )
+                .bind(tenant)
+                .bind(tier)
+                .bind(id)
+                .bind(sealed)
+                .bind(ctx.totp.algorithm().uri_name().to_ascii_lowercase())
+                .bind(i64::from(ctx.totp.digits()))
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("importing a TOTP secret"))?;
+            }
+            for (der, kind, not_after, fingerprint) in &p.cards {
+                sqlx::query(
+                    "INSERT INTO gw_cards (tenant, tier, user_id, fingerprint, kind, certificate, not_after, enrolled_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                     ON CONFLICT (tenant, tier, user_id, fingerprint) DO NOTHING",
+                )
+                .bind(tenant)
+                .bind(tier)
+                .bind(id)
+                .bind(fingerprint)
+                .bind(card_kind_name(*kind))
+                .bind(hex::encode(der))
+                .bind(*not_after)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("importing a card"))?;
+            }
         }
-        if let Some(sealed) = sealed_totp {
-            sqlx::query(
-                "INSERT INTO gw_totp (tenant, tier, user_id, secret, algorithm, digits, last_step, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, NULL, $7)
-                 ON CONFLICT (tenant, tier, user_id) DO UPDATE SET secret = excluded.secret,
-                   algorithm = excluded.algorithm, digits = excluded.digits, last_step = NULL,
-                   updated_at = excluded.updated_at",
-            )
-            .bind(tenant)
-            .bind(tier)
-            .bind(id)
-            .bind(sealed)
-            .bind(ctx.totp.algorithm().uri_name().to_ascii_lowercase())
-            .bind(i64::from(ctx.totp.digits()))
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err("importing a TOTP secret"))?;
-        }
-        for (der, kind, not_after, fingerprint) in &p.cards {
-            sqlx::query(
-                "INSERT INTO gw_cards (tenant, tier, user_id, fingerprint, kind, certificate, not_after, enrolled_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                 ON CONFLICT (tenant, tier, user_id, fingerprint) DO NOTHING",
-            )
-            .bind(tenant)
-            .bind(tier)
-            .bind(id)
-            .bind(fingerprint)
-            .bind(card_kind_name(*kind))
-            .bind(hex::encode(der))
-            .bind(*not_after)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err("importing a card"))?;
-        }
+        Ok(())
     }
-    tx.commit().await.map_err(db_err("committing the import"))?;
-    Ok(())
 }
 
 #[cfg(test)]

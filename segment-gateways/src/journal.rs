@@ -169,6 +169,9 @@ type AckReply = oneshot::Sender<Result<(), JournalError>>;
 
 enum Msg {
     Append(Unit, Reply),
+    /// Pause after committing what is queued, and lend out the head until the
+    /// [`Exclusive`] sent back is dropped.
+    Pause(oneshot::Sender<Exclusive>),
     /// The engine stores the journal through this seq (`gw_outbox.acked_seq`).
     Acked(u64, AckReply),
     Flush(oneshot::Sender<()>),
@@ -308,6 +311,21 @@ impl Journal {
             .await
             .map_err(|_| JournalError::Closed)?;
         answer.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Pauses the writer and lends its head out, for a change that must commit in
+    /// one transaction with its own events (an administrator's enrolment, a device
+    /// registration): written first and journaled after, a failed journal write
+    /// left the change standing with no event, and journaled first, a failed
+    /// change left an event for nothing. Logons queue while it is held, so hold it
+    /// for the writes alone.
+    pub async fn exclusive(&self) -> Result<Exclusive, JournalError> {
+        let (lend, lent) = oneshot::channel();
+        self.tx
+            .send(Msg::Pause(lend))
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        lent.await.map_err(|_| JournalError::Closed)
     }
 
     /// Returns once everything appended before the call has been committed (or
@@ -547,6 +565,13 @@ impl Writer {
             while let Some(msg) = next {
                 match msg {
                     Msg::Append(unit, reply) => batch.push((unit, reply)),
+                    Msg::Pause(lend) => {
+                        if !batch.is_empty() || !acks.is_empty() {
+                            self.write(std::mem::take(&mut batch), std::mem::take(&mut acks))
+                                .await;
+                        }
+                        self.lend(lend).await;
+                    }
                     Msg::Acked(seq, reply) => acks.push((seq, reply)),
                     Msg::Flush(reply) => flushes.push(reply),
                     // New sends fail from now on; what is queued is still received.
@@ -677,57 +702,16 @@ impl Writer {
         let all_effects: Vec<&[Effect]> = units.iter().map(|u| u.effects.as_slice()).collect();
         let applied = effects::apply(&mut tx, &scope, &all_effects, now).await?;
 
-        let mut rows = Vec::with_capacity(units.len());
-        let mut done = Vec::with_capacity(units.len());
-        let mut seq = head.seq;
-        let mut prev = head.hash.clone();
-        for (unit, applied) in units.into_iter().zip(applied) {
-            let mut receipts = Vec::new();
-            for mut body in (unit.events)(&applied) {
-                seq += 1;
-                body.seq = seq;
-                body.gateway.clone_from(&self.id.gateway);
-                body.tier.clone_from(&self.id.tier);
-                let ts_ms = match parse_ts(&body.ts) {
-                    Some(t) => t,
-                    None => {
-                        body.ts = format_ts(now);
-                        now
-                    }
-                };
-                let event = body.seal(&prev);
-                prev.clone_from(&event.hash);
-                receipts.push(AppendReceipt {
-                    seq,
-                    hash: event.hash.clone(),
-                });
-                rows.push(NewRow {
-                    seq,
-                    ts_ms,
-                    json: event.to_json(),
-                    hash: event.hash,
-                });
-            }
-            done.push(Committed { applied, receipts });
-        }
-
-        for chunk in sekisho_policy_engine::store::pow2_chunks(&rows, ROWS_PER_INSERT) {
-            let mut q = sqlx::query(&self.insert_sql[chunk.len().ilog2() as usize]);
-            for r in chunk {
-                q = q
-                    .bind(self.id.tenant.as_str())
-                    .bind(self.id.tier.as_str())
-                    .bind(self.id.gateway.as_str())
-                    // Past i64::MAX (never) the clamped seq collides and the batch fails.
-                    .bind(i64::try_from(r.seq).unwrap_or(i64::MAX))
-                    .bind(r.ts_ms)
-                    .bind(r.json.as_str())
-                    .bind(r.hash.as_str());
-            }
-            q.execute(&mut *tx)
-                .await
-                .map_err(db_err("appending to the audit journal"))?;
-        }
+        let mut chain = Chain::after(head, &self.id, now);
+        let done: Vec<Committed> = units
+            .into_iter()
+            .zip(applied)
+            .map(|(unit, applied)| Committed {
+                receipts: chain.seal((unit.events)(&applied)),
+                applied,
+            })
+            .collect();
+        chain.insert(&mut tx, &self.insert_sql, &self.id).await?;
         if let Some(seq) = acked {
             store_acked(&mut tx, &self.id, seq).await?;
         }
@@ -735,7 +719,157 @@ impl Writer {
             .await
             .map_err(db_err("committing the audit journal"))?;
         conn.keep();
-        Ok((done, Head { seq, hash: prev }))
+        Ok((done, chain.head))
+    }
+
+    /// Lends the head out through `lend` and waits until the [`Exclusive`] is
+    /// dropped; then reads the head again, since whether the borrower committed
+    /// is its own business.
+    async fn lend(&mut self, lend: oneshot::Sender<Exclusive>) {
+        let head = match self.head.take() {
+            Some(h) => h,
+            None => match load_head(&self.pool, &self.id).await {
+                Ok(h) => h,
+                // Dropping `lend` tells the borrower the journal cannot be used.
+                Err(e) => {
+                    tracing::error!(journal = %self.id, error = %e, "audit journal head unreadable; an exclusive change was refused");
+                    return;
+                }
+            },
+        };
+        let (resume, resumed) = oneshot::channel();
+        let exclusive = Exclusive {
+            id: self.id.clone(),
+            head: head.clone(),
+            insert_sql: self.insert_sql.clone(),
+            _resume: resume,
+        };
+        if lend.send(exclusive).is_ok() {
+            let _ = resumed.await;
+        }
+        match load_head(&self.pool, &self.id).await {
+            Ok(h) => {
+                if h.seq != head.seq {
+                    self.counters
+                        .events
+                        .fetch_add(h.seq.saturating_sub(head.seq), Ordering::Relaxed);
+                    self.counters.batches.fetch_add(1, Ordering::Relaxed);
+                    self.committed.send_replace(h.seq);
+                }
+                self.head = Some(h);
+            }
+            Err(_) => self.head = None,
+        }
+    }
+}
+
+/// Events sealed one after another from a head, waiting to be inserted.
+struct Chain {
+    head: Head,
+    rows: Vec<NewRow>,
+    gateway: String,
+    tier: String,
+    now_ms: i64,
+}
+
+impl Chain {
+    fn after(head: &Head, id: &JournalId, now_ms: i64) -> Chain {
+        Chain {
+            head: head.clone(),
+            rows: Vec::new(),
+            gateway: id.gateway.clone(),
+            tier: id.tier.clone(),
+            now_ms,
+        }
+    }
+
+    /// Numbers and seals `bodies` after the events sealed so far. The journal sets
+    /// `seq`, `gateway` and `tier`, and `ts` when it is not RFC 3339.
+    fn seal(&mut self, bodies: Vec<EventBody>) -> Vec<AppendReceipt> {
+        let mut receipts = Vec::with_capacity(bodies.len());
+        for mut body in bodies {
+            let seq = self.head.seq + 1;
+            body.seq = seq;
+            body.gateway.clone_from(&self.gateway);
+            body.tier.clone_from(&self.tier);
+            let ts_ms = match parse_ts(&body.ts) {
+                Some(t) => t,
+                None => {
+                    body.ts = format_ts(self.now_ms);
+                    self.now_ms
+                }
+            };
+            let event = body.seal(&self.head.hash);
+            self.head = Head {
+                seq,
+                hash: event.hash.clone(),
+            };
+            receipts.push(AppendReceipt {
+                seq,
+                hash: event.hash.clone(),
+            });
+            self.rows.push(NewRow {
+                seq,
+                ts_ms,
+                json: event.to_json(),
+                hash: event.hash,
+            });
+        }
+        receipts
+    }
+
+    /// Inserts the sealed rows in the caller's transaction.
+    async fn insert(
+        &mut self,
+        conn: &mut AnyConnection,
+        insert_sql: &[String],
+        id: &JournalId,
+    ) -> Result<(), StoreError> {
+        for chunk in sekisho_policy_engine::store::pow2_chunks(&self.rows, ROWS_PER_INSERT) {
+            let mut q = sqlx::query(&insert_sql[chunk.len().ilog2() as usize]);
+            for r in chunk {
+                q = q
+                    .bind(id.tenant.as_str())
+                    .bind(id.tier.as_str())
+                    .bind(id.gateway.as_str())
+                    // Past i64::MAX (never) the clamped seq collides and the batch fails.
+                    .bind(i64::try_from(r.seq).unwrap_or(i64::MAX))
+                    .bind(r.ts_ms)
+                    .bind(r.json.as_str())
+                    .bind(r.hash.as_str());
+            }
+            q.execute(&mut *conn)
+                .await
+                .map_err(db_err("appending to the audit journal"))?;
+        }
+        self.rows.clear();
+        Ok(())
+    }
+}
+
+/// The journal's writer, paused, and its head: see [`Journal::exclusive`]. The
+/// writer resumes when this is dropped.
+pub struct Exclusive {
+    id: JournalId,
+    head: Head,
+    insert_sql: Vec<String>,
+    _resume: oneshot::Sender<()>,
+}
+
+impl Exclusive {
+    /// Appends `bodies` in the caller's transaction `conn`. They are journaled if,
+    /// and only if, that transaction commits; the returned receipts say so only
+    /// then.
+    pub async fn append(
+        &mut self,
+        conn: &mut AnyConnection,
+        bodies: Vec<EventBody>,
+    ) -> Result<Vec<AppendReceipt>, StoreError> {
+        let mut chain = Chain::after(&self.head, &self.id, now_ms());
+        let receipts = chain.seal(bodies);
+        chain.insert(conn, &self.insert_sql, &self.id).await?;
+        self.head = chain.head;
+        Ok(receipts)
     }
 }
 

@@ -14,7 +14,7 @@
 //! so an attacker cannot keep a user out forever by guessing.
 
 use sekisho_policy_engine::store::StoreError;
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 
 use crate::db::{db_err, Db};
 
@@ -38,13 +38,21 @@ impl Standing {
 }
 
 pub async fn standing(db: &Db, user: &str) -> Result<Standing, StoreError> {
+    standing_in(&db.pool, db, user).await
+}
+
+async fn standing_in<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    db: &Db,
+    user: &str,
+) -> Result<Standing, StoreError> {
     let row = sqlx::query(
         "SELECT failures, locked_until FROM gw_lockouts WHERE tenant = $1 AND tier = $2 AND user_id = $3",
     )
     .bind(&*db.tenant)
     .bind(db.tier.name())
     .bind(user)
-    .fetch_optional(&db.pool)
+    .fetch_optional(executor)
     .await
     .map_err(db_err("reading a lockout"))?;
     let Some(row) = row else {
@@ -98,27 +106,26 @@ impl Standing {
     }
 }
 
-/// Forgets a user's failures and lock (after a successful logon, or an
-/// administrator's unlock). Returns whether the user was locked.
-pub async fn clear(db: &Db, user: &str, now_ms: i64) -> Result<bool, StoreError> {
-    let before = standing(db, user).await?;
+/// Forgets a user's failures and lock (an administrator's unlock), in the caller's
+/// transaction. Returns whether the user was locked.
+pub async fn clear(
+    conn: &mut AnyConnection,
+    db: &Db,
+    user: &str,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let before = standing_in(&mut *conn, db, user).await?;
     if before == Standing::default() {
         return Ok(false);
     }
-    forget(db, user).await?;
-    Ok(before.locked_at(now_ms).is_some())
-}
-
-/// Deletes a user's failure count, for callers that already read their standing.
-pub async fn forget(db: &Db, user: &str) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM gw_lockouts WHERE tenant = $1 AND tier = $2 AND user_id = $3")
         .bind(&*db.tenant)
         .bind(db.tier.name())
         .bind(user)
-        .execute(&db.pool)
+        .execute(conn)
         .await
         .map_err(db_err("clearing a lockout"))?;
-    Ok(())
+    Ok(before.locked_at(now_ms).is_some())
 }
 
 #[cfg(test)]

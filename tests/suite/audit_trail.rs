@@ -1082,3 +1082,69 @@ fn chrono_now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// Runs `sql` on the gateway's own store.
+async fn gateway_sql(gw: &TestGateway, sql: &str) {
+    let mut conn = gw.running.gateway.store.db().acquire().await.unwrap();
+    sqlx::query(sql).execute(&mut *conn).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_administrators_change_and_its_event_commit_together() {
+    let gw = TestGateway::start(Tier::Internet, |_| {}).await;
+    let first = gw.enroll_totp("u013").await;
+    let store = &gw.running.gateway.store;
+    let enrolled = |events: &[AuditEvent]| {
+        events
+            .iter()
+            .filter(|e| e.body.action == "enroll" && e.body.user == "u013")
+            .count()
+    };
+    assert_eq!(enrolled(&gw.journal().await), 1);
+
+    // The journal refuses every event (a full disk, say): the change is not made.
+    gateway_sql(
+        &gw,
+        "CREATE TRIGGER journal_full BEFORE INSERT ON gw_journal \
+         BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+    )
+    .await;
+    let mut admin = gw.admin().await;
+    let e = admin
+        .enroll_totp(pb::EnrollTotpRequest {
+            user: "u013".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("nothing was changed"), "{e:?}");
+    let e = admin
+        .set_secret(pb::SetSecretRequest {
+            user: "u013".into(),
+            factor: "pin".into(),
+            secret: "4719".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("nothing was changed"), "{e:?}");
+    assert_eq!(store.totp("u013").await.unwrap().unwrap().secret, first);
+    assert_eq!(
+        store
+            .secret("u013", sekisho_policy_engine::Factor::Pin)
+            .await
+            .unwrap(),
+        None
+    );
+
+    // Once the journal takes events again, so do changes, and the chain is whole.
+    gateway_sql(&gw, "DROP TRIGGER journal_full").await;
+    let second = gw.enroll_totp("u013").await;
+    assert_ne!(second, first);
+    let events = gw.journal().await;
+    assert_eq!(enrolled(&events), 2);
+    let v = sekisho_gateway::journal::verify(store.db(), gw.running.gateway.name())
+        .await
+        .unwrap();
+    assert!(v.broken.is_none(), "{v:?}");
+    assert_eq!(v.checked, events.len() as u64);
+}

@@ -484,9 +484,11 @@ async fn cards_pins_nonces_and_devices_that_do_not_belong() {
     // Expired card, and a card issued by a CA this tier does not trust. Enrollment
     // refuses both, so they are put in the store the way an old enrollment would be.
     let store = &gw.running.gateway.store;
+    let mut conn = store.db().acquire().await.unwrap();
     let expired = gw.cards.issue_valid("u036", (2019, 1, 1), (2021, 1, 1));
     store
         .add_card(
+            &mut conn,
             "u036",
             &expired.der,
             sekisho_gateway::factors::card::CardKind::Card,
@@ -498,6 +500,7 @@ async fn cards_pins_nonces_and_devices_that_do_not_belong() {
     let rogue = rogue_ca.issue("u036");
     store
         .add_card(
+            &mut conn,
             "u036",
             &rogue.der,
             sekisho_gateway::factors::card::CardKind::Card,

@@ -1,8 +1,9 @@
 //! `sekisho.v1.GatewayAdmin`: enrollment and registration on this tier, for
 //! administrator certificates only. Every call checks its input completely before
-//! writing, so a refused call changes nothing. Every change is journaled (the
-//! administrator's certificate name as `operator`) before it is confirmed; secrets,
-//! codes and templates never are, only which factor changed.
+//! writing, so a refused call changes nothing. Every change commits in one
+//! transaction with its audit event (the administrator's certificate name as
+//! `operator`), so neither is ever stored without the other; secrets, codes and
+//! templates are never journaled, only which factor changed.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use sekisho_policy_engine::import::Change;
 use sekisho_policy_engine::{Capabilities, DeviceKind, Factor, Tier};
 use sekisho_proto::v1 as pb;
 use sha2::{Digest, Sha256};
+use sqlx::AnyConnection;
 use tonic::{Request, Response, Status};
 
 use super::{peer_name, request_id};
@@ -61,30 +63,59 @@ impl AdminService {
         }
     }
 
-    /// Journals a change made by `admin`; the caller answers only when this succeeds.
-    async fn record(
+    /// Makes `admin`'s change `write` and the audit entries it returns durable
+    /// together: the journal is held while `write` runs in a transaction, the
+    /// entries are appended in that transaction, and the caller answers only once
+    /// it has committed. A refused `write` or a journal that cannot take the
+    /// entries changes nothing.
+    async fn change<T>(
         &self,
         admin: &str,
-        action: &str,
-        user: &str,
-        device: &str,
-        detail: &[(&str, String)],
-    ) -> Result<(), Status> {
-        let mut e = self.gateway.event(action, Outcome::Allow);
-        e.user = user.into();
-        e.operator = admin.into();
-        e.device = device.into();
-        e.request_id = request_id("");
-        e.detail = detail
-            .iter()
-            .map(|(k, v)| ((*k).to_string(), v.clone()))
-            .collect();
-        self.gateway.record(e).await.map(|_| ()).map_err(|e| {
-            tracing::error!(error = %e, %admin, action, "audit journal failed");
+        write: impl AsyncFnOnce(&mut AnyConnection) -> Result<(T, Vec<Entry>), Status>,
+    ) -> Result<T, Status> {
+        let not_recorded = |e: &dyn std::fmt::Display| {
+            tracing::error!(error = %e, %admin, "audit journal failed; the change was not made");
             Status::internal(format!(
-                "the change was made but could not be recorded in the audit journal: {e}"
+                "the audit journal could not record the change, so nothing was changed: {e}"
             ))
-        })
+        };
+        let mut journal = self
+            .gateway
+            .journal
+            .exclusive()
+            .await
+            .map_err(|e| not_recorded(&e))?;
+        let mut tx = self
+            .gateway
+            .store
+            .db()
+            .begin_write()
+            .await
+            .map_err(|e| store_status(e.into()))?;
+        let (value, entries) = write(&mut *tx).await?;
+        let request_id = request_id("");
+        let events = entries
+            .into_iter()
+            .map(|entry| {
+                let mut e = self.gateway.event(entry.action, Outcome::Allow);
+                e.user = entry.user;
+                e.operator = admin.into();
+                e.device = entry.device;
+                e.request_id.clone_from(&request_id);
+                e.detail = entry
+                    .detail
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect();
+                e
+            })
+            .collect();
+        journal
+            .append(&mut tx, events)
+            .await
+            .map_err(|e| not_recorded(&e))?;
+        tx.commit().await.map_err(|e| not_recorded(&e))?;
+        Ok(value)
     }
 
     async fn enrolled(&self, user: &str, detail: String) -> Result<pb::EnrollmentResponse, Status> {
@@ -99,6 +130,35 @@ impl AdminService {
             enrolled: crate::decide::names(e.factors),
             detail,
         })
+    }
+}
+
+/// One audit event of an administrator's change (the administrator is its
+/// `operator`): which change, to whom, and what about it (never a secret).
+struct Entry {
+    action: &'static str,
+    user: String,
+    device: String,
+    detail: Vec<(&'static str, String)>,
+}
+
+impl Entry {
+    fn user(action: &'static str, user: &str, detail: Vec<(&'static str, String)>) -> Entry {
+        Entry {
+            action,
+            user: user.into(),
+            device: String::new(),
+            detail,
+        }
+    }
+
+    fn device(action: &'static str, device: &str, detail: Vec<(&'static str, String)>) -> Entry {
+        Entry {
+            action,
+            user: String::new(),
+            device: device.into(),
+            detail,
+        }
     }
 }
 
@@ -151,24 +211,21 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
         };
         let params = TotpParams::new(algorithm, digits, 30).map_err(|e| invalid(e.to_string()))?;
         let secret = totp::new_secret(&params).map_err(|e| Status::internal(e.to_string()))?;
-        self.gateway
-            .store
-            .set_totp(&r.user, &secret, &params)
-            .await
-            .map_err(store_status)?;
-        tracing::info!(%admin, user = %r.user, "TOTP enrolled");
-        self.record(
-            &admin,
-            "enroll",
-            &r.user,
-            "",
-            &[
+        let store = &self.gateway.store;
+        self.change(&admin, async |conn| {
+            store
+                .set_totp(conn, &r.user, &secret, &params)
+                .await
+                .map_err(store_status)?;
+            let detail = vec![
                 ("factor", "totp".into()),
                 ("algorithm", algorithm.uri_name().to_ascii_lowercase()),
                 ("digits", digits.to_string()),
-            ],
-        )
+            ];
+            Ok(((), vec![Entry::user("enroll", &r.user, detail)]))
+        })
         .await?;
+        tracing::info!(%admin, user = %r.user, "TOTP enrolled");
         Ok(Response::new(pb::EnrollTotpResponse {
             otpauth_uri: totp::otpauth_uri(&self.totp.issuer, &r.user, &secret, &params),
             secret_base32: totp::secret_base32(&secret),
@@ -195,39 +252,38 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
         let not_after = x509_parser::parse_x509_certificate(&r.certificate)
             .map(|(_, c)| c.validity().not_after.timestamp().saturating_mul(1000))
             .map_err(|e| invalid(format!("certificate: {e}")))?;
+        let factor = match kind {
+            card::CardKind::MyNumber => Factor::MynumberCard,
+            card::CardKind::Card => Factor::Card,
+        };
+        let store = &self.gateway.store;
         let added = self
-            .gateway
-            .store
-            .add_card(&r.user, &r.certificate, kind, not_after)
-            .await
-            .map_err(|e| match e {
-                CredentialError::CardOfAnotherUser { .. } => Status::already_exists(e.to_string()),
-                e => store_status(e),
-            })?;
+            .change(&admin, async |conn| {
+                let added = store
+                    .add_card(conn, &r.user, &r.certificate, kind, not_after)
+                    .await
+                    .map_err(|e| match e {
+                        CredentialError::CardOfAnotherUser { .. } => {
+                            Status::already_exists(e.to_string())
+                        }
+                        e => store_status(e),
+                    })?;
+                let detail = vec![
+                    ("factor", factor.name().into()),
+                    (
+                        "certificate_sha256",
+                        hex::encode(Sha256::digest(&r.certificate)),
+                    ),
+                    ("added", added.to_string()),
+                ];
+                Ok((added, vec![Entry::user("enroll", &r.user, detail)]))
+            })
+            .await?;
         let what = match kind {
             card::CardKind::MyNumber => "My Number card",
             card::CardKind::Card => "card",
         };
         tracing::info!(%admin, user = %r.user, kind = what, added, "card enrolled");
-        let factor = match kind {
-            card::CardKind::MyNumber => Factor::MynumberCard,
-            card::CardKind::Card => Factor::Card,
-        };
-        self.record(
-            &admin,
-            "enroll",
-            &r.user,
-            "",
-            &[
-                ("factor", factor.name().into()),
-                (
-                    "certificate_sha256",
-                    hex::encode(Sha256::digest(&r.certificate)),
-                ),
-                ("added", added.to_string()),
-            ],
-        )
-        .await?;
         let detail = if added {
             format!("{what} enrolled")
         } else {
@@ -276,24 +332,21 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
             templates.push(v);
         }
         let n = templates.len();
-        self.gateway
-            .store
-            .add_templates(&r.user, factor, &templates, r.replace)
-            .await
-            .map_err(store_status)?;
-        tracing::info!(%admin, user = %r.user, factor = factor.name(), templates = n, replace = r.replace, "templates enrolled");
-        self.record(
-            &admin,
-            "enroll",
-            &r.user,
-            "",
-            &[
+        let store = &self.gateway.store;
+        self.change(&admin, async |conn| {
+            store
+                .add_templates(conn, &r.user, factor, &templates, r.replace)
+                .await
+                .map_err(store_status)?;
+            let detail = vec![
                 ("factor", factor.name().into()),
                 ("templates", n.to_string()),
                 ("replace", r.replace.to_string()),
-            ],
-        )
+            ];
+            Ok(((), vec![Entry::user("enroll", &r.user, detail)]))
+        })
         .await?;
+        tracing::info!(%admin, user = %r.user, factor = factor.name(), templates = n, replace = r.replace, "templates enrolled");
         let verb = if r.replace { "replaced with" } else { "added" };
         Ok(Response::new(
             self.enrolled(&r.user, format!("{} {verb} {n} template(s)", factor.name()))
@@ -339,20 +392,17 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(e.to_string()))?;
-        self.gateway
-            .store
-            .set_secret(&r.user, factor, &phc)
-            .await
-            .map_err(store_status)?;
-        tracing::info!(%admin, user = %r.user, factor = factor.name(), "secret set");
-        self.record(
-            &admin,
-            "enroll",
-            &r.user,
-            "",
-            &[("factor", factor.name().into())],
-        )
+        let store = &self.gateway.store;
+        self.change(&admin, async |conn| {
+            store
+                .set_secret(conn, &r.user, factor, &phc)
+                .await
+                .map_err(store_status)?;
+            let detail = vec![("factor", factor.name().into())];
+            Ok(((), vec![Entry::user("enroll", &r.user, detail)]))
+        })
         .await?;
+        tracing::info!(%admin, user = %r.user, factor = factor.name(), "secret set");
         Ok(Response::new(
             self.enrolled(&r.user, format!("{} set", factor.name()))
                 .await?,
@@ -378,24 +428,24 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
         }
         let issued = emergency_otp::issue().map_err(|e| Status::internal(e.to_string()))?;
         let expires = now_ms().saturating_add(i64::try_from(ttl).unwrap_or(0).saturating_mul(1000));
-        self.gateway
-            .store
-            .set_emergency_otp(&r.user, &issued.hash, expires)
-            .await
-            .map_err(store_status)?;
-        tracing::info!(%admin, user = %r.user, ttl_secs = ttl, "emergency OTP issued");
-        // The code itself is never journaled: only that one exists, and until when.
-        self.record(
-            &admin,
-            "emergency_otp_issue",
-            &r.user,
-            "",
-            &[
+        let store = &self.gateway.store;
+        self.change(&admin, async |conn| {
+            store
+                .set_emergency_otp(conn, &r.user, &issued.hash, expires)
+                .await
+                .map_err(store_status)?;
+            // The code itself is never journaled: only that one exists, and until when.
+            let detail = vec![
                 ("expires_at", format_ts(expires)),
                 ("ttl_secs", ttl.to_string()),
-            ],
-        )
+            ];
+            Ok((
+                (),
+                vec![Entry::user("emergency_otp_issue", &r.user, detail)],
+            ))
+        })
         .await?;
+        tracing::info!(%admin, user = %r.user, ttl_secs = ttl, "emergency OTP issued");
         Ok(Response::new(pb::IssueEmergencyOtpResponse {
             code: issued.code.clone(),
             expires_at_unix_ms: expires,
@@ -454,30 +504,31 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
             location: d.location.clone(),
             capture_key,
         };
+        let store = &self.gateway.store;
         let created = self
-            .gateway
-            .store
-            .register_device(&device)
-            .await
-            .map_err(store_status)?;
+            .change(&admin, async |conn| {
+                let created = store
+                    .register_device(conn, &device)
+                    .await
+                    .map_err(store_status)?;
+                let detail = vec![
+                    ("kind", kind.name().into()),
+                    ("capabilities", d.capabilities.join(",")),
+                    ("location", d.location.clone()),
+                    (
+                        "biometric_capture",
+                        device.capture_key.is_some().to_string(),
+                    ),
+                    ("created", created.to_string()),
+                ];
+                Ok((
+                    created,
+                    vec![Entry::device("device_register", &d.id, detail)],
+                ))
+            })
+            .await?;
+        store.forget_device(&d.id);
         tracing::info!(%admin, device = %d.id, created, "device registered");
-        self.record(
-            &admin,
-            "device_register",
-            "",
-            &d.id,
-            &[
-                ("kind", kind.name().into()),
-                ("capabilities", d.capabilities.join(",")),
-                ("location", d.location.clone()),
-                (
-                    "biometric_capture",
-                    device.capture_key.is_some().to_string(),
-                ),
-                ("created", created.to_string()),
-            ],
-        )
-        .await?;
         Ok(Response::new(pb::RegisterDeviceResponse {
             device: Some(d),
             created,
@@ -491,18 +542,20 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
         let admin = self.admin(&request)?;
         let r = request.into_inner();
         check_user(&r.user)?;
-        let was_locked = lockout::clear(self.gateway.store.db(), &r.user, now_ms())
-            .await
-            .map_err(|e| store_status(e.into()))?;
+        let db = self.gateway.store.db();
+        let was_locked = self
+            .change(&admin, async |conn| {
+                let was_locked = lockout::clear(conn, db, &r.user, now_ms())
+                    .await
+                    .map_err(|e| store_status(e.into()))?;
+                let detail = vec![("was_locked", was_locked.to_string())];
+                Ok((
+                    was_locked,
+                    vec![Entry::user("unlock_user", &r.user, detail)],
+                ))
+            })
+            .await?;
         tracing::info!(%admin, user = %r.user, was_locked, "lockout cleared");
-        self.record(
-            &admin,
-            "unlock_user",
-            &r.user,
-            "",
-            &[("was_locked", was_locked.to_string())],
-        )
-        .await?;
         Ok(Response::new(pb::UnlockUserResponse { was_locked }))
     }
 
@@ -513,28 +566,27 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
         let admin = self.admin(&request)?;
         let r = request.into_inner();
         check_device_id(&r.device)?;
+        let store = &self.gateway.store;
         let (removed, ended_session) = self
-            .gateway
-            .store
-            .deregister_device(&r.device)
-            .await
-            .map_err(store_status)?;
-        if !removed {
-            return Err(Status::not_found(format!(
-                "device '{}' is not registered on this gateway (tier {})",
-                r.device,
-                self.gateway.store.db().tier().name()
-            )));
-        }
+            .change(&admin, async |conn| {
+                let (removed, ended) = store
+                    .deregister_device(conn, &r.device)
+                    .await
+                    .map_err(store_status)?;
+                if !removed {
+                    return Err(Status::not_found(format!(
+                        "device '{}' is not registered on this gateway (tier {})",
+                        r.device,
+                        store.db().tier().name()
+                    )));
+                }
+                let detail = vec![("ended_session", ended.to_string())];
+                let entry = Entry::device("device_deregister", &r.device, detail);
+                Ok(((removed, ended), vec![entry]))
+            })
+            .await?;
+        store.forget_device(&r.device);
         tracing::info!(%admin, device = %r.device, ended_session, "device deregistered");
-        self.record(
-            &admin,
-            "device_deregister",
-            "",
-            &r.device,
-            &[("ended_session", ended_session.to_string())],
-        )
-        .await?;
         Ok(Response::new(pb::DeregisterDeviceResponse {
             removed,
             ended_session,
@@ -571,23 +623,28 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
                 )))
             }
         };
-        let removed = self
-            .gateway
-            .store
-            .remove_credentials(&r.user, factor, fingerprint.as_deref())
-            .await
-            .map_err(store_status)?;
         let what = factor.map_or("all", Factor::name);
-        tracing::info!(%admin, user = %r.user, factor = what, removed, "credentials removed");
-        let mut detail = vec![
-            ("factor", what.to_string()),
-            ("removed", removed.to_string()),
-        ];
-        if let Some(f) = &fingerprint {
-            detail.push(("card_fingerprint", f.clone()));
-        }
-        self.record(&admin, "credential_remove", &r.user, "", &detail)
+        let store = &self.gateway.store;
+        let removed = self
+            .change(&admin, async |conn| {
+                let removed = store
+                    .remove_credentials(conn, &r.user, factor, fingerprint.as_deref())
+                    .await
+                    .map_err(store_status)?;
+                let mut detail = vec![
+                    ("factor", what.to_string()),
+                    ("removed", removed.to_string()),
+                ];
+                if let Some(f) = &fingerprint {
+                    detail.push(("card_fingerprint", f.clone()));
+                }
+                Ok((
+                    removed,
+                    vec![Entry::user("credential_remove", &r.user, detail)],
+                ))
+            })
             .await?;
+        tracing::info!(%admin, user = %r.user, factor = what, removed, "credentials removed");
         Ok(Response::new(pb::RemoveCredentialsResponse {
             removed,
             enrolled: self.enrolled(&r.user, String::new()).await?.enrolled,
@@ -610,8 +667,8 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
             directory_passwords: self.gateway.passwords.is_directory(),
             totp,
         };
-        let outcomes = match import::import_users(&ctx, &r.users, r.dry_run).await {
-            Ok(o) => o,
+        let plan = match import::plan(&ctx, &r.users, r.dry_run).await {
+            Ok(plan) => plan,
             Err(ImportFailure::Invalid(problems)) => {
                 tracing::info!(%admin, problems = problems.len(), "user import refused");
                 return Ok(Response::new(pb::ImportUsersResponse {
@@ -623,30 +680,29 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
             Err(ImportFailure::Store(e)) => return Err(store_status(e)),
             Err(e @ ImportFailure::Hash(_)) => return Err(Status::internal(e.to_string())),
         };
-        let changed: Vec<&import::UserOutcome> = outcomes
+        let outcomes = plan.outcomes();
+        // One event per user changed: which fields changed, never their values.
+        let entries: Vec<Entry> = outcomes
             .iter()
             .filter(|o| o.change != Change::Unchanged)
+            .map(|o| {
+                let detail = vec![
+                    ("change", o.change.name().to_string()),
+                    ("fields", o.fields.join(",")),
+                    ("row", o.row.to_string()),
+                ];
+                Entry::user("user_import", &o.user, detail)
+            })
             .collect();
-        tracing::info!(%admin, users = outcomes.len(), changed = changed.len(), dry_run = r.dry_run, "users imported");
-        if !r.dry_run {
-            // One event per user changed, appended together so they share commits.
-            // Which fields changed, never their values.
-            let events = changed.iter().map(|o| {
-                let admin = &admin;
-                async move {
-                    let detail = [
-                        ("change", o.change.name().to_string()),
-                        ("fields", o.fields.join(",")),
-                        ("row", o.row.to_string()),
-                    ];
-                    self.record(admin, "user_import", &o.user, "", &detail)
-                        .await
-                }
-            });
-            for done in futures::future::join_all(events).await {
-                done?;
-            }
+        let changed = entries.len();
+        if !r.dry_run && changed > 0 {
+            self.change(&admin, async |conn| {
+                plan.write(&ctx, conn).await.map_err(store_status)?;
+                Ok(((), entries))
+            })
+            .await?;
         }
+        tracing::info!(%admin, users = outcomes.len(), changed, dry_run = r.dry_run, "users imported");
         Ok(Response::new(pb::ImportUsersResponse {
             users: outcomes
                 .into_iter()
