@@ -578,28 +578,31 @@ impl CredentialStore {
         not_after_ms: i64,
     ) -> Result<bool, CredentialError> {
         let fingerprint = card_fingerprint(der);
-        if let Some(holder) = self.card_holder_in(&mut *conn, &fingerprint).await? {
-            if holder != user {
-                return Err(CredentialError::CardOfAnotherUser { holder });
-            }
-        }
         let done = sqlx::query(
             "INSERT INTO gw_cards (tenant, tier, user_id, fingerprint, kind, certificate, not_after, enrolled_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (tenant, tier, user_id, fingerprint) DO NOTHING",
+             ON CONFLICT (tenant, tier, fingerprint) DO NOTHING",
         )
         .bind(self.tenant())
         .bind(self.tier_name())
         .bind(user)
-        .bind(fingerprint)
+        .bind(&fingerprint)
         .bind(card_kind_name(kind))
         .bind(hex::encode(der))
         .bind(not_after_ms)
         .bind(now_ms())
-        .execute(conn)
+        .execute(&mut *conn)
         .await
         .map_err(db_err("enrolling a card"))?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() == 1 {
+            return Ok(true);
+        }
+        // Someone holds it already (the unique index `gw_cards_one_holder` decides,
+        // so two enrolments at once cannot both win): the user, or another.
+        match self.card_holder_in(conn, &fingerprint).await? {
+            Some(holder) if holder != user => Err(CredentialError::CardOfAnotherUser { holder }),
+            _ => Ok(false),
+        }
     }
 
     /// Stores normalised templates (sealed), after the user's existing ones or
@@ -1074,6 +1077,18 @@ mod tests {
             Some("a")
         );
         assert!(!s.has_card("b", &card_fingerprint(der)).await.unwrap());
+
+        // The store itself refuses a second holder, whoever writes.
+        let raw = sqlx::query(
+            "INSERT INTO gw_cards (tenant, tier, user_id, fingerprint, kind, certificate, not_after, enrolled_at)
+             VALUES ($1, $2, 'c', $3, 'card', '00', 0, 0)",
+        )
+        .bind(s.tenant())
+        .bind(s.tier_name())
+        .bind(card_fingerprint(der))
+        .execute(&mut *c)
+        .await;
+        assert!(raw.is_err(), "a second holder was stored");
     }
 
     #[tokio::test]

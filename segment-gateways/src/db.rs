@@ -267,6 +267,18 @@ const MIGRATIONS: &[Migration] = &[
         )",
         ],
     },
+    Migration {
+        version: 4,
+        // Fails, changing nothing, on a store where one card is enrolled for two
+        // users (possible before enrolment checked it): remove it from one of them
+        // (`DELETE FROM gw_cards WHERE …`) and start again.
+        name: "one holder per card (a card enrolled for two users must first be removed from one)",
+        statements: &[
+            // Enrolment checks who holds a card before adding it; two gateways of one
+            // tier on one PostgreSQL store could still both pass that check at once.
+            "CREATE UNIQUE INDEX gw_cards_one_holder ON gw_cards (tenant, tier, fingerprint)",
+        ],
+    },
 ];
 
 /// The gateway tests' databases: a temporary SQLite file, and the PostgreSQL test
