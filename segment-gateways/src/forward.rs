@@ -112,13 +112,16 @@ impl ForwardError {
         }
     }
 
-    /// Trouble retrying cannot cure: two journals under one name. Logged as an
-    /// error rather than a warning, as someone must rename a gateway.
+    /// Trouble retrying cannot cure: two journals under one name, or a
+    /// certificate the engine does not let ship this journal. Logged as an error
+    /// rather than a warning, as someone must rename a gateway or fix its
+    /// certificate.
     fn needs_operator(&self) -> bool {
-        matches!(
-            self,
-            ForwardError::Conflict { .. } | ForwardError::EngineAhead { .. }
-        )
+        match self {
+            ForwardError::Conflict { .. } | ForwardError::EngineAhead { .. } => true,
+            ForwardError::Rpc(s) => s.code() == tonic::Code::PermissionDenied,
+            _ => false,
+        }
     }
 }
 

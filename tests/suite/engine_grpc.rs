@@ -587,3 +587,74 @@ async fn plaintext_only_when_asked() {
     assert_eq!(e.code(), Code::NotFound);
     plain_engine.running.shutdown().await.unwrap();
 }
+
+/// `gateway`'s event `seq` (the chain starts at `prev`), as a forwarder ships it.
+fn shipped_record(gateway: &str, seq: u64, prev: &str) -> (pb::AuditRecord, String) {
+    use sekisho_policy_engine::audit::event::EventBody;
+    use sekisho_policy_engine::audit::{format_ts, Outcome};
+    let mut body = EventBody::new(gateway, "lgwan", "logon", Outcome::Allow);
+    body.seq = seq;
+    body.ts = format_ts(1_790_000_000_000 + seq as i64);
+    let event = body.seal(prev);
+    let record = pb::AuditRecord {
+        gateway: gateway.into(),
+        seq,
+        json: event.to_json(),
+    };
+    (record, event.hash)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_is_shipped_only_by_the_gateway_certificate_that_first_shipped_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = sekisho_policy_engine::config::EngineConfig::self_contained(dir.path());
+    config.tls.gateway_names = vec!["gw-east".into(), "gw-west".into()];
+    let engine = TestEngine::start_with(config, dir).await;
+    let pki = engine.running.pki.clone().expect("dev PKI");
+    let ship = |client: &'static str, records: Vec<pb::AuditRecord>| {
+        let (url, pki) = (engine.url(), pki.clone());
+        async move {
+            let tls = match client {
+                "admin" => sekisho_gateway::tls::ClientTls {
+                    ca: pki.ca(),
+                    cert: pki.admin_cert(),
+                    key: pki.admin_key(),
+                },
+                name => common::gateway::device_tls(&pki, name),
+            };
+            let channel = sekisho_gateway::tls::connect(
+                &url,
+                &tls,
+                Some("localhost"),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+            pb::audit_sink_client::AuditSinkClient::new(channel)
+                .ship(tokio_stream::iter(vec![pb::AuditBatch { records }]))
+                .await
+        }
+    };
+    let genesis = sekisho_policy_engine::audit::GENESIS_HASH;
+    let (east1, h1) = shipped_record("lgwan-1", 1, genesis);
+    let (east2, h2) = shipped_record("lgwan-1", 2, &h1);
+    ship("gw-east", vec![east1]).await.unwrap();
+
+    // Another gateway certificate shipping under that journal's name is refused.
+    let e = ship("gw-west", vec![east2.clone()]).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(
+        e.message().contains("'gw-east'") && e.message().contains("'gw-west'"),
+        "{}",
+        e.message()
+    );
+    // Its own journal it may ship; an administrator may ship any (a standalone
+    // tier's journal carried over by hand).
+    let (west1, _) = shipped_record("lgwan-2", 1, genesis);
+    ship("gw-west", vec![west1]).await.unwrap();
+    ship("admin", vec![east2]).await.unwrap();
+    let (east3, _) = shipped_record("lgwan-1", 3, &h2);
+    let ack = ship("gw-east", vec![east3]).await.unwrap().into_inner();
+    assert_eq!(ack.stored_through["lgwan-1"], 3);
+    engine.stop().await;
+}

@@ -156,6 +156,15 @@ pub enum AuditError {
     /// chain holds cannot be told here, and keeping either would lose the other.
     #[error("gateway {gateway} seq {seq}: this shipment holds two different events under this name and seq (two journals under one gateway name?); give each gateway its own name. Nothing of this shipment was stored")]
     ConflictInShipment { gateway: String, seq: u64 },
+    /// A journal is bound to the certificate that first shipped it: another
+    /// gateway certificate shipping under its name is a second gateway configured
+    /// with the same name, or one pretending to be it.
+    #[error("journal '{gateway}' is shipped by the gateway certificate '{owner}'; '{client}' may not ship under that name (give each gateway its own `name`). Nothing of this shipment was stored")]
+    NotOwner {
+        gateway: String,
+        owner: String,
+        client: String,
+    },
     #[error("line {line}: {message}; nothing was imported")]
     ImportLine { line: u64, message: String },
     #[error("line {line}: cannot read: {source}; nothing was imported")]
@@ -345,6 +354,44 @@ fn now_ms() -> i64 {
 }
 
 impl AuditStore {
+    /// Binds journal `gateway` to the certificate name `client` unless it is bound
+    /// already, and refuses with [`AuditError::NotOwner`] when it is bound to
+    /// another.
+    pub async fn bind_journal(&self, gateway: &str, client: &str) -> Result<(), AuditError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO audit_journal_owners (tenant, gateway, client, bound_at_ms)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, gateway) DO NOTHING",
+        )
+        .bind(self.tenant())
+        .bind(gateway)
+        .bind(client)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(db("binding a journal to its gateway"))?;
+        let owner: String = sqlx::query_scalar(
+            "SELECT client FROM audit_journal_owners WHERE tenant = $1 AND gateway = $2",
+        )
+        .bind(self.tenant())
+        .bind(gateway)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("reading a journal's gateway"))?;
+        tx.commit()
+            .await
+            .map_err(db("binding a journal to its gateway"))?;
+        if owner == client {
+            Ok(())
+        } else {
+            Err(AuditError::NotOwner {
+                gateway: gateway.into(),
+                owner,
+                client: client.into(),
+            })
+        }
+    }
+
     /// Opens (creating and migrating if needed) the store at `url` for `tenant`, as
     /// [`Store::open`] does, for the CLI's `audit` commands.
     pub async fn open(url: &str, tenant: &str) -> Result<AuditStore, AuditError> {

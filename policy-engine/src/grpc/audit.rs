@@ -10,7 +10,8 @@
 //! would acknowledge an event that is not stored. The error names the gateway and
 //! seq.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use sekisho_proto::v1 as pb;
 use tonic::metadata::MetadataValue;
@@ -45,6 +46,9 @@ pub struct AuditSinkService {
     /// Who may ship; `None` lets any client the TLS layer accepted (tests, a
     /// plaintext test bed).
     clients: Option<Clients>,
+    /// Journals known to be bound to a certificate (gateway name → certificate
+    /// name), so a shipment costs no store read for them.
+    owners: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl AuditSinkService {
@@ -52,6 +56,7 @@ impl AuditSinkService {
         AuditSinkService {
             audit,
             clients: None,
+            owners: Arc::default(),
         }
     }
 
@@ -59,6 +64,32 @@ impl AuditSinkService {
     /// the same CA could otherwise write into any gateway's journal.
     pub fn only_for(self, clients: Option<Clients>) -> Self {
         AuditSinkService { clients, ..self }
+    }
+
+    /// Refuses `client` shipping journal `gateway` when another gateway
+    /// certificate shipped it first; binds it to `client` when nobody did.
+    async fn check_owner(&self, gateway: &str, client: &str) -> Result<(), Status> {
+        let known = self
+            .owners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(gateway)
+            .is_some_and(|owner| owner == client);
+        if known {
+            return Ok(());
+        }
+        self.audit
+            .bind_journal(gateway, client)
+            .await
+            .map_err(|e| {
+                tracing::warn!(%client, %gateway, error = %e, "audit shipment refused");
+                audit_status(e)
+            })?;
+        self.owners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(gateway.to_string(), client.to_string());
+        Ok(())
     }
 
     /// The service wrapped for a tonic router, with the batch size limit set.
@@ -69,6 +100,7 @@ impl AuditSinkService {
 
 fn audit_status(e: AuditError) -> Status {
     match e {
+        AuditError::NotOwner { .. } => Status::permission_denied(e.to_string()),
         AuditError::Malformed { .. }
         | AuditError::Mismatch { .. }
         | AuditError::InvalidRecord { .. }
@@ -97,6 +129,13 @@ impl pb::audit_sink_server::AuditSink for AuditSinkService {
     ) -> Result<Response<pb::ShipAck>, Status> {
         Clients::check_gateway(self.clients.as_ref(), &request)?;
         let client = peer_name(&request).unwrap_or_default();
+        // A gateway ships its own journals only; an administrator may ship any (a
+        // standalone tier's journal carried over by hand).
+        let bound = self
+            .clients
+            .as_ref()
+            .is_some_and(|c| !c.admins.contains(&client));
+        let mut checked: HashSet<String> = HashSet::new();
         let mut stream = request.into_inner();
         let mut stored_through: BTreeMap<String, u64> = BTreeMap::new();
         let mut inserted = 0u64;
@@ -130,6 +169,10 @@ impl pb::audit_sink_server::AuditSink for AuditSinkService {
                         return Err(Status::invalid_argument(format!(
                             "'{DIRECTORY_JOURNAL}' is the engine's own journal; no gateway may ship under that name"
                         )));
+                    }
+                    if bound && !checked.contains(&r.gateway) {
+                        self.check_owner(&r.gateway, &client).await?;
+                        checked.insert(r.gateway.clone());
                     }
                 }
                 pending.extend(batch.records.into_iter().map(|r| Record {

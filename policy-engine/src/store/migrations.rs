@@ -237,6 +237,22 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         )",
         ],
     },
+    Migration {
+        version: 5,
+        name: "which gateway certificate ships each journal",
+        statements: &[
+            // The certificate name that first shipped each journal: only it may ship
+            // that journal from then on (administrators importing a standalone
+            // tier's journal are not bound).
+            "CREATE TABLE audit_journal_owners (
+            tenant TEXT NOT NULL,
+            gateway TEXT NOT NULL,
+            client TEXT NOT NULL,
+            bound_at_ms BIGINT NOT NULL,
+            PRIMARY KEY (tenant, gateway)
+        )",
+        ],
+    },
 ];
 
 /// Brings the database up to the newest embedded migration.

@@ -31,7 +31,12 @@ impl Fx {
         if self.kind != Kind::Postgres {
             return;
         }
-        for table in ["audit_events", "audit_gateways", "audit_decisions"] {
+        for table in [
+            "audit_events",
+            "audit_gateways",
+            "audit_decisions",
+            "audit_journal_owners",
+        ] {
             let _ = sqlx::query(&format!("DELETE FROM {table} WHERE tenant = $1"))
                 .bind(s.tenant())
                 .execute(s.pool())
@@ -56,6 +61,7 @@ on_both_backends!(
     decisions_round_trip,
     resent_event_is_a_duplicate,
     different_event_under_a_held_seq_refuses_the_shipment,
+    a_journal_is_bound_to_its_first_shipper,
 );
 
 /// `n` events of one gateway's chain. Users u0..u2 on devices d0..d1 in turn, one
@@ -698,5 +704,23 @@ async fn different_event_under_a_held_seq_refuses_the_shipment(fx: Fx) {
     let gws = s.gateways().await.unwrap();
     assert_eq!(gws.len(), 1);
     assert_eq!((gws[0].stored_through, gws[0].received), (100, 100));
+    fx.cleanup_audit(&s).await;
+}
+
+async fn a_journal_is_bound_to_its_first_shipper(fx: Fx) {
+    let s = fx.audit().await;
+    s.bind_journal("gw-a", "cert-a").await.unwrap();
+    s.bind_journal("gw-a", "cert-a").await.unwrap();
+    let e = s.bind_journal("gw-a", "cert-b").await.unwrap_err();
+    assert!(
+        matches!(&e, AuditError::NotOwner { owner, client, .. } if owner == "cert-a" && client == "cert-b"),
+        "{e}"
+    );
+    s.bind_journal("gw-b", "cert-b").await.unwrap();
+    // Bindings are per tenant.
+    let other =
+        fx.opened(AuditStore::open(&fx.url, &crate::store::testing::unique_tenant("other")).await);
+    other.bind_journal("gw-a", "cert-b").await.unwrap();
+    fx.cleanup_audit(&other).await;
     fx.cleanup_audit(&s).await;
 }
