@@ -112,8 +112,11 @@ pub struct CredentialStore {
 const TYPICAL_ENROLMENT_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// How long a device read from the store is trusted before it is read again: a
-/// registration changed through another replica is seen within this time.
-const DEVICE_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// registration changed through another replica (a stolen terminal deregistered)
+/// is seen within this time. The cache is for the two reads of every logon and a
+/// terminal's bursts of unlocks; a terminal seldom logs on twice in 10 s otherwise,
+/// so a longer time would buy little and leave a removed terminal working longer.
+const DEVICE_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Registered devices, read twice per logon and changed almost never.
 type DeviceCache =
