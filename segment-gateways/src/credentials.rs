@@ -219,7 +219,7 @@ impl CredentialStore {
             .into_bytes()
     }
 
-    pub(crate) fn seal(
+    fn seal(
         &self,
         user: &str,
         what: &str,
@@ -1019,7 +1019,7 @@ fn corrupt<'a, E: std::fmt::Display>(
     }
 }
 
-pub(crate) fn card_kind_name(kind: CardKind) -> &'static str {
+fn card_kind_name(kind: CardKind) -> &'static str {
     match kind {
         CardKind::Card => "card",
         CardKind::MyNumber => "mynumber",

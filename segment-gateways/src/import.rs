@@ -24,9 +24,7 @@ use rustls_pki_types::UnixTime;
 use sekisho_policy_engine::import::{check_id, read_table, split_list, Change, Problem};
 use sekisho_proto::v1 as pb;
 
-use crate::credentials::{
-    card_fingerprint, card_kind_name, CredentialError, CredentialStore, StoredUser,
-};
+use crate::credentials::{card_fingerprint, CredentialError, CredentialStore, StoredUser};
 use crate::db::{db_err, now_ms};
 use crate::factors::card::{self, CardTrust};
 use crate::factors::pin;
@@ -615,21 +613,10 @@ impl Plan<'_> {
         ctx: &ImportContext<'_>,
         tx: &mut AnyConnection,
     ) -> Result<(), CredentialError> {
-        let planned = &self.planned;
         let store = ctx.store;
         let (tenant, tier) = (store.tenant(), store.tier_name());
         let now = now_ms();
-        // Sealing happens before the transaction so the writer lock is held for the
-        // writes alone.
-        let mut sealed = Vec::with_capacity(planned.len());
-        for p in planned {
-            sealed.push(if p.totp {
-                Some(store.seal(&p.user.id, "totp", &p.user.totp_secret)?)
-            } else {
-                None
-            });
-        }
-        for (p, sealed_totp) in planned.iter().zip(sealed) {
+        for p in &self.planned {
             let id = &p.user.id;
             if p.stored.is_none()
                 || ["name", "department", "role", "groups"]
@@ -655,58 +642,21 @@ impl Plan<'_> {
                 .await
                 .map_err(db_err("importing a user"))?;
             }
-            for (factor, phc) in [("password", &p.password), ("pin", &p.pin)] {
-                let Some(phc) = phc else { continue };
-                sqlx::query(
-                    "INSERT INTO gw_secrets (tenant, tier, user_id, factor, phc, updated_at) VALUES ($1, $2, $3, $4, $5, $6)
-                     ON CONFLICT (tenant, tier, user_id, factor) DO UPDATE SET phc = excluded.phc, updated_at = excluded.updated_at",
-                )
-                .bind(tenant)
-                .bind(tier)
-                .bind(id)
-                .bind(factor)
-                .bind(phc)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err("importing a secret"))?;
+            for (factor, phc) in [
+                (sekisho_policy_engine::Factor::Password, &p.password),
+                (sekisho_policy_engine::Factor::Pin, &p.pin),
+            ] {
+                if let Some(phc) = phc {
+                    store.set_secret(&mut *tx, id, factor, phc).await?;
+                }
             }
-            if let Some(sealed) = sealed_totp {
-                sqlx::query(
-                    "INSERT INTO gw_totp (tenant, tier, user_id, secret, algorithm, digits, last_step, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, NULL, $7)
-                     ON CONFLICT (tenant, tier, user_id) DO UPDATE SET secret = excluded.secret,
-                       algorithm = excluded.algorithm, digits = excluded.digits, last_step = NULL,
-                       updated_at = excluded.updated_at",
-                )
-                .bind(tenant)
-                .bind(tier)
-                .bind(id)
-                .bind(sealed)
-                .bind(ctx.totp.algorithm().uri_name().to_ascii_lowercase())
-                .bind(i64::from(ctx.totp.digits()))
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err("importing a TOTP secret"))?;
+            if p.totp {
+                store
+                    .set_totp(&mut *tx, id, &p.user.totp_secret, &ctx.totp)
+                    .await?;
             }
-            for (der, kind, not_after, fingerprint) in &p.cards {
-                sqlx::query(
-                    "INSERT INTO gw_cards (tenant, tier, user_id, fingerprint, kind, certificate, not_after, enrolled_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                     ON CONFLICT (tenant, tier, user_id, fingerprint) DO NOTHING",
-                )
-                .bind(tenant)
-                .bind(tier)
-                .bind(id)
-                .bind(fingerprint)
-                .bind(card_kind_name(*kind))
-                .bind(hex::encode(der))
-                .bind(*not_after)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err("importing a card"))?;
+            for (der, kind, not_after, _) in &p.cards {
+                store.add_card(&mut *tx, id, der, *kind, *not_after).await?;
             }
         }
         Ok(())
