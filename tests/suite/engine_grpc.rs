@@ -424,13 +424,7 @@ async fn a_restarted_engine_serves_what_it_stored() {
     } = engine;
     running.shutdown().await.unwrap();
     let engine = TestEngine::start_with(config, dir).await;
-    let p = engine
-        .decision_client()
-        .await
-        .plan(plan_request("u020", "lgwan-mobile-01", "logon"))
-        .await
-        .unwrap()
-        .into_inner();
+    let p = engine.plan_logon("u020", "lgwan-mobile-01").await;
     assert_eq!(
         (options(&p), p.policy_version.as_str()),
         (vec![vec!["face".to_string(), "password".to_string()]], "v1")
@@ -467,13 +461,7 @@ async fn replicas_on_postgres_pick_up_each_others_versions_and_entities() {
         .await
         .unwrap();
     let _ = b.running.state.refresh().await.unwrap();
-    let p = b
-        .decision_client()
-        .await
-        .plan(plan_request("u020", "lgwan-mobile-01", "logon"))
-        .await
-        .unwrap()
-        .into_inner();
+    let p = b.plan_logon("u020", "lgwan-mobile-01").await;
     assert!(
         p.options.is_empty(),
         "B still serves the old entities: {p:?}"
@@ -534,13 +522,7 @@ async fn replicas_on_postgres_pick_up_each_others_versions_and_entities() {
         .unwrap();
     assert_eq!(v2.version, 2);
     assert!(!b.running.state.serve_stored_version(1).await.unwrap());
-    let p = b
-        .decision_client()
-        .await
-        .plan(plan_request("u020", "lgwan-mobile-01", "logon"))
-        .await
-        .unwrap()
-        .into_inner();
+    let p = b.plan_logon("u020", "lgwan-mobile-01").await;
     assert_eq!(p.policy_version, "v2");
     a.stop().await;
     b.stop().await;

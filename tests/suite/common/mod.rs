@@ -114,6 +114,16 @@ impl TestEngine {
         )
     }
 
+    /// The engine's plan for `user` logging on at `device`.
+    pub async fn plan_logon(&self, user: &str, device: &str) -> pb::PlanResponse {
+        self.decision_client()
+            .await
+            .plan(plan_request(user, device, "logon"))
+            .await
+            .expect("plan")
+            .into_inner()
+    }
+
     /// Loads the example city and publishes the reference policies (v1).
     pub async fn load_reference(&self) -> pb::PolicyVersionInfo {
         let mut admin = self.admin_client().await;
