@@ -318,7 +318,8 @@ impl Journal {
     /// registration): written first and journaled after, a failed journal write
     /// left the change standing with no event, and journaled first, a failed
     /// change left an event for nothing. Logons queue while it is held, so hold it
-    /// for the writes alone.
+    /// for the writes alone; an append through this journal while it is held
+    /// would wait for itself.
     pub async fn exclusive(&self) -> Result<Exclusive, JournalError> {
         let (lend, lent) = oneshot::channel();
         self.tx
