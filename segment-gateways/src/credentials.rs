@@ -219,12 +219,7 @@ impl CredentialStore {
             .into_bytes()
     }
 
-    fn seal(
-        &self,
-        user: &str,
-        what: &str,
-        plain: &[u8],
-    ) -> Result<String, CredentialError> {
+    fn seal(&self, user: &str, what: &str, plain: &[u8]) -> Result<String, CredentialError> {
         let sealed = self
             .key
             .seal(&self.aad(user, what), plain)
