@@ -7,6 +7,8 @@ use std::time::Duration;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
+use sekisho_policy_engine::{Factor, Via};
+
 use crate::client::{DeviceConnArgs, EngineArgs, GatewayArgs};
 
 /// sekisho (関所) decides and enforces which authentication factors a person must
@@ -225,10 +227,13 @@ pub enum EntitiesCommand {
     },
     /// Delete users, groups or devices by id, in one transaction.
     Delete {
+        /// A user to delete (repeat for more).
         #[arg(long = "user", value_name = "ID")]
         users: Vec<String>,
+        /// A group to delete (repeat for more).
         #[arg(long = "group", value_name = "ID")]
         groups: Vec<String>,
+        /// A device to delete (repeat for more).
         #[arg(long = "device", value_name = "ID")]
         devices: Vec<String>,
         #[command(flatten)]
@@ -274,11 +279,23 @@ pub struct DecideArgs {
 pub enum GatewayCommand {
     /// Serve the Logon and GatewayAdmin APIs for one tier until interrupted (Ctrl-C or
     /// SIGTERM).
+    ///
+    /// Without engine.ca/cert/key in the config, the gateway talks to the engine with
+    /// the engine's development PKI, looked for in tls.generate_dir (default
+    /// sekisho-tls/ beside the config). When no CA is there, a new one would not be
+    /// trusted by the engine, so the gateway refuses to start if the engine is on
+    /// another host or already answers at engine.url; only for a loopback engine
+    /// that is not running yet (to be started from the same directory) is a CA
+    /// created, with a warning naming it.
     Serve {
         /// TOML configuration; only `tier` is required (SQLite store, key file and
         /// the development PKI beside it by default).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// The engine's development PKI directory (where `engine serve` wrote
+        /// sekisho-tls/); replaces the config's tls.generate_dir.
+        #[arg(long, value_name = "DIR")]
+        pki_dir: Option<PathBuf>,
     },
 }
 
@@ -287,12 +304,13 @@ pub enum EnrollCommand {
     /// Create a new authenticator-app (TOTP) secret for a user, replacing any old
     /// one, and show it as a QR code to scan. The secret is shown only this once.
     Totp {
-        /// User id.
+        /// User id (1 to 256 bytes).
+        #[arg(value_parser = crate::cmd::parse_user_id)]
         user: String,
         /// Hash algorithm; sha1 is what most authenticator apps support.
         #[arg(long, default_value = "sha1", value_parser = ["sha1", "sha256"])]
         algorithm: String,
-        /// Code length.
+        /// Code length in digits.
         #[arg(
             long,
             default_value = "6",
@@ -308,7 +326,8 @@ pub enum EnrollCommand {
     /// Register an IC card (staff card or My Number card) for a user by its
     /// certificate. Only the certificate is stored, never a private key.
     Card {
-        /// User id.
+        /// User id (1 to 256 bytes).
+        #[arg(value_parser = crate::cmd::parse_user_id)]
         user: String,
         /// The card's certificate, PEM or DER.
         #[arg(long, value_name = "FILE")]
@@ -326,7 +345,8 @@ pub enum EnrollCommand {
     /// neither shown nor kept in the shell history: `sekisho enroll pin u042 < pin.txt`,
     /// or type it at the prompt.
     Pin {
-        /// User id.
+        /// User id (1 to 256 bytes).
+        #[arg(value_parser = crate::cmd::parse_user_id)]
         user: String,
         #[command(flatten)]
         gateway: GatewayArgs,
@@ -334,7 +354,8 @@ pub enum EnrollCommand {
     /// Set a user's password on a tier without a directory (standalone). Read from
     /// standard input like `enroll pin`.
     Password {
-        /// User id.
+        /// User id (1 to 256 bytes).
+        #[arg(value_parser = crate::cmd::parse_user_id)]
         user: String,
         #[command(flatten)]
         gateway: GatewayArgs,
@@ -345,7 +366,8 @@ pub enum EnrollCommand {
     Remove(EnrollRemoveArgs),
     /// Show what a user has registered on this tier, and whether they are locked out.
     Show {
-        /// User id.
+        /// User id (1 to 256 bytes).
+        #[arg(value_parser = crate::cmd::parse_user_id)]
         user: String,
         #[command(flatten)]
         gateway: GatewayArgs,
@@ -355,12 +377,13 @@ pub enum EnrollCommand {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("what").required(true).args(["factor", "all"])))]
 pub struct EnrollRemoveArgs {
-    /// User id.
+    /// User id (1 to 256 bytes).
+    #[arg(value_parser = crate::cmd::parse_user_id)]
     pub user: String,
     /// The factor whose credentials go: password, pin, totp, card, mynumber_card,
     /// face, vein or emergency_otp.
     #[arg(long, value_name = "FACTOR")]
-    pub factor: Option<String>,
+    pub factor: Option<Factor>,
     /// Every credential the user has on this tier.
     #[arg(long)]
     pub all: bool,
@@ -374,7 +397,8 @@ pub struct EnrollRemoveArgs {
 
 #[derive(Debug, Args)]
 pub struct BiometricEnrollArgs {
-    /// User id.
+    /// User id (1 to 256 bytes).
+    #[arg(value_parser = crate::cmd::parse_user_id)]
     pub user: String,
     /// Feature vectors from the enrolment device: one vector (a JSON array of
     /// numbers, or numbers separated by spaces) or a JSON array of vectors.
@@ -392,7 +416,8 @@ pub enum EmergencyOtpCommand {
     /// Issue a single-use code the user types instead of presenting their card. It is
     /// printed once (tell it to the user in person or by phone) and expires after --ttl.
     Issue {
-        /// User id.
+        /// User id (1 to 256 bytes).
+        #[arg(value_parser = crate::cmd::parse_user_id)]
         user: String,
         /// How long the code stays valid: 30m, 2h, 1h30m, 1d (at most 24h).
         #[arg(long, default_value = "2h", value_parser = crate::cmd::parse_otp_ttl, value_name = "DURATION")]
@@ -419,7 +444,8 @@ pub enum DeviceCommand {
     /// is refused from then on and its open session ends. (Its entry in the engine's
     /// entities stays until `sekisho entities delete --device ID`.)
     Deregister {
-        /// Device id (its certificate's common name).
+        /// Device id (its certificate's common name, 1 to 256 bytes).
+        #[arg(value_parser = crate::cmd::parse_device_id)]
         device: String,
         #[command(flatten)]
         gateway: GatewayArgs,
@@ -510,7 +536,9 @@ pub struct UsersImportArgs {
 
 #[derive(Debug, Args)]
 pub struct DeviceRegisterArgs {
-    /// Device id: the common name of the terminal's certificate (lgwan-desk-17).
+    /// Device id: the common name of the terminal's certificate (lgwan-desk-17),
+    /// 1 to 256 bytes.
+    #[arg(value_parser = crate::cmd::parse_device_id)]
     pub id: String,
     /// The network tier it sits on: mynumber, lgwan, internet or telework.
     #[arg(long, value_name = "TIER")]
@@ -559,7 +587,8 @@ pub struct DeviceRegisterArgs {
 
 #[derive(Debug, Args)]
 pub struct UnlockUserArgs {
-    /// User id.
+    /// User id (1 to 256 bytes).
+    #[arg(value_parser = crate::cmd::parse_user_id)]
     pub user: String,
     #[command(flatten)]
     pub gateway: GatewayArgs,
@@ -585,15 +614,15 @@ pub enum AgentCommand {
 /// secrets come from standard input, never from the command line.
 #[derive(Debug, Args)]
 pub struct AgentAuthArgs {
-    /// User id.
-    #[arg(long, value_name = "ID")]
+    /// User id (1 to 256 bytes).
+    #[arg(long, value_name = "ID", value_parser = crate::cmd::parse_user_id)]
     pub user: String,
     /// How the session arrives: console, rdp or lgwan_telework.
     #[arg(long, default_value = "console", value_name = "V")]
-    pub via: String,
-    /// Factors proven on the device a remote session came from.
+    pub via: Via,
+    /// Factors proven on the device a remote session came from, comma separated.
     #[arg(long, value_delimiter = ',', value_name = "A,B,…")]
-    pub upstream: Vec<String>,
+    pub upstream: Vec<Factor>,
     /// Read the password from standard input (the first line).
     #[arg(long)]
     pub password_stdin: bool,
@@ -752,9 +781,10 @@ pub enum AuditCommand {
         source: AuditSourceArgs,
         #[command(flatten)]
         filter: AuditFilterArgs,
+        /// table for people, json (one object per line) or csv for other tools.
         #[arg(long, default_value = "table", value_parser = PossibleValuesParser::new(["table", "json", "csv"]))]
         format: String,
-        /// Events per page.
+        /// Events per page (1 to 10000).
         #[arg(long, default_value_t = 100, value_name = "N")]
         limit: usize,
         /// Continue after this cursor (printed at the end of the previous page).
@@ -773,6 +803,8 @@ pub enum AuditCommand {
         source: AuditSourceArgs,
         #[command(flatten)]
         filter: AuditFilterArgs,
+        /// jsonl keeps each event as chained (verifiable, importable); csv is for
+        /// spreadsheets.
         #[arg(long, default_value = "jsonl", value_parser = PossibleValuesParser::new(["jsonl", "csv"]))]
         format: String,
         /// Write here instead of standard output (replaced only when complete).
@@ -792,6 +824,7 @@ pub enum AuditCommand {
             value_name = "URL"
         )]
         store: String,
+        /// The municipality (tenant) in the engine's store.
         #[arg(
             long,
             env = "SEKISHO_TENANT",
@@ -806,6 +839,7 @@ pub enum AuditCommand {
 pub enum ReportCommand {
     /// Accounts with no successful logon for --days (candidates to disable).
     Dormant {
+        /// Days without a successful logon that make an account dormant.
         #[arg(long, default_value_t = 90, value_name = "N")]
         days: u32,
         #[command(flatten)]
@@ -834,6 +868,8 @@ pub enum ReportCommand {
     /// Who was using a terminal at a given moment (shared counter terminals), and
     /// the logons, switches and locks around it.
     Operators {
+        /// The terminal (its certificate's name, e.g. lg-counter-03); an id that
+        /// neither the engine's entities nor the trail know is an error.
         #[arg(long, value_name = "DEVICE")]
         device: String,
         /// The moment: "2026-11-22 14:02" (local time) or RFC 3339.

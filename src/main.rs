@@ -96,8 +96,8 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
             cmd::directory::status(runs, &engine).await
         }
         Command::Decide(args) => cmd::decide::run(&args),
-        Command::Gateway(GatewayCommand::Serve { config }) => {
-            cmd::gateway::serve(config.as_deref()).await
+        Command::Gateway(GatewayCommand::Serve { config, pki_dir }) => {
+            cmd::gateway::serve(config.as_deref(), pki_dir.as_deref()).await
         }
         Command::Enroll(EnrollCommand::Totp {
             user,

@@ -48,6 +48,10 @@ pub struct Problem {
     /// The column's header name (or `TOML` key); empty when the problem is the row.
     pub column: String,
     pub reason: String,
+    /// How the row is named when the file has entries rather than rows: a TOML
+    /// file's `device 2 (id 'lg-1')`, since its line numbers say nothing about which
+    /// table is meant. `None` for CSV, whose rows a spreadsheet numbers.
+    pub entry: Option<String>,
 }
 
 impl Problem {
@@ -56,16 +60,25 @@ impl Problem {
             row,
             column: column.into(),
             reason: reason.into(),
+            entry: None,
         }
+    }
+
+    /// This problem, with `entry` naming its row.
+    pub fn in_entry(mut self, entry: &str) -> Problem {
+        self.entry = Some(entry.to_string());
+        self
     }
 }
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (self.row, self.column.is_empty()) {
-            (0, _) => write!(f, "{}", self.reason),
-            (r, true) => write!(f, "row {r}: {}", self.reason),
-            (r, false) => write!(f, "row {r}, column {}: {}", self.column, self.reason),
+        match (&self.entry, self.row, self.column.is_empty()) {
+            (Some(e), _, true) => write!(f, "{e}: {}", self.reason),
+            (Some(e), _, false) => write!(f, "{e}, key {}: {}", self.column, self.reason),
+            (None, 0, _) => write!(f, "{}", self.reason),
+            (None, r, true) => write!(f, "row {r}: {}", self.reason),
+            (None, r, false) => write!(f, "row {r}, column {}: {}", self.column, self.reason),
         }
     }
 }
@@ -225,6 +238,23 @@ pub struct Table {
 /// surrounding spaces ignored), requiring those in `required`. Every problem of the
 /// header and of the column counts is reported, not just the first.
 pub fn read_table(text: &str, known: &[&str], required: &[&str]) -> Result<Table, Vec<Problem>> {
+    let (table, _, problems) = read_known_columns(text, known, required)?;
+    if problems.is_empty() {
+        Ok(table)
+    } else {
+        Err(problems)
+    }
+}
+
+/// [`read_table`] that goes on past header and column-count problems: the table of
+/// the known columns (a repeated column's first occurrence) and of the rows as long
+/// as the header, the header's row, and every problem found. Only a file that has no
+/// table at all (bad CSV syntax, nothing in it) is an error.
+fn read_known_columns(
+    text: &str,
+    known: &[&str],
+    required: &[&str],
+) -> Result<(Table, usize, Vec<Problem>), Vec<Problem>> {
     let records = parse_csv(text).map_err(|p| vec![p])?;
     let Some((header, body)) = records.split_first() else {
         return Err(vec![Problem::new(
@@ -237,7 +267,8 @@ pub fn read_table(text: &str, known: &[&str], required: &[&str]) -> Result<Table
         )]);
     };
     let mut problems = Vec::new();
-    let mut columns = Vec::with_capacity(header.fields.len());
+    // The column each header cell feeds, or None for one that is skipped.
+    let mut slots: Vec<Option<String>> = Vec::with_capacity(header.fields.len());
     for (i, name) in header.fields.iter().enumerate() {
         let name = name.trim().trim_start_matches('\u{FEFF}').to_lowercase();
         if !known.contains(&name.as_str()) {
@@ -250,15 +281,19 @@ pub fn read_table(text: &str, known: &[&str], required: &[&str]) -> Result<Table
                     known.join(", ")
                 ),
             ));
-        } else if columns.contains(&name) {
+            slots.push(None);
+        } else if slots.iter().flatten().any(|c| *c == name) {
             problems.push(Problem::new(
                 header.row,
                 name.clone(),
                 "the column appears twice in the header",
             ));
+            slots.push(None);
+        } else {
+            slots.push(Some(name));
         }
-        columns.push(name);
     }
+    let columns: Vec<String> = slots.iter().flatten().cloned().collect();
     for r in required {
         if !columns.iter().any(|c| c == r) {
             problems.push(Problem::new(
@@ -270,30 +305,85 @@ pub fn read_table(text: &str, known: &[&str], required: &[&str]) -> Result<Table
     }
     let mut rows = Vec::with_capacity(body.len());
     for rec in body {
-        if rec.fields.len() != columns.len() {
+        if rec.fields.len() != slots.len() {
             problems.push(Problem::new(
                 rec.row,
                 "",
                 format!(
                     "{} columns, but the header has {}",
                     rec.fields.len(),
-                    columns.len()
+                    slots.len()
                 ),
             ));
             continue;
         }
-        let map = columns
+        let map = slots
             .iter()
-            .cloned()
-            .zip(rec.fields.iter().map(|f| f.trim().to_string()))
+            .zip(&rec.fields)
+            .filter_map(|(slot, f)| Some((slot.clone()?, f.trim().to_string())))
             .collect();
         rows.push((rec.row, map));
     }
-    if problems.is_empty() {
-        Ok(Table { columns, rows })
-    } else {
-        Err(problems)
+    Ok((Table { columns, rows }, header.row, problems))
+}
+
+/// `table` written back as CSV with each record on the row it was read from (blank
+/// lines, which [`parse_csv`] skips, fill the gaps), so that reading it again names
+/// the same rows.
+fn csv_on_rows(table: &Table, header_row: usize) -> String {
+    fn quoted(cell: &str) -> String {
+        format!("\"{}\"", cell.replace('"', "\"\""))
     }
+    let mut out = String::new();
+    let mut line = 1;
+    let mut record = |out: &mut String, row: usize, cells: Vec<String>| {
+        while line < row {
+            out.push('\n');
+            line += 1;
+        }
+        let text = cells.join(",");
+        line += text.matches('\n').count() + 1;
+        out.push_str(&text);
+        out.push('\n');
+    };
+    let header = table.columns.iter().map(|c| quoted(c)).collect();
+    record(&mut out, header_row, header);
+    for (row, cells) in &table.rows {
+        let cells = table
+            .columns
+            .iter()
+            .map(|c| quoted(cells.get(c).map_or("", String::as_str)))
+            .collect();
+        record(&mut out, *row, cells);
+    }
+    out
+}
+
+/// Runs `parse`, a reader of a table with the `known` columns built on
+/// [`read_table`], so that a file's problems are all found in one pass: when the
+/// header names an unknown or repeated column, or a row has the wrong number of
+/// cells, `parse` still checks the other rows on the known columns, and reports
+/// them with those of the header. Any problem refuses the whole file.
+pub fn parse_table<T>(
+    text: &str,
+    known: &[&str],
+    parse: impl FnOnce(&str) -> Result<T, Vec<Problem>>,
+) -> Result<T, Vec<Problem>> {
+    // Required columns are left to `parse`, which names them either way.
+    let (table, header_row, mut problems) = read_known_columns(text, known, &[])?;
+    if problems.is_empty() {
+        return parse(text);
+    }
+    if let Err(more) = parse(&csv_on_rows(&table, header_row)) {
+        for p in more {
+            if !problems.contains(&p) {
+                problems.push(p);
+            }
+        }
+    }
+    // In file order; a row's problems keep the order they were found in.
+    problems.sort_by_key(|p| p.row);
+    Err(problems)
 }
 
 /// Checks an identifier (user or device id): 1 to 256 bytes, no control characters,
@@ -352,110 +442,253 @@ pub struct DeviceRow {
     pub device: DeviceRecord,
 }
 
-/// A device as written in a TOML file: `[[device]]` tables.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TomlDevices {
-    #[serde(default)]
-    device: Vec<TomlDevice>,
-}
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TomlDevice {
-    id: String,
-    tier: String,
-    kind: String,
-    #[serde(default)]
-    capabilities: Vec<String>,
-    #[serde(default)]
-    location: String,
+/// One device as read from a file, before its values are checked. A field is `None`
+/// when reading it already failed (a TOML value of the wrong type), so that it is
+/// not reported twice.
+struct RawDevice {
+    row: usize,
+    /// How a TOML file's entry is named in problems (`device 2 (id 'lg-1')`).
+    entry: Option<String>,
+    id: Option<String>,
+    tier: Option<String>,
+    kind: Option<String>,
+    capabilities: Option<Vec<String>>,
+    location: Option<String>,
 }
 
 /// Reads a device file: TOML when `toml` (an array of `[[device]]` tables, "row" N
 /// being the N-th device), otherwise CSV with the [`DEVICE_COLUMNS`] (capabilities
 /// `;`-separated). Every row is checked; any problem refuses the whole file.
 pub fn parse_devices(text: &str, toml: bool) -> Result<Vec<DeviceRow>, Vec<Problem>> {
-    let raw: Vec<(usize, String, String, String, Vec<String>, String)> = if toml {
-        let parsed: TomlDevices = ::toml::from_str(text).map_err(|e| {
-            vec![Problem::new(
-                0,
-                "",
-                format!("not a valid device TOML file: {}", e.message()),
-            )]
-        })?;
-        parsed
-            .device
-            .into_iter()
-            .enumerate()
-            .map(|(i, d)| (i + 1, d.id, d.tier, d.kind, d.capabilities, d.location))
-            .collect()
-    } else {
+    if toml {
+        let (raw, problems) = toml_devices(text)?;
+        return check_devices(raw, problems);
+    }
+    parse_table(text, DEVICE_COLUMNS, |text| {
         let table = read_table(text, DEVICE_COLUMNS, &["id", "tier", "kind"])?;
-        table
+        let raw = table
             .rows
             .into_iter()
             .map(|(row, mut m)| {
-                let mut take = |k: &str| m.remove(k).unwrap_or_default();
-                let caps = split_list(&take("capabilities"));
-                (
+                let mut take = |k: &str| Some(m.remove(k).unwrap_or_default());
+                RawDevice {
                     row,
-                    take("id"),
-                    take("tier"),
-                    take("kind"),
-                    caps,
-                    take("location"),
-                )
+                    entry: None,
+                    id: take("id"),
+                    tier: take("tier"),
+                    kind: take("kind"),
+                    capabilities: take("capabilities").map(|c| split_list(&c)),
+                    location: take("location"),
+                }
             })
-            .collect()
-    };
+            .collect();
+        check_devices(raw, Vec::new())
+    })
+}
+
+/// The `[[device]]` tables of a TOML file, with a problem for each key that is
+/// unknown, missing or of the wrong type, named by its device (index and id) and key.
+/// Only a file that is not TOML at all is an error by itself.
+fn toml_devices(text: &str) -> Result<(Vec<RawDevice>, Vec<Problem>), Vec<Problem>> {
+    let doc: ::toml::Table = text.parse().map_err(|e: ::toml::de::Error| {
+        let before = e.span().and_then(|span| text.get(..span.start));
+        let at = before.map_or(String::new(), |before| {
+            let line = 1 + before.matches('\n').count();
+            let column = 1 + before.chars().rev().take_while(|c| *c != '\n').count();
+            format!(" at line {line}, column {column}")
+        });
+        // One line, as every problem is printed: the parser's message may have several.
+        let lines: Vec<&str> = e
+            .message()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let message = lines.join("; ");
+        vec![Problem::new(
+            0,
+            "",
+            format!("not a valid TOML file{at}: {message}"),
+        )]
+    })?;
     let mut problems = Vec::new();
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    let mut rows = Vec::with_capacity(raw.len());
-    for (row, id, tier, kind, caps, location) in raw {
-        let before = problems.len();
-        let id = id.trim().to_string();
-        if let Err(why) = check_id(&id) {
-            problems.push(Problem::new(row, "id", format!("device id {why}")));
-        } else if let Some(first) = seen.insert(id.clone(), row) {
+    for key in doc.keys().filter(|k| k.as_str() != "device") {
+        problems.push(Problem::new(
+            0,
+            "",
+            format!("unknown top-level key '{key}': a device file holds [[device]] tables only"),
+        ));
+    }
+    let entries: &[::toml::Value] = match doc.get("device") {
+        None => &[],
+        Some(::toml::Value::Array(entries)) => entries,
+        Some(other) => {
             problems.push(Problem::new(
-                row,
-                "id",
-                format!("device '{id}' is already in row {first}"),
+                0,
+                "",
+                format!(
+                    "'device' is {}: write each device as a [[device]] table",
+                    a_type(other)
+                ),
             ));
+            &[]
         }
-        let tier: Option<Tier> = match tier.trim().parse() {
-            Ok(t) => Some(t),
-            Err(e) => {
-                problems.push(Problem::new(row, "tier", e.to_string()));
+    };
+    let mut raw = Vec::with_capacity(entries.len());
+    for (i, value) in entries.iter().enumerate() {
+        let row = i + 1;
+        let Some(table) = value.as_table() else {
+            problems.push(
+                Problem::new(row, "", format!("{}, not a table", a_type(value)))
+                    .in_entry(&format!("device {row}")),
+            );
+            continue;
+        };
+        let entry = match table
+            .get("id")
+            .and_then(::toml::Value::as_str)
+            .filter(|id| !id.trim().is_empty())
+        {
+            Some(id) => format!("device {row} (id '{id}')"),
+            None => format!("device {row}"),
+        };
+        let mut bad = |key: &str, reason: String| {
+            problems.push(Problem::new(row, key, reason).in_entry(&entry));
+        };
+        for key in table.keys() {
+            if !DEVICE_COLUMNS.contains(&key.as_str()) {
+                bad(
+                    key,
+                    format!("unknown key; known keys: {}", DEVICE_COLUMNS.join(", ")),
+                );
+            }
+        }
+        let mut string = |key: &str, required: bool| match table.get(key) {
+            None if required => {
+                bad(key, "missing (required)".into());
+                None
+            }
+            None => Some(String::new()),
+            Some(::toml::Value::String(s)) => Some(s.clone()),
+            Some(other) => {
+                bad(key, format!("must be a string, not {}", a_type(other)));
                 None
             }
         };
-        let kind: Option<DeviceKind> = match kind.trim().parse() {
-            Ok(k) => Some(k),
-            Err(e) => {
-                problems.push(Problem::new(row, "kind", e.to_string()));
+        let (id, tier, kind) = (
+            string("id", true),
+            string("tier", true),
+            string("kind", true),
+        );
+        let location = string("location", false);
+        let capabilities = match table.get("capabilities") {
+            None => Some(Vec::new()),
+            Some(::toml::Value::Array(items)) if items.iter().all(|v| v.is_str()) => Some(
+                items
+                    .iter()
+                    .filter_map(::toml::Value::as_str)
+                    .map(String::from)
+                    .collect(),
+            ),
+            Some(other) => {
+                bad(
+                    "capabilities",
+                    format!(
+                        "must be an array of strings such as [\"card\", \"face\"], not {}",
+                        other
+                    ),
+                );
                 None
             }
         };
-        let capabilities = match Capabilities::parse_names(caps.iter().map(|c| c.trim())) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                problems.push(Problem::new(row, "capabilities", e.to_string()));
-                None
-            }
+        raw.push(RawDevice {
+            row,
+            entry: Some(entry),
+            id,
+            tier,
+            kind,
+            capabilities,
+            location,
+        });
+    }
+    Ok((raw, problems))
+}
+
+/// A TOML value's type with its article, for problems: "an integer", "a string".
+fn a_type(value: &::toml::Value) -> String {
+    let t = value.type_str();
+    let article = if t.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {t}")
+}
+
+/// Checks the values of every device read, adding to the problems already found;
+/// any problem refuses the whole file.
+fn check_devices(
+    raw: Vec<RawDevice>,
+    mut problems: Vec<Problem>,
+) -> Result<Vec<DeviceRow>, Vec<Problem>> {
+    // The first row or entry each id was seen in, as problems name it.
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let mut rows = Vec::with_capacity(raw.len());
+    for d in raw {
+        let before = problems.len();
+        let row = d.row;
+        let mut bad = |column: &str, reason: String| {
+            let p = Problem::new(row, column, reason);
+            problems.push(match &d.entry {
+                Some(e) => p.in_entry(e),
+                None => p,
+            });
         };
-        if location.chars().any(|c| c.is_control() && c != '\t') {
-            problems.push(Problem::new(
-                row,
-                "location",
-                "contains a line break or control character",
-            ));
+        let id = d.id.map(|id| id.trim().to_string());
+        if let Some(id) = &id {
+            let here = match d.entry {
+                Some(_) => format!("device {row}"),
+                None => format!("row {row}"),
+            };
+            if let Err(why) = check_id(id) {
+                bad("id", format!("device id {why}"));
+            } else if let Some(first) = seen.get(id) {
+                bad("id", format!("device '{id}' is already in {first}"));
+            } else {
+                seen.insert(id.clone(), here);
+            }
+        }
+        let tier: Option<Tier> = d.tier.and_then(|t| {
+            t.trim()
+                .parse()
+                .map_err(|e: crate::model::UnknownName| bad("tier", e.to_string()))
+                .ok()
+        });
+        let kind: Option<DeviceKind> = d.kind.and_then(|k| {
+            k.trim()
+                .parse()
+                .map_err(|e: crate::model::UnknownName| bad("kind", e.to_string()))
+                .ok()
+        });
+        let capabilities = d.capabilities.and_then(|caps| {
+            Capabilities::parse_names(caps.iter().map(|c| c.trim()))
+                .map_err(|e| bad("capabilities", e.to_string()))
+                .ok()
+        });
+        if let Some(location) = &d.location {
+            if location.chars().any(|c| c.is_control() && c != '\t') {
+                bad(
+                    "location",
+                    "contains a line break or control character".into(),
+                );
+            }
         }
         if problems.len() != before {
             continue;
         }
-        if let (Some(tier), Some(kind), Some(capabilities)) = (tier, kind, capabilities) {
+        if let (Some(id), Some(tier), Some(kind), Some(capabilities), Some(location)) =
+            (id, tier, kind, capabilities, d.location)
+        {
             rows.push(DeviceRow {
                 row,
                 device: DeviceRecord {
@@ -617,8 +850,15 @@ kind = "toaster"
         let err = parse_devices(text, true).unwrap_err();
         assert_eq!(err.len(), 1);
         assert_eq!((err[0].row, err[0].column.as_str()), (2, "kind"));
+        assert_eq!(
+            err[0].to_string(),
+            "device 2 (id 'x'), key kind: unknown device kind 'toaster' (expected one of: desktop, shared, mobile, telework, vdi)"
+        );
         let err = parse_devices("[[device]]\nid = 'a'\ncolour = 1\n", true).unwrap_err();
-        assert!(err[0].reason.contains("colour"), "{err:?}");
+        assert_eq!(
+            err[0].to_string(),
+            "device 1 (id 'a'), key colour: unknown key; known keys: id, tier, kind, capabilities, location"
+        );
         let ok = parse_devices(&text.replace("toaster", "vdi"), true).unwrap();
         assert_eq!(ok.len(), 2);
         let mut changed = ok[1].device.clone();
@@ -628,5 +868,110 @@ kind = "toaster"
         assert_eq!(d[1].1, Change::Changed);
         assert_eq!(device_changes(&changed, &ok[1].device), ["location"]);
         assert_eq!(diff_devices(&ok, &[])[0].1, Change::Added);
+    }
+
+    #[test]
+    fn every_toml_problem_names_its_device_and_key() {
+        let text = r#"
+[[device]]
+id = "lg-1"
+tier = "lgwan"
+kind = "desktop"
+capabilities = "card"
+colour = "red"
+
+[[device]]
+tier = 3
+kind = "vdi"
+
+[[device]]
+id = "lg-1"
+tier = "moon"
+kind = "desktop"
+location = "1F"
+"#;
+        let shown: Vec<String> = parse_devices(text, true)
+            .unwrap_err()
+            .iter()
+            .map(Problem::to_string)
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "device 1 (id 'lg-1'), key colour: unknown key; known keys: id, tier, kind, capabilities, location",
+                "device 1 (id 'lg-1'), key capabilities: must be an array of strings such as [\"card\", \"face\"], not \"card\"",
+                "device 2, key id: missing (required)",
+                "device 2, key tier: must be a string, not an integer",
+                "device 3 (id 'lg-1'), key id: device 'lg-1' is already in device 1",
+                "device 3 (id 'lg-1'), key tier: unknown tier 'moon' (expected one of: mynumber, lgwan, internet, telework)",
+            ]
+        );
+        // Not TOML at all: where the parser stopped.
+        let err = parse_devices("[[device]]\nid = \"a\"\ntier = lgwan\n", true).unwrap_err();
+        assert_eq!(err.len(), 1);
+        let shown = err[0].to_string();
+        assert!(
+            shown.starts_with("not a valid TOML file at line 3, column 8:")
+                && !shown.contains('\n'),
+            "{shown}"
+        );
+        let err = parse_devices("device = 1\nextra = true\n", true).unwrap_err();
+        let shown: Vec<String> = err.iter().map(Problem::to_string).collect();
+        assert!(
+            shown.iter().any(|s| s.contains("top-level key 'extra'")),
+            "{shown:?}"
+        );
+        assert!(
+            shown.iter().any(|s| s.contains("'device' is an integer")),
+            "{shown:?}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_column_does_not_hide_the_rows_problems() {
+        // A quoted cell spanning two lines before the bad rows: their numbers hold.
+        let csv = "id,tier,colour,kind,location\n\
+                   lg-1,lgwan,red,desktop,\"2F\n east\"\n\
+                   lg-2,moon,blue,desktop,\n\
+                   lg-3,lgwan,green\n\
+                   lg-1,lgwan,red,toaster,\n";
+        let shown: Vec<String> = parse_devices(csv, false)
+            .unwrap_err()
+            .iter()
+            .map(Problem::to_string)
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "row 1, column colour: unknown column 'colour' (column 3); known columns: id, tier, kind, capabilities, location",
+                "row 2, column location: contains a line break or control character",
+                "row 4, column tier: unknown tier 'moon' (expected one of: mynumber, lgwan, internet, telework)",
+                "row 5: 3 columns, but the header has 5",
+                "row 6, column id: device 'lg-1' is already in row 2",
+                "row 6, column kind: unknown device kind 'toaster' (expected one of: desktop, shared, mobile, telework, vdi)",
+            ]
+        );
+        // A repeated column: the rows are checked on its first occurrence.
+        let shown: Vec<String> = parse_devices("id,tier,tier,kind\n,lgwan,x,desktop\n", false)
+            .unwrap_err()
+            .iter()
+            .map(Problem::to_string)
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "row 1, column tier: the column appears twice in the header",
+                "row 2, column id: device id empty"
+            ]
+        );
+        // A missing required column is named once; rows without it are not checked.
+        let err = parse_devices("id,tier,colour\nlg-1,lgwan,red\n", false).unwrap_err();
+        let shown: Vec<String> = err.iter().map(Problem::to_string).collect();
+        assert_eq!(shown.len(), 2, "{shown:#?}");
+        assert!(shown[1].contains("required column 'kind'"), "{shown:#?}");
+        // The header's problems alone: the other rows are valid.
+        let err =
+            parse_devices("id,tier,kind,colour\nlg-1,lgwan,desktop,red\n", false).unwrap_err();
+        assert_eq!(err.len(), 1, "{err:?}");
     }
 }

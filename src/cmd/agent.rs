@@ -65,8 +65,8 @@ pub async fn authenticate(action: &str, args: &AgentAuthArgs) -> Result<Outcome>
     let begin = BeginArgs {
         user: args.user.clone(),
         action: action.to_string(),
-        via: args.via.clone(),
-        upstream: args.upstream.clone(),
+        via: args.via.name().to_string(),
+        upstream: args.upstream.iter().map(|f| f.name().to_string()).collect(),
     };
     let attempt = agent.authenticate(begin, &presented).await?;
     if attempt.allowed() {

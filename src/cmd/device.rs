@@ -105,12 +105,6 @@ pub async fn register(args: &DeviceRegisterArgs) -> Result<Outcome> {
             .map(|c| c.trim())
             .filter(|c| !c.is_empty()),
     )?;
-    if args.id.trim().is_empty() || args.id.trim() != args.id {
-        bail!(
-            "device id '{}' must be non-empty without surrounding spaces",
-            args.id
-        );
-    }
     let capture_key = match &args.capture_key {
         Some(path) => capture_key_der(path)?,
         None => Vec::new(),

@@ -4,11 +4,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use sekisho_gateway::agent::{read_certificate_der, read_templates};
 use sekisho_gateway::credentials::card_fingerprint;
 use sekisho_gateway::messages::local_time;
 use sekisho_gateway::qr::render_qr;
+use sekisho_policy_engine::Factor;
 use sekisho_proto::v1 as pb;
 use sekisho_proto::v1::gateway_admin_client::GatewayAdminClient;
 use tonic::transport::Channel;
@@ -133,6 +134,15 @@ pub async fn secret(factor: &str, user: &str, gateway: &GatewayArgs) -> Result<O
 }
 
 pub async fn remove(a: &EnrollRemoveArgs) -> Result<Outcome> {
+    // The gateway refuses this too, but only after the certificate was read and the
+    // connection made, and in terms of its API (card_fingerprint), not of options.
+    if a.card_cert.is_some() && !matches!(a.factor, Some(Factor::Card | Factor::MynumberCard)) {
+        let given = match a.factor {
+            Some(f) => format!("--factor {f}"),
+            None => "--all".to_string(),
+        };
+        bail!("--card-cert removes one card: it goes with --factor card or --factor mynumber_card, not {given}");
+    }
     let card_fingerprint = match &a.card_cert {
         Some(path) => card_fingerprint(
             &read_certificate_der(path).with_context(|| path.display().to_string())?,
@@ -143,7 +153,7 @@ pub async fn remove(a: &EnrollRemoveArgs) -> Result<Outcome> {
         .await?
         .remove_credentials(pb::RemoveCredentialsRequest {
             user: a.user.clone(),
-            factor: a.factor.clone().unwrap_or_default(),
+            factor: a.factor.map(|f| f.name().to_string()).unwrap_or_default(),
             card_fingerprint,
         })
         .await

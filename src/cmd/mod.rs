@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use sekisho_policy_engine::entities::{parse_entities_json, Directory, EntityBatch};
+use sekisho_policy_engine::import::check_id;
 
 /// Reads an entities file and checks its references, naming the file in errors.
 pub fn read_entities(path: &Path) -> Result<EntityBatch> {
@@ -99,6 +100,25 @@ pub fn parse_otp_ttl(text: &str) -> Result<Duration, String> {
         return Err(format!("'{text}' is longer than the allowed 24h"));
     }
     Ok(ttl)
+}
+
+/// A user id given on the command line, checked here as the engine's entities and
+/// the gateway check it, so that a mistyped one is refused before any connection
+/// with the option named (by clap) rather than by a server's generic refusal.
+pub fn parse_user_id(text: &str) -> Result<String, String> {
+    parse_id("user", text)
+}
+
+/// A device id given on the command line; see [`parse_user_id`].
+pub fn parse_device_id(text: &str) -> Result<String, String> {
+    parse_id("device", text)
+}
+
+fn parse_id(what: &str, text: &str) -> Result<String, String> {
+    check_id(text).map_err(|why| {
+        format!("{what} id {why} (1 to 256 bytes, no control characters or surrounding spaces)")
+    })?;
+    Ok(text.to_string())
 }
 
 /// Reads one secret per label, one line each: the trailing newline (and a carriage
@@ -230,6 +250,17 @@ mod tests {
         assert!(parse_otp_ttl("1d1m").unwrap_err().contains("24h"));
         assert!(parse_otp_ttl("30s").unwrap_err().contains("too short"));
         assert_eq!(parse_otp_ttl("2h").map(|d| d.as_secs()), Ok(7_200));
+    }
+
+    #[test]
+    fn ids_on_the_command_line() {
+        assert_eq!(parse_user_id("u042"), Ok("u042".to_string()));
+        assert!(parse_user_id("").unwrap_err().starts_with("user id empty"));
+        let long = "d".repeat(257);
+        assert!(parse_device_id(&long)
+            .unwrap_err()
+            .starts_with("device id 257 bytes long, at most 256"));
+        assert!(parse_user_id(" u1").is_err());
     }
 
     fn read(input: &str, labels: &[&str]) -> Result<Vec<String>> {

@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use sekisho_gateway::messages::Locale;
-use sekisho_policy_engine::audit::{Filter, Outcome};
+use sekisho_policy_engine::audit::{Filter, Outcome, Page};
+use sekisho_policy_engine::entities::EntityBatch;
 use sekisho_policy_engine::store::{redact_url, Store};
 
 use crate::cli::{AuditSourceArgs, ReportOutputArgs, ReportPeriodArgs};
@@ -45,6 +46,54 @@ fn period_line(f: &Filter, locale: Locale) -> String {
     }
 }
 
+/// The users, groups and devices in the engine's store that `args` reads the trail
+/// of: what exists beyond those the trail happens to mention.
+async fn engine_entities(args: &AuditSourceArgs) -> Result<EntityBatch> {
+    let store = Store::open(&args.store, &args.tenant)
+        .await
+        .with_context(|| format!("the engine's store {}", redact_url(&args.store)))?;
+    let entities = store
+        .load_entities()
+        .await
+        .context("reading the engine's entities");
+    store.close().await;
+    entities
+}
+
+/// Fails unless `device` is a terminal the engine's entities or the trail know. A
+/// terminal without events is answered "nobody", which for a mistyped id would be
+/// a wrong answer rather than a missing one.
+async fn check_known_device(device: &str, source: &Source, args: &AuditSourceArgs) -> Result<()> {
+    let in_trail = Filter {
+        device: Some(device.to_string()),
+        ..Filter::default()
+    };
+    let first = Page {
+        after: None,
+        limit: 1,
+    };
+    if !source.page(&in_trail, &first).await?.is_empty() {
+        return Ok(());
+    }
+    match source {
+        Source::Store(_) => {
+            if engine_entities(args)
+                .await?
+                .devices
+                .iter()
+                .any(|d| d.id == device)
+            {
+                return Ok(());
+            }
+            bail!("unknown device '{device}': neither the engine's entities nor its audit trail know it (sekisho device list shows the registered ones)")
+        }
+        // A journal knows only the terminals that appear in it.
+        Source::File { name, .. } => {
+            bail!("unknown device '{device}': no event in {name} names it")
+        }
+    }
+}
+
 fn write_html(path: &Path, page: &html::Page) -> Result<()> {
     std::fs::write(path, page.finish())
         .with_context(|| format!("cannot write {}", path.display()))?;
@@ -61,13 +110,7 @@ pub async fn dormant(
     let source = Source::open(source_args).await?;
     let (users, last) = match &source {
         Source::Store(audit) => {
-            let store = Store::open(&source_args.store, &source_args.tenant)
-                .await
-                .with_context(|| {
-                    format!("the engine's store {}", redact_url(&source_args.store))
-                })?;
-            let users = store
-                .load_entities()
+            let users = engine_entities(source_args)
                 .await?
                 .users
                 .into_iter()
@@ -383,6 +426,9 @@ pub async fn operators(
             ..Filter::default()
         })
         .await?;
+    if events.is_empty() {
+        check_known_device(device, &source, source_args).await?;
+    }
     let title = format!(
         "{} {device} @ {}",
         label("operators_title", locale),

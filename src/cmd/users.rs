@@ -9,8 +9,8 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use sekisho_gateway::import::parse_users;
-use sekisho_policy_engine::import::{decode, Problem};
+use sekisho_gateway::import::{parse_users, USER_COLUMNS};
+use sekisho_policy_engine::import::{decode, parse_table, Problem};
 use sekisho_proto::v1 as pb;
 use sekisho_proto::v1::gateway_admin_client::GatewayAdminClient;
 
@@ -34,7 +34,9 @@ pub async fn import(args: &UsersImportArgs) -> Result<Outcome> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let (text, encoding) = decode(&bytes, args.encoding).map_err(|p| refuse(file, &[p]))?;
     let base = file.parent().unwrap_or(Path::new("."));
-    let rows = parse_users(&text, base).map_err(|p| refuse(file, &p))?;
+    // Through parse_table: an unknown column must not hide the rows' problems.
+    let rows = parse_table(&text, USER_COLUMNS, |text| parse_users(text, base))
+        .map_err(|p| refuse(file, &p))?;
     if rows.is_empty() {
         bail!("{}: no users below the header", file.display());
     }

@@ -423,3 +423,74 @@ fn help_reads_well() {
         "{out}"
     );
 }
+
+/// Every argument and option of every command says what it is for in `--help`: one
+/// added without a doc comment fails here, not in front of an administrator.
+#[test]
+fn every_argument_has_help_text() {
+    use clap::CommandFactory;
+
+    fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        let path = format!("{path} {}", cmd.get_name());
+        if cmd.get_about().is_none() {
+            missing.push(format!("{path} (the command itself)"));
+        }
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            let help = arg.get_help().or(arg.get_long_help());
+            if help.is_none_or(|h| h.to_string().trim().is_empty()) {
+                let name = arg.get_long().map_or(id.to_string(), |l| format!("--{l}"));
+                missing.push(format!("{path} {name}"));
+            }
+        }
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            walk(sub, &path, missing);
+        }
+    }
+
+    let mut cli = sekisho::cli::Cli::command();
+    cli.build();
+    let mut missing = Vec::new();
+    walk(&cli, "", &mut missing);
+    assert!(missing.is_empty(), "without help text: {missing:#?}");
+}
+
+/// `report operators` answers "nobody" for a terminal that exists but saw no one,
+/// and refuses an id that neither the engine's entities nor the trail know, rather
+/// than answering "nobody" for a typo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_report_refuses_an_unknown_device() {
+    let engine = common::TestEngine::start(common::Backend::Sqlite, "operators").await;
+    engine.load_reference().await;
+    let report = |device: &str| {
+        common::sekisho(
+            &[
+                "report",
+                "operators",
+                "--device",
+                device,
+                "--at",
+                "2026-11-22 14:02",
+                "--store",
+                &engine.config.store,
+                "--tenant",
+                &engine.config.tenant,
+            ],
+            "",
+        )
+    };
+    let (code, out, err) = report("lgwan-desk-17");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Nobody was logged on"), "{out}");
+    let (code, out, err) = report("lgwan-desk-71");
+    assert_eq!(code, 2, "{out}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.starts_with("error: unknown device 'lgwan-desk-71'") && err.contains("entities"),
+        "{err}"
+    );
+    engine.stop().await;
+}

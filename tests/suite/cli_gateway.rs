@@ -3,8 +3,11 @@
 
 use crate::common;
 
+use std::path::Path;
+use std::time::{Duration, Instant};
+
 use common::gateway::{now_secs, TestGateway};
-use common::sekisho;
+use common::{sekisho, Backend, TestEngine};
 use sekisho_gateway::factors::totp::{code_at, TotpParams};
 use sekisho_policy_engine::Tier;
 use sekisho_proto::v1 as pb;
@@ -161,7 +164,7 @@ async fn credentials_and_devices_are_removed_through_the_admin_command() {
     );
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains("card_fingerprint") && err.contains("card"),
+        err.contains("--card-cert") && err.contains("not --factor pin"),
         "{err}"
     );
 
@@ -236,6 +239,216 @@ async fn credentials_and_devices_are_removed_through_the_admin_command() {
         );
     }
     gw.stop().await;
+}
+
+/// Values the gateway would refuse are refused by the command itself, before it
+/// connects (the gateway address here has nothing listening), naming the option and
+/// what is allowed; exit 2 as for any usage error.
+#[test]
+fn agent_and_enroll_remove_values_are_checked_before_connecting() {
+    let long = "u".repeat(257);
+    let nowhere = ["--gateway", "https://127.0.0.1:1"];
+    let agent = |extra: &[&str]| {
+        let mut args = vec![
+            "agent",
+            "logon",
+            "--device-cert",
+            "/nonexistent/d.pem",
+            "--device-key",
+            "/nonexistent/d-key.pem",
+        ];
+        args.extend_from_slice(extra);
+        args.extend(nowhere);
+        sekisho(&args, "")
+    };
+    let remove = |extra: &[&str]| {
+        let mut args = vec!["enroll", "remove"];
+        args.extend_from_slice(extra);
+        args.extend(nowhere);
+        sekisho(&args, "")
+    };
+    for (run, expected) in [
+        (agent(&["--user", ""]), vec!["--user <ID>", "user id empty"]),
+        (
+            agent(&["--user", &long]),
+            vec!["--user <ID>", "user id 257 bytes long, at most 256"],
+        ),
+        (
+            agent(&["--user", "u013", "--via", "vpn"]),
+            vec!["--via <V>", "unknown via 'vpn'", "lgwan_telework"],
+        ),
+        (
+            agent(&["--user", "u013", "--upstream", "face,iris"]),
+            vec!["--upstream", "unknown factor 'iris'", "mynumber_card"],
+        ),
+        (remove(&["", "--all"]), vec!["<USER>", "user id empty"]),
+        (
+            remove(&["u036", "--factor", "fingerprint"]),
+            vec![
+                "--factor <FACTOR>",
+                "unknown factor 'fingerprint'",
+                "emergency_otp",
+            ],
+        ),
+        (
+            remove(&[
+                "u036",
+                "--factor",
+                "pin",
+                "--card-cert",
+                "/nonexistent/lost.pem",
+            ]),
+            vec![
+                "--card-cert",
+                "--factor card or --factor mynumber_card",
+                "not --factor pin",
+            ],
+        ),
+        (
+            remove(&["u036", "--all", "--card-cert", "/nonexistent/lost.pem"]),
+            vec!["--card-cert", "not --all"],
+        ),
+        (
+            sekisho(
+                &[
+                    "device",
+                    "deregister",
+                    &"d".repeat(300),
+                    nowhere[0],
+                    nowhere[1],
+                ],
+                "",
+            ),
+            vec!["<DEVICE>", "device id 300 bytes long, at most 256"],
+        ),
+    ] {
+        let (code, out, err) = run;
+        assert_eq!(code, 2, "{err}");
+        assert!(out.is_empty(), "{out}");
+        for e in expected {
+            assert!(err.contains(e), "{e:?} not in: {err}");
+        }
+        assert!(
+            !err.contains("cannot connect") && !err.contains("/nonexistent"),
+            "checked only after connecting or reading files: {err}"
+        );
+    }
+}
+
+/// Runs `sekisho gateway serve ARGS` until it exits (its exit code) or its stderr
+/// holds `needle` (then it is stopped: `None`), and returns that and its stderr. A
+/// gateway that does neither within a minute fails the test instead of hanging it.
+fn serve(args: &[&str], needle: &str, dir: &Path) -> (Option<i32>, String) {
+    let log = dir.join("serve.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sekisho"))
+        .args(["gateway", "serve"])
+        .args(args)
+        .env("LANG", "C")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("start the gateway binary");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ended = child.try_wait().expect("the gateway process");
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(status) = ended {
+            return (Some(status.code().unwrap_or(-1)), text);
+        }
+        if text.contains(needle) {
+            child.kill().expect("stop the gateway");
+            let _ = child.wait();
+            return (None, text);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the gateway neither ended nor said {needle:?} within a minute: {text}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A gateway started where the engine's development CA is not must not make a
+/// second CA that the engine cannot trust: refused, naming where it looked and how
+/// to point it at the engine's, when that CA cannot be the engine's; created with a
+/// warning only for a loopback engine that is not running yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_serve_does_not_silently_make_a_ca_the_engine_will_not_trust() {
+    let engine = TestEngine::start(Backend::Sqlite, "pki").await;
+    let engine_pki = engine.running.pki.as_ref().expect("dev PKI").dir.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("gateway.toml");
+    let write_config = |engine_url: &str| {
+        let text = format!(
+            "tier = \"lgwan\"\nlisten = \"127.0.0.1:0\"\n[engine]\nurl = \"{engine_url}\"\n"
+        );
+        std::fs::write(&config, text).expect("config");
+    };
+    let config_arg = config.to_str().expect("utf-8 path");
+    let ca = dir.path().join("sekisho-tls").join("ca.pem");
+    let nothing_made = || {
+        assert!(!dir.path().join("sekisho-tls").exists(), "a PKI was made");
+        assert!(
+            !dir.path().join("gateway-lgwan.db").exists(),
+            "a store was made"
+        );
+    };
+
+    // The engine runs on this machine with its own CA.
+    write_config(&engine.url());
+    let (code, err) = serve(&["--config", config_arg], "listening on", dir.path());
+    assert_eq!(code, Some(2), "{err}");
+    for expected in [
+        &format!("no development CA at {}", ca.display()),
+        "an engine already answers at",
+        "--pki-dir",
+        "tls.generate_dir",
+        "engine.ca, engine.cert and engine.key",
+    ] {
+        assert!(err.contains(expected), "{expected:?} not in: {err}");
+    }
+    nothing_made();
+
+    // An engine on another host is not asked: its CA cannot be here.
+    write_config("https://192.0.2.1:7443");
+    let (code, err) = serve(&["--config", config_arg], "listening on", dir.path());
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("the engine at https://192.0.2.1:7443 is on another host"),
+        "{err}"
+    );
+    nothing_made();
+
+    // Pointed at the engine's PKI, it starts and makes no CA of its own.
+    write_config(&engine.url());
+    let pki_arg = engine_pki.to_str().expect("utf-8 path");
+    let (code, err) = serve(
+        &["--config", config_arg, "--pki-dir", pki_arg],
+        "listening on",
+        dir.path(),
+    );
+    assert_eq!(code, None, "{err}");
+    assert!(
+        !err.contains("warning: there was no development CA"),
+        "{err}"
+    );
+    assert!(!ca.exists());
+
+    // A loopback engine that is not running yet may adopt a new CA: made, and said.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    write_config(&format!("https://127.0.0.1:{port}"));
+    let (code, err) = serve(&["--config", config_arg], "will not trust", dir.path());
+    assert_eq!(code, None, "{err}");
+    assert!(
+        err.contains("there was no development CA in") && err.contains("a NEW one was created"),
+        "{err}"
+    );
+    assert!(ca.exists());
+    engine.stop().await;
 }
 
 async fn begin(

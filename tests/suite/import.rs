@@ -373,6 +373,50 @@ async fn device_import_and_list(store_url: String, tenant: String) {
     assert!(err.contains("row 5, column capabilities:"), "{err}");
     assert!(err.contains("3 problem(s); nothing was imported"), "{err}");
 
+    // An unknown column is named, and the rows are still checked without it.
+    std::fs::write(
+        &csv,
+        "id,tier,kind,colour,location\n\
+         mn-desk-01,mynumber,desktop,red,1F\n\
+         lg-x,lgwan,tablet,blue,\n",
+    )
+    .expect("csv");
+    let (code, _, err) = run(&["device", "import", csv.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("devices.csv: row 1, column colour: unknown column 'colour' (column 4)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("devices.csv: row 3, column kind: unknown device kind 'tablet'"),
+        "{err}"
+    );
+    assert!(err.contains("2 problem(s); nothing was imported"), "{err}");
+
+    // A TOML file's problems name the device (index and id) and the key.
+    let bad_toml = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad_toml,
+        "[[device]]\nid = \"mn-desk-01\"\ntier = \"mynumber\"\nkind = \"desktop\"\ncolour = \"red\"\n\
+         [[device]]\nid = \"lg-x\"\ntier = \"lgwan\"\nkind = \"desktop\"\ncapabilities = \"card\"\n",
+    )
+    .expect("toml");
+    let (code, _, err) = run(&["device", "import", bad_toml.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("bad.toml: device 1 (id 'mn-desk-01'), key colour: unknown key"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "bad.toml: device 2 (id 'lg-x'), key capabilities: must be an array of strings"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("2 problem(s); nothing was imported"), "{err}");
+    let (_, out, _) = run(&["device", "list"]);
+    assert!(!out.contains("mn-desk-01"), "a refused import wrote: {out}");
+
     let good = "id,tier,kind,capabilities,location\n\
                 mn-desk-01,mynumber,desktop,card;vein,1F 戸籍係\n\
                 lg-counter-03,lgwan,shared,card;face,\"1F 市民課, 窓口3\"\n\
@@ -454,6 +498,39 @@ async fn device_import_and_list_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_import_and_list_on_postgres() {
     device_import_and_list(pg_url(), unique_tenant("devimport")).await;
+}
+
+/// An unknown column in a users file does not hide the rows' problems; the file is
+/// refused before the gateway (nothing listens at the address given) is called.
+#[test]
+fn users_import_names_an_unknown_column_and_every_bad_row() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let csv = dir.path().join("users.csv");
+    std::fs::write(
+        &csv,
+        "user,name,shoe_size,pin\nu013,佐藤 花子,24,4826\n,no id,25,\nu014,鈴木,26,1234\n",
+    )
+    .expect("csv");
+    let (code, out, err) = sekisho(
+        &[
+            "users",
+            "import",
+            csv.to_str().unwrap(),
+            "--gateway",
+            "https://127.0.0.1:1",
+        ],
+        "",
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    for expected in [
+        "users.csv: row 1, column shoe_size: unknown column 'shoe_size' (column 3)",
+        "users.csv: row 3, column user: user id empty",
+        "users.csv: row 4, column pin: a PIN must not be one repeated digit or a run",
+        "3 problem(s); nothing was imported",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    assert!(!err.contains("cannot connect"), "{err}");
 }
 
 #[test]
