@@ -2,20 +2,10 @@
 
 use crate::common;
 
-use std::process::Command;
-
 use serde_json::{json, Value};
 
 fn sekisho(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sekisho"))
-        .args(args)
-        .output()
-        .expect("run sekisho");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::sekisho(args, "")
 }
 
 fn decide(extra: &[&str]) -> Value {
