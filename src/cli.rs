@@ -833,6 +833,31 @@ pub enum AuditCommand {
         )]
         tenant: String,
     },
+    /// Let a journal be shipped by another gateway certificate: a journal belongs
+    /// to the certificate that first shipped it, so a gateway given a new
+    /// certificate name on purpose is refused until its journal is unbound. The
+    /// next gateway certificate that ships it owns it. Recorded in the engine's own
+    /// journal (`engine-audit`, action `journal_unbind`).
+    Unbind {
+        /// The journal: the gateway's `name`.
+        journal: String,
+        /// The engine's database: sqlite://FILE or postgres://…
+        #[arg(
+            long,
+            env = "SEKISHO_STORE",
+            default_value = "sqlite://sekisho-engine.db",
+            value_name = "URL"
+        )]
+        store: String,
+        /// The municipality (tenant) in the engine's store.
+        #[arg(
+            long,
+            env = "SEKISHO_TENANT",
+            default_value = "default",
+            value_name = "ID"
+        )]
+        tenant: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

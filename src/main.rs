@@ -161,6 +161,11 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
             store,
             tenant,
         }) => cmd::audit::import(&file, &store, &tenant).await,
+        Command::Audit(AuditCommand::Unbind {
+            journal,
+            store,
+            tenant,
+        }) => cmd::audit::unbind(&journal, &store, &tenant).await,
         Command::Report(ReportCommand::Dormant {
             days,
             source,

@@ -505,6 +505,33 @@ pub async fn import(file: &Path, store_url: &str, tenant: &str) -> Result<Exit> 
     Ok(Exit::Ok)
 }
 
+pub async fn unbind(journal: &str, store_url: &str, tenant: &str) -> Result<Exit> {
+    let store = open_store(store_url, tenant).await?;
+    // Who ran it, as the operating system names them: the store is opened directly,
+    // with no certificate to name the administrator.
+    let operator = std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .map_or_else(
+            || "local administrator".to_string(),
+            |u| format!("local user {u}"),
+        );
+    match store
+        .unbind_journal(journal, &operator)
+        .await
+        .with_context(|| format!("unbinding journal '{journal}'"))?
+    {
+        Some(owner) => {
+            println!("journal '{journal}' is no longer bound to certificate '{owner}': the next gateway certificate that ships it owns it");
+            Ok(Exit::Ok)
+        }
+        None => {
+            eprintln!("journal '{journal}' is not bound to any certificate (no gateway certificate has shipped it); nothing changed");
+            Ok(Exit::No)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -635,8 +635,59 @@ async fn a_journal_is_shipped_only_by_the_gateway_certificate_that_first_shipped
     let (west1, _) = shipped_record("lgwan-2", 1, genesis);
     ship("gw-west", vec![west1]).await.unwrap();
     ship("admin", vec![east2]).await.unwrap();
-    let (east3, _) = shipped_record("lgwan-1", 3, &h2);
+    let (east3, h3) = shipped_record("lgwan-1", 3, &h2);
     let ack = ship("gw-east", vec![east3]).await.unwrap().into_inner();
     assert_eq!(ack.stored_through["lgwan-1"], 3);
+
+    // The gateway gets a new certificate name on purpose: an administrator unbinds
+    // its journal, and the next certificate to ship it owns it.
+    let unbind = |journal: &'static str| {
+        let (store, tenant) = (engine.config.store.clone(), engine.config.tenant.clone());
+        move || {
+            common::sekisho(
+                &[
+                    "audit", "unbind", journal, "--store", &store, "--tenant", &tenant,
+                ],
+                "",
+            )
+        }
+    };
+    let (code, out, err) = tokio::task::spawn_blocking(unbind("lgwan-1"))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("'gw-east'"), "{out}");
+    let (east4, _) = shipped_record("lgwan-1", 4, &h3);
+    ship("gw-west", vec![east4.clone()]).await.unwrap();
+    let (east5, _) = shipped_record("lgwan-1", 5, "not the chain");
+    let e = ship("gw-east", vec![east5]).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // Unbinding is journaled by the engine itself; a journal nobody owns is an error.
+    let audit =
+        sekisho_policy_engine::audit::AuditStore::open(&engine.config.store, &engine.config.tenant)
+            .await
+            .unwrap();
+    let own = audit
+        .query(
+            &sekisho_policy_engine::audit::Filter {
+                gateway: Some("engine-audit".into()),
+                ..Default::default()
+            },
+            &sekisho_policy_engine::audit::Page {
+                after: None,
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(own.len(), 1);
+    assert_eq!(own[0].body.action, "journal_unbind");
+    assert_eq!(own[0].body.detail["journal"], "lgwan-1");
+    assert_eq!(own[0].body.detail["certificate"], "gw-east");
+    let (code, _, err) = tokio::task::spawn_blocking(unbind("nobody-ships-this"))
+        .await
+        .unwrap();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not bound"), "{err}");
     engine.stop().await;
 }

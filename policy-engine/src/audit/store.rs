@@ -186,6 +186,10 @@ fn db(context: &'static str) -> impl Fn(sqlx::Error) -> AuditError {
     move |source| AuditError::Database { context, source }
 }
 
+/// The engine's own journal of its audit administration (a journal unbound from
+/// its certificate). No gateway may ship under this name.
+pub const ENGINE_JOURNAL: &str = "engine-audit";
+
 /// A record checked and taken apart for the indexed columns.
 struct Prepared {
     gateway: String,
@@ -390,6 +394,44 @@ impl AuditStore {
                 client: client.into(),
             })
         }
+    }
+
+    /// Forgets which certificate ships journal `gateway` (a gateway given a new
+    /// certificate name on purpose): the next gateway certificate that ships it
+    /// owns it. Recorded, in the same transaction, as a `journal_unbind` event of
+    /// the engine's own journal [`ENGINE_JOURNAL`], with `operator` and the
+    /// certificate that owned it. Returns that certificate's name, or `None` when
+    /// the journal was not bound (nothing changes, nothing is recorded).
+    pub async fn unbind_journal(
+        &self,
+        gateway: &str,
+        operator: &str,
+    ) -> Result<Option<String>, AuditError> {
+        let mut tx = self.begin_write().await?;
+        let owner: Option<String> = sqlx::query_scalar(
+            "DELETE FROM audit_journal_owners WHERE tenant = $1 AND gateway = $2 RETURNING client",
+        )
+        .bind(self.tenant())
+        .bind(gateway)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("unbinding a journal"))?;
+        let Some(owner) = owner else {
+            return Ok(None);
+        };
+        let mut event = super::event::EventBody::new(
+            ENGINE_JOURNAL,
+            "",
+            "journal_unbind",
+            super::event::Outcome::Allow,
+        );
+        event.operator = operator.into();
+        event.detail.insert("journal".into(), gateway.into());
+        event.detail.insert("certificate".into(), owner.clone());
+        self.append_own_in(&mut tx, ENGINE_JOURNAL, vec![event])
+            .await?;
+        tx.commit().await.map_err(db("unbinding a journal"))?;
+        Ok(Some(owner))
     }
 
     /// Opens (creating and migrating if needed) the store at `url` for `tenant`, as

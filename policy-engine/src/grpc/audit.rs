@@ -17,7 +17,7 @@ use sekisho_proto::v1 as pb;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::audit::store::{AuditError, AuditStore, Record, MAX_EVENT_BYTES};
+use crate::audit::store::{AuditError, AuditStore, Record, ENGINE_JOURNAL, MAX_EVENT_BYTES};
 use crate::grpc::{peer_name, Clients};
 use crate::store::directory::DIRECTORY_JOURNAL;
 
@@ -165,9 +165,10 @@ impl pb::audit_sink_server::AuditSink for AuditSinkService {
                     }
                     // The engine's own journal (directory revocations) is written
                     // only by the engine: a record under its name could stop it.
-                    if r.gateway == DIRECTORY_JOURNAL {
+                    if r.gateway == DIRECTORY_JOURNAL || r.gateway == ENGINE_JOURNAL {
                         return Err(Status::invalid_argument(format!(
-                            "'{DIRECTORY_JOURNAL}' is the engine's own journal; no gateway may ship under that name"
+                            "'{}' is the engine's own journal; no gateway may ship under that name",
+                            r.gateway
                         )));
                     }
                     if bound && !checked.contains(&r.gateway) {

@@ -717,6 +717,33 @@ async fn a_journal_is_bound_to_its_first_shipper(fx: Fx) {
         "{e}"
     );
     s.bind_journal("gw-b", "cert-b").await.unwrap();
+    // Unbound by an administrator, the journal goes to the next certificate, and the
+    // engine's own journal says so.
+    assert_eq!(
+        s.unbind_journal("gw-a", "admin").await.unwrap().as_deref(),
+        Some("cert-a")
+    );
+    assert_eq!(s.unbind_journal("gw-a", "admin").await.unwrap(), None);
+    s.bind_journal("gw-a", "cert-b").await.unwrap();
+    let own = s
+        .query(
+            &Filter {
+                gateway: Some(ENGINE_JOURNAL.into()),
+                ..Filter::default()
+            },
+            &Page {
+                after: None,
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(own.len(), 1);
+    assert_eq!(
+        (own[0].body.action.as_str(), own[0].body.operator.as_str()),
+        ("journal_unbind", "admin")
+    );
+    assert!(s.verify().await.unwrap().iter().all(|c| c.broken.is_none()));
     // Bindings are per tenant.
     let other =
         fx.opened(AuditStore::open(&fx.url, &crate::store::testing::unique_tenant("other")).await);
