@@ -452,7 +452,8 @@ pub enum DeviceCommand {
     },
 }
 
-/// The engine's database, opened directly (device import and list).
+/// The engine's database, opened directly (device import and list, audit import
+/// and unbind).
 #[derive(Debug, Clone, Args)]
 pub struct EngineStoreArgs {
     /// The engine's database: sqlite://FILE or postgres://…
@@ -816,22 +817,8 @@ pub enum AuditCommand {
     Import {
         /// A file written by `audit export --format jsonl`.
         file: PathBuf,
-        /// The engine's database: sqlite://FILE or postgres://…
-        #[arg(
-            long,
-            env = "SEKISHO_STORE",
-            default_value = "sqlite://sekisho-engine.db",
-            value_name = "URL"
-        )]
-        store: String,
-        /// The municipality (tenant) in the engine's store.
-        #[arg(
-            long,
-            env = "SEKISHO_TENANT",
-            default_value = "default",
-            value_name = "ID"
-        )]
-        tenant: String,
+        #[command(flatten)]
+        store: EngineStoreArgs,
     },
     /// Let a journal be shipped by another gateway certificate: a journal belongs
     /// to the certificate that first shipped it, so a gateway given a new
@@ -841,22 +828,8 @@ pub enum AuditCommand {
     Unbind {
         /// The journal: the gateway's `name`.
         journal: String,
-        /// The engine's database: sqlite://FILE or postgres://…
-        #[arg(
-            long,
-            env = "SEKISHO_STORE",
-            default_value = "sqlite://sekisho-engine.db",
-            value_name = "URL"
-        )]
-        store: String,
-        /// The municipality (tenant) in the engine's store.
-        #[arg(
-            long,
-            env = "SEKISHO_TENANT",
-            default_value = "default",
-            value_name = "ID"
-        )]
-        tenant: String,
+        #[command(flatten)]
+        store: EngineStoreArgs,
     },
 }
 

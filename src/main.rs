@@ -156,16 +156,12 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
             format,
             out,
         }) => cmd::audit::export(&source, &filter, &format, out.as_deref()).await,
-        Command::Audit(AuditCommand::Import {
-            file,
-            store,
-            tenant,
-        }) => cmd::audit::import(&file, &store, &tenant).await,
-        Command::Audit(AuditCommand::Unbind {
-            journal,
-            store,
-            tenant,
-        }) => cmd::audit::unbind(&journal, &store, &tenant).await,
+        Command::Audit(AuditCommand::Import { file, store }) => {
+            cmd::audit::import(&file, &store.store, &store.tenant).await
+        }
+        Command::Audit(AuditCommand::Unbind { journal, store }) => {
+            cmd::audit::unbind(&journal, &store.store, &store.tenant).await
+        }
         Command::Report(ReportCommand::Dormant {
             days,
             source,
