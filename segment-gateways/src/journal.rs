@@ -171,7 +171,7 @@ enum Msg {
     Append(Unit, Reply),
     /// Pause after committing what is queued, and lend out the head until the
     /// [`Exclusive`] sent back is dropped.
-    Pause(oneshot::Sender<Exclusive>),
+    Pause(oneshot::Sender<Result<Exclusive, JournalError>>),
     /// The engine stores the journal through this seq (`gw_outbox.acked_seq`).
     Acked(u64, AckReply),
     Flush(oneshot::Sender<()>),
@@ -326,7 +326,7 @@ impl Journal {
             .send(Msg::Pause(lend))
             .await
             .map_err(|_| JournalError::Closed)?;
-        lent.await.map_err(|_| JournalError::Closed)
+        lent.await.map_err(|_| JournalError::Closed)?
     }
 
     /// Returns once everything appended before the call has been committed (or
@@ -726,14 +726,14 @@ impl Writer {
     /// Lends the head out through `lend` and waits until the [`Exclusive`] is
     /// dropped; then reads the head again, since whether the borrower committed
     /// is its own business.
-    async fn lend(&mut self, lend: oneshot::Sender<Exclusive>) {
+    async fn lend(&mut self, lend: oneshot::Sender<Result<Exclusive, JournalError>>) {
         let head = match self.head.take() {
             Some(h) => h,
             None => match load_head(&self.pool, &self.id).await {
                 Ok(h) => h,
-                // Dropping `lend` tells the borrower the journal cannot be used.
                 Err(e) => {
                     tracing::error!(journal = %self.id, error = %e, "audit journal head unreadable; an exclusive change was refused");
+                    let _ = lend.send(Err(e));
                     return;
                 }
             },
@@ -745,7 +745,7 @@ impl Writer {
             insert_sql: self.insert_sql.clone(),
             _resume: resume,
         };
-        if lend.send(exclusive).is_ok() {
+        if lend.send(Ok(exclusive)).is_ok() {
             let _ = resumed.await;
         }
         match load_head(&self.pool, &self.id).await {
