@@ -362,29 +362,20 @@ impl AuditStore {
     /// already, and refuses with [`AuditError::NotOwner`] when it is bound to
     /// another.
     pub async fn bind_journal(&self, gateway: &str, client: &str) -> Result<(), AuditError> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query(
+        // The no-op update on a conflict makes RETURNING give the stored owner.
+        let owner: String = sqlx::query_scalar(
             "INSERT INTO audit_journal_owners (tenant, gateway, client, bound_at_ms)
-             VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, gateway) DO NOTHING",
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (tenant, gateway) DO UPDATE SET client = audit_journal_owners.client
+             RETURNING client",
         )
         .bind(self.tenant())
         .bind(gateway)
         .bind(client)
         .bind(now_ms())
-        .execute(&mut *tx)
+        .fetch_one(self.pool())
         .await
         .map_err(db("binding a journal to its gateway"))?;
-        let owner: String = sqlx::query_scalar(
-            "SELECT client FROM audit_journal_owners WHERE tenant = $1 AND gateway = $2",
-        )
-        .bind(self.tenant())
-        .bind(gateway)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db("reading a journal's gateway"))?;
-        tx.commit()
-            .await
-            .map_err(db("binding a journal to its gateway"))?;
         if owner == client {
             Ok(())
         } else {
