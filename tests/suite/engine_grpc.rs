@@ -657,16 +657,18 @@ async fn a_journal_is_shipped_only_by_the_gateway_certificate_that_first_shipped
         .unwrap();
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("'gw-east'"), "{out}");
-    let (east4, _) = shipped_record("lgwan-1", 4, &h3);
-    ship("gw-west", vec![east4.clone()]).await.unwrap();
-    let (east5, _) = shipped_record("lgwan-1", 5, "not the chain");
-    let e = ship("gw-east", vec![east5]).await.unwrap_err();
-    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
-    // Unbinding is journaled by the engine itself; a journal nobody owns is an error.
+    // The new certificate ships first through another engine replica on the same
+    // store; this engine, which accepted gw-east before, must not still do so.
     let audit =
         sekisho_policy_engine::audit::AuditStore::open(&engine.config.store, &engine.config.tenant)
             .await
             .unwrap();
+    audit.bind_journal("lgwan-1", "gw-west").await.unwrap();
+    let (east4, _) = shipped_record("lgwan-1", 4, &h3);
+    let e = ship("gw-east", vec![east4.clone()]).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    ship("gw-west", vec![east4]).await.unwrap();
+    // Unbinding is journaled by the engine itself; a journal nobody owns is an error.
     let own = audit
         .query(
             &sekisho_policy_engine::audit::Filter {

@@ -361,9 +361,39 @@ impl AuditStore {
     /// Binds journal `gateway` to the certificate name `client` unless it is bound
     /// already, and refuses with [`AuditError::NotOwner`] when it is bound to
     /// another.
+    ///
+    /// Called for every shipment, so a bound journal costs one read and no write;
+    /// nothing is remembered between calls, because an administrator's unbind or
+    /// another engine replica's binding must count at once.
     pub async fn bind_journal(&self, gateway: &str, client: &str) -> Result<(), AuditError> {
+        let bound: Option<String> = sqlx::query_scalar(
+            "SELECT client FROM audit_journal_owners WHERE tenant = $1 AND gateway = $2",
+        )
+        .bind(self.tenant())
+        .bind(gateway)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(db("reading a journal's owner"))?;
+        let owner = match bound {
+            Some(owner) => owner,
+            None => self.bind_unbound(gateway, client).await?,
+        };
+        if owner == client {
+            Ok(())
+        } else {
+            Err(AuditError::NotOwner {
+                gateway: gateway.into(),
+                owner,
+                client: client.into(),
+            })
+        }
+    }
+
+    /// Binds `gateway` to `client` and returns its owner: `client`, or whoever
+    /// bound it between the read and this write.
+    async fn bind_unbound(&self, gateway: &str, client: &str) -> Result<String, AuditError> {
         // The no-op update on a conflict makes RETURNING give the stored owner.
-        let owner: String = sqlx::query_scalar(
+        sqlx::query_scalar(
             "INSERT INTO audit_journal_owners (tenant, gateway, client, bound_at_ms)
              VALUES ($1, $2, $3, $4)
              ON CONFLICT (tenant, gateway) DO UPDATE SET client = audit_journal_owners.client
@@ -375,16 +405,7 @@ impl AuditStore {
         .bind(now_ms())
         .fetch_one(self.pool())
         .await
-        .map_err(db("binding a journal to its gateway"))?;
-        if owner == client {
-            Ok(())
-        } else {
-            Err(AuditError::NotOwner {
-                gateway: gateway.into(),
-                owner,
-                client: client.into(),
-            })
-        }
+        .map_err(db("binding a journal to its gateway"))
     }
 
     /// Forgets which certificate ships journal `gateway` (a gateway given a new

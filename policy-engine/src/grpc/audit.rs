@@ -10,8 +10,7 @@
 //! would acknowledge an event that is not stored. The error names the gateway and
 //! seq.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::{BTreeMap, HashSet};
 
 use sekisho_proto::v1 as pb;
 use tonic::metadata::MetadataValue;
@@ -46,9 +45,6 @@ pub struct AuditSinkService {
     /// Who may ship; `None` lets any client the TLS layer accepted (tests, a
     /// plaintext test bed).
     clients: Option<Clients>,
-    /// Journals known to be bound to a certificate (gateway name → certificate
-    /// name), so a shipment costs no store read for them.
-    owners: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl AuditSinkService {
@@ -56,7 +52,6 @@ impl AuditSinkService {
         AuditSinkService {
             audit,
             clients: None,
-            owners: Arc::default(),
         }
     }
 
@@ -69,27 +64,13 @@ impl AuditSinkService {
     /// Refuses `client` shipping journal `gateway` when another gateway
     /// certificate shipped it first; binds it to `client` when nobody did.
     async fn check_owner(&self, gateway: &str, client: &str) -> Result<(), Status> {
-        let known = self
-            .owners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(gateway)
-            .is_some_and(|owner| owner == client);
-        if known {
-            return Ok(());
-        }
         self.audit
             .bind_journal(gateway, client)
             .await
             .map_err(|e| {
                 tracing::warn!(%client, %gateway, error = %e, "audit shipment refused");
                 audit_status(e)
-            })?;
-        self.owners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(gateway.to_string(), client.to_string());
-        Ok(())
+            })
     }
 
     /// The service wrapped for a tonic router, with the batch size limit set.
