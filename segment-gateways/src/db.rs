@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use sekisho_policy_engine::store::{self, Backend, Held, Migration, MigrationSet, StoreError};
+use sekisho_policy_engine::store::{self, Backend, Blockers, Held, Migration, MigrationSet, StoreError};
 use sekisho_policy_engine::Tier;
 use sqlx::{Any, AnyPool, Transaction};
 
@@ -112,6 +112,7 @@ pub(crate) const GATEWAY: MigrationSet = MigrationSet {
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
+        blockers: None,
         name: "devices, credentials, lockouts and sessions",
         statements: &[
             // `key_check` holds a value sealed with the credential key, so a wrong key
@@ -222,6 +223,7 @@ const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 2,
+        blockers: None,
         name: "audit journal and how far the engine has it",
         statements: &[
             // One hash-chained journal per gateway name (see `journal`). `event` is the
@@ -250,6 +252,7 @@ const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 3,
+        blockers: None,
         name: "users of a standalone tier",
         statements: &[
             // The people a standalone tier knows without a directory (bulk imported):
@@ -269,9 +272,19 @@ const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 4,
-        // Fails, changing nothing, on a store where one card is enrolled for two
-        // users (possible before enrolment checked it): remove it from one of them
-        // (`DELETE FROM gw_cards WHERE …`) and start again.
+        // A store where one card is enrolled for two users (possible before
+        // enrolment checked it) is refused with those enrolments named; the
+        // gateway cannot start to remove them through its admin API.
+        blockers: Some(Blockers {
+            query: "SELECT 'tenant ' || a.tenant || ', tier ' || a.tier || ': card '
+                    || a.fingerprint || ' enrolled for user ' || a.user_id
+                FROM gw_cards a
+                WHERE EXISTS (SELECT 1 FROM gw_cards b
+                    WHERE b.tenant = a.tenant AND b.tier = a.tier
+                    AND b.fingerprint = a.fingerprint AND b.user_id <> a.user_id)
+                ORDER BY a.tenant, a.tier, a.fingerprint, a.user_id",
+            remedy: "A card may belong to one user only: keep each with its rightful holder, delete it from the others (`DELETE FROM gw_cards WHERE tenant = '…' AND tier = '…' AND fingerprint = '…' AND user_id = '…'`), then start the gateway again",
+        }),
         name: "one holder per card (a card enrolled for two users must first be removed from one)",
         statements: &[
             // Enrolment checks who holds a card before adding it; two gateways of one
@@ -329,5 +342,66 @@ pub(crate) mod testing {
                 .await
                 .expect("open db")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store made before migration 4 with one card under two users: the
+    /// migration is refused naming both enrolments, nothing changes, and once one
+    /// is deleted as the error says, the store opens. SQLite only: the PostgreSQL
+    /// test database is shared and already migrated.
+    #[tokio::test]
+    async fn a_store_holding_one_card_for_two_users_is_refused_by_name() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("gw.db").display());
+        let before = MigrationSet {
+            migrations: &MIGRATIONS[..3],
+            ..GATEWAY
+        };
+        let (pool, _) = store::connect(&url, &before).await.unwrap();
+        for user in ["aoki", "baba"] {
+            sqlx::query(
+                "INSERT INTO gw_cards (tenant, tier, user_id, fingerprint, kind, certificate, not_after, enrolled_at)
+                 VALUES ('city', 'lgwan', $1, 'f00d', 'card', '00', 0, 0)",
+            )
+            .bind(user)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        let applied = || async {
+            sqlx::query_scalar::<Any, i64>("SELECT MAX(version) FROM gateway_migrations")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        };
+
+        let e = Db::open(&url, "city", Tier::Lgwan).await.unwrap_err();
+        let text = e.to_string();
+        assert!(
+            matches!(&e, StoreError::MigrationBlocked { version: 4, count: 2, .. }),
+            "{e:?}"
+        );
+        for part in [
+            "tier lgwan: card f00d enrolled for user aoki",
+            "card f00d enrolled for user baba",
+            "nothing was changed",
+            "DELETE FROM gw_cards",
+        ] {
+            assert!(text.contains(part), "{part:?} not in: {text}");
+        }
+        assert_eq!(applied().await, 3);
+
+        sqlx::query("DELETE FROM gw_cards WHERE user_id = 'baba'")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let db = Db::open(&url, "city", Tier::Lgwan).await.unwrap();
+        assert_eq!(applied().await, 4);
+        db.close().await;
+        pool.close().await;
     }
 }

@@ -20,7 +20,24 @@ pub struct Migration {
     pub version: i64,
     pub name: &'static str,
     pub statements: &'static [&'static str],
+    /// Data that would make a statement fail (a new unique index over rows that
+    /// break it), looked for first so the refusal names those rows and says what
+    /// to do, instead of quoting a constraint error.
+    pub blockers: Option<Blockers>,
 }
+
+/// See [`Migration::blockers`].
+pub struct Blockers {
+    /// Returns one TEXT column, a description of each offending row; empty when
+    /// the migration can run. Runs inside the migration's transaction.
+    pub query: &'static str,
+    /// What an operator does about the rows found.
+    pub remedy: &'static str,
+}
+
+/// Rows named in a [`StoreError::MigrationBlocked`] at most: enough to start on,
+/// short enough to read.
+const BLOCKERS_SHOWN: usize = 20;
 
 /// The migrations of one component, recorded in a table of its own, so components
 /// that share a PostgreSQL database (engine, gateways) migrate independently.
@@ -42,6 +59,7 @@ pub(super) const ENGINE: MigrationSet = MigrationSet {
 pub(super) const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
+        blockers: None,
         name: "policy versions and entities",
         statements: &[
             // A published version: immutable once written.
@@ -94,6 +112,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 2,
+        blockers: None,
         name: "entity generations",
         statements: &[
             // Bumped by every entity change, so replicas notice changes made elsewhere.
@@ -105,6 +124,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 3,
+        blockers: None,
         name: "audit store and decision log",
         statements: &[
             // Every gateway's journal, one row per event. `event` is the JSON line
@@ -178,6 +198,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 4,
+        blockers: None,
         name: "directory sync",
         statements: &[
             // What the directory held at the last sync, per user: the sync's own mirror,
@@ -239,6 +260,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 5,
+        blockers: None,
         name: "which gateway certificate ships each journal",
         statements: &[
             // The certificate name that first shipped each journal: only it may ship
@@ -306,6 +328,21 @@ pub(super) async fn run(
     }
 
     for m in set.migrations.iter().filter(|m| m.version > applied) {
+        if let Some(b) = &m.blockers {
+            let found: Vec<String> = sqlx::query_scalar::<Any, String>(b.query)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(failed(m.version, m.name))?;
+            if !found.is_empty() {
+                return Err(StoreError::MigrationBlocked {
+                    version: m.version,
+                    name: m.name,
+                    count: found.len(),
+                    shown: found.into_iter().take(BLOCKERS_SHOWN).collect(),
+                    remedy: b.remedy,
+                });
+            }
+        }
         for stmt in m.statements {
             sqlx::query(stmt)
                 .execute(&mut *tx)

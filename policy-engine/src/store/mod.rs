@@ -21,7 +21,7 @@ mod held;
 mod migrations;
 
 pub use held::{Held, HeldConnection};
-pub use migrations::{Migration, MigrationSet};
+pub use migrations::{Blockers, Migration, MigrationSet};
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -78,6 +78,14 @@ pub enum StoreError {
         version: i64,
         name: &'static str,
         source: sqlx::Error,
+    },
+    #[error("database migration {version} ({name}) cannot run, and nothing was changed: {count} row(s) stand in its way: {}{}. {remedy}", shown.join("; "), if *count > shown.len() { "; …" } else { "" })]
+    MigrationBlocked {
+        version: i64,
+        name: &'static str,
+        count: usize,
+        shown: Vec<String>,
+        remedy: &'static str,
     },
     #[error("database schema is at migration {found}, but this build only knows up to {known}: upgrade sekisho before using this database")]
     SchemaTooNew { found: i64, known: i64 },
