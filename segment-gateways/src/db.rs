@@ -8,7 +8,9 @@
 
 use std::sync::Arc;
 
-use sekisho_policy_engine::store::{self, Backend, Blockers, Held, Migration, MigrationSet, StoreError};
+use sekisho_policy_engine::store::{
+    self, Backend, Blockers, Held, Migration, MigrationSet, StoreError,
+};
 use sekisho_policy_engine::Tier;
 use sqlx::{Any, AnyPool, Transaction};
 
@@ -382,7 +384,14 @@ mod tests {
         let e = Db::open(&url, "city", Tier::Lgwan).await.unwrap_err();
         let text = e.to_string();
         assert!(
-            matches!(&e, StoreError::MigrationBlocked { version: 4, count: 2, .. }),
+            matches!(
+                &e,
+                StoreError::MigrationBlocked {
+                    version: 4,
+                    count: 2,
+                    ..
+                }
+            ),
             "{e:?}"
         );
         for part in [

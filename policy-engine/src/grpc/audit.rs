@@ -64,13 +64,10 @@ impl AuditSinkService {
     /// Refuses `client` shipping journal `gateway` when another gateway
     /// certificate shipped it first; binds it to `client` when nobody did.
     async fn check_owner(&self, gateway: &str, client: &str) -> Result<(), Status> {
-        self.audit
-            .bind_journal(gateway, client)
-            .await
-            .map_err(|e| {
-                tracing::warn!(%client, %gateway, error = %e, "audit shipment refused");
-                audit_status(e)
-            })
+        self.audit.bind_journal(gateway, client).await.map_err(|e| {
+            tracing::warn!(%client, %gateway, error = %e, "audit shipment refused");
+            audit_status(e)
+        })
     }
 
     /// The service wrapped for a tonic router, with the batch size limit set.
