@@ -311,7 +311,9 @@ fn store_status(e: crate::store::StoreError) -> Status {
     use crate::store::StoreError;
     match e {
         // Another replica won a race: nothing was stored, and a retry can succeed.
-        StoreError::Conflict { .. } | StoreError::EntitiesMoved { .. } => {
+        StoreError::Conflict { .. }
+        | StoreError::EntitiesMoved { .. }
+        | StoreError::DirectoryMoved { .. } => {
             tracing::warn!(error = %e, "store change lost a race with another replica");
             Status::aborted(format!("policy store: {e}"))
         }

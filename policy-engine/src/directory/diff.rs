@@ -44,6 +44,10 @@ pub struct MirrorGroup {
 pub struct Mirror {
     pub users: HashMap<String, MirrorUser>,
     pub groups: HashMap<String, MirrorGroup>,
+    /// The id of the last applied sync run when this was read (0 before the first):
+    /// a run's plan is committed only while no other run applied since, see
+    /// [`crate::store::directory::SyncBasis`].
+    pub as_of_run: u64,
 }
 
 impl Mirror {

@@ -24,7 +24,7 @@ pub use fetch::FetchError;
 use crate::audit::event::{EventBody, Outcome};
 use crate::entities::{Directory, EntityError};
 use crate::grpc::EngineState;
-use crate::store::directory::{SyncRunRecord, DIRECTORY_JOURNAL};
+use crate::store::directory::{SyncBasis, SyncRunRecord, DIRECTORY_JOURNAL};
 use crate::store::{now_rfc3339, StoreError};
 
 /// How a run was asked for.
@@ -232,7 +232,10 @@ impl DirectorySync {
                 snapshot.high_water.as_deref(),
                 record,
                 events,
-                based_on,
+                SyncBasis {
+                    entities: based_on,
+                    mirror: mirror.as_of_run,
+                },
             )
             .await?;
         if let Some(generation) = generation {

@@ -55,9 +55,24 @@ fn db(context: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
     move |source| StoreError::Database { context, source }
 }
 
+/// What a sync's plan was made against. Two engine replicas (or a scheduled and a
+/// manual run on two of them) can sync at once; a run that read the mirror before
+/// the other's commit would otherwise apply its diff again from a stale picture:
+/// revoke twice, or add back a user the other run had just disabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncBasis {
+    /// The entity generation the plan was checked against.
+    pub entities: u64,
+    /// [`Mirror::as_of_run`] of the mirror the plan was diffed against.
+    pub mirror: u64,
+}
+
 impl Store {
-    /// What the last sync saw.
+    /// What the last sync saw, and as of which applied run ([`Mirror::as_of_run`]).
     pub async fn directory_mirror(&self) -> Result<Mirror, StoreError> {
+        // Read before the rows: a run applied in between makes the mark older than
+        // the rows, which refuses this run's commit (safe), never the reverse.
+        let as_of_run = self.last_applied_run(&self.pool).await?;
         const T: &str = "directory_users";
         let rows =
             sqlx::query("SELECT id, dn, disabled, record FROM directory_users WHERE tenant = $1")
@@ -65,7 +80,10 @@ impl Store {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db("loading the directory mirror"))?;
-        let mut mirror = Mirror::default();
+        let mut mirror = Mirror {
+            as_of_run,
+            ..Mirror::default()
+        };
         for r in &rows {
             let id = get_id(r, T)?;
             let record: Mapped = serde_json::from_str(&get_text(r, T, &id, "record")?)
@@ -118,8 +136,9 @@ impl Store {
     /// Applies a planned sync: entities, mirror, high-water mark, revocations, the
     /// engine's audit events and the run record, all or nothing. Returns the run id,
     /// the new entity generation when entities changed, and the last revocation seq.
-    /// `based_on` is the entity generation the plan was made against: a plan made
-    /// before another replica's sync or entity change landed is refused with
+    /// `basis` is what the plan was made against: a plan made before another
+    /// replica's sync landed is refused with [`StoreError::DirectoryMoved`], one
+    /// that changes entities after another entity change with
     /// [`StoreError::EntitiesMoved`] (it would disable, revoke or add again what
     /// that change already did, from a stale picture).
     pub async fn commit_directory_sync(
@@ -128,13 +147,20 @@ impl Store {
         high_water: Option<&str>,
         run: &SyncRunRecord,
         events: Vec<EventBody>,
-        based_on: u64,
+        basis: SyncBasis,
     ) -> Result<(u64, Option<u64>, u64), StoreError> {
         let mut tx = self.begin_write().await?;
         self.lock_entities(&mut tx).await?;
+        let applied = self.last_applied_run(&mut *tx).await?;
+        if applied != basis.mirror {
+            return Err(StoreError::DirectoryMoved {
+                expected: basis.mirror,
+                found: applied,
+            });
+        }
         let generation = if plan.changes_entities() {
             Some(
-                self.write_entities(&mut tx, &plan.batch, &plan.del, Some(based_on))
+                self.write_entities(&mut tx, &plan.batch, &plan.del, Some(basis.entities))
                     .await?,
             )
         } else {
@@ -233,6 +259,21 @@ impl Store {
             .await
             .map_err(db("committing the directory sync"))?;
         Ok((id, generation, last_revocation))
+    }
+
+    /// The id of the last run that applied a plan (outcome `ok`), 0 before any.
+    async fn last_applied_run<'c, E>(&self, conn: E) -> Result<u64, StoreError>
+    where
+        E: sqlx::Executor<'c, Database = Any>,
+    {
+        let id: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(id) FROM directory_runs WHERE tenant = $1 AND outcome = 'ok'",
+        )
+        .bind(&*self.tenant)
+        .fetch_one(conn)
+        .await
+        .map_err(db("reading the last applied directory run"))?;
+        Ok(id.map_or(0, |id| id as u64))
     }
 
     /// Records a run that changed nothing (failed or refused).

@@ -105,6 +105,10 @@ pub enum StoreError {
     /// refer to a group or device that no longer exists.
     #[error("the entities changed through another engine replica (now generation {found}; this change was checked against {expected}); nothing was stored, retry")]
     EntitiesMoved { expected: u64, found: u64 },
+    /// A directory sync read the mirror as of applied run `expected`, but another
+    /// engine replica applied run `found` since.
+    #[error("the directory was synced through another engine replica while this run read it (applied run {found}; this run planned against run {expected}); nothing was changed, run the sync again")]
+    DirectoryMoved { expected: u64, found: u64 },
     #[error("'{id}' appears more than once for table '{table}' in one write; nothing was stored")]
     Duplicate { table: &'static str, id: String },
     #[error("the database rejected a row for table '{table}' (nothing was stored): {message}")]

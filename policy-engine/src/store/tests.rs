@@ -26,6 +26,10 @@ impl Fx {
             "entity_groups",
             "devices",
             "entity_generations",
+            "directory_users",
+            "directory_groups",
+            "directory_state",
+            "directory_runs",
         ] {
             let _ = sqlx::query(&format!("DELETE FROM {table} WHERE tenant = $1"))
                 .bind(store.tenant())
@@ -51,6 +55,7 @@ on_both_backends!(
     reopening_keeps_data_and_migrations_run_once,
     entity_generation_counts_committed_changes,
     a_change_checked_against_stale_entities_is_refused,
+    a_directory_sync_planned_against_a_stale_mirror_is_refused,
 );
 
 // ---------------------------------------------------------------------------
@@ -1029,5 +1034,98 @@ async fn a_change_checked_against_stale_entities_is_refused(fx: Fx) {
     }
     assert_eq!(stored, 1);
     assert_eq!(a.entity_generation().await.unwrap(), 2);
+    fx.cleanup(&a).await;
+}
+
+async fn a_directory_sync_planned_against_a_stale_mirror_is_refused(fx: Fx) {
+    use crate::directory::diff::{MirrorUser, SyncPlan};
+    use crate::store::directory::{SyncBasis, SyncRunRecord};
+
+    let (a, b) = (fx.open().await, fx.open().await);
+    let plan = |user: &str| SyncPlan {
+        mirror_upserts: vec![MirrorUser {
+            id: user.into(),
+            dn: format!("uid={user},ou=people,dc=city"),
+            disabled: false,
+            record: Default::default(),
+        }],
+        ..Default::default()
+    };
+    let run = |outcome: &str| SyncRunRecord {
+        outcome: outcome.into(),
+        ..Default::default()
+    };
+    let basis = |mirror: &crate::directory::diff::Mirror| SyncBasis {
+        entities: 0,
+        mirror: mirror.as_of_run,
+    };
+
+    // Both replicas read the mirror; B's run is applied first.
+    let (seen_a, seen_b) = (
+        a.directory_mirror().await.unwrap(),
+        b.directory_mirror().await.unwrap(),
+    );
+    assert_eq!((seen_a.as_of_run, seen_b.as_of_run), (0, 0));
+    let (applied, _, _) = b
+        .commit_directory_sync(
+            &plan("from-b"),
+            Some("hw-b"),
+            &run("ok"),
+            vec![],
+            basis(&seen_b),
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied, 1);
+
+    // A's plan was diffed against the mirror before B's run: refused, nothing of it
+    // stored (no mirror row, no high-water mark, no run record).
+    let err = a
+        .commit_directory_sync(
+            &plan("from-a"),
+            Some("hw-a"),
+            &run("ok"),
+            vec![],
+            basis(&seen_a),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::DirectoryMoved {
+                expected: 0,
+                found: 1
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("nothing was changed"), "{err}");
+    let now = a.directory_mirror().await.unwrap();
+    assert_eq!(now.as_of_run, 1);
+    assert!(now.users.contains_key("from-b") && !now.users.contains_key("from-a"));
+    assert_eq!(
+        a.directory_high_water().await.unwrap().as_deref(),
+        Some("hw-b")
+    );
+    assert_eq!(a.directory_runs(10).await.unwrap().len(), 1);
+
+    // A run that changed nothing does not move the mark; planned again against the
+    // fresh mirror, A's run is applied.
+    a.record_directory_run(&run("failed")).await.unwrap();
+    let fresh = a.directory_mirror().await.unwrap();
+    assert_eq!(fresh.as_of_run, 1);
+    let (applied, _, _) = a
+        .commit_directory_sync(
+            &plan("from-a"),
+            Some("hw-a"),
+            &run("ok"),
+            vec![],
+            basis(&fresh),
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied, 3);
+    assert_eq!(a.directory_mirror().await.unwrap().as_of_run, 3);
     fx.cleanup(&a).await;
 }
