@@ -82,6 +82,10 @@ pub enum SyncError {
     CatchUp(String),
 }
 
+/// Times a run is planned again when another engine replica's sync or entity change
+/// landed while it read the directory.
+const REPLANS_AFTER_ANOTHER_REPLICA: usize = 2;
+
 /// The configured directory and the lock that keeps runs from overlapping.
 pub struct DirectorySync {
     pub config: Resolved,
@@ -112,7 +116,20 @@ impl DirectorySync {
             mode: "full".into(),
             ..Default::default()
         };
-        let result = self.run_inner(state, opts, &mut record).await;
+        let mut result = self.run_inner(state, opts, &mut record).await;
+        // Replicas scheduled at the same time race; the loser plans again on top of
+        // the winner's run (usually finding nothing left to change).
+        for _ in 0..REPLANS_AFTER_ANOTHER_REPLICA {
+            match &result {
+                Err(SyncError::Store(
+                    e @ (StoreError::DirectoryMoved { .. } | StoreError::EntitiesMoved { .. }),
+                )) => {
+                    tracing::info!(reason = %e, trigger = %opts.trigger, "directory sync planned again");
+                    result = self.run_inner(state, opts, &mut record).await;
+                }
+                _ => break,
+            }
+        }
         if let Err(e) = &result {
             tracing::error!(error = %e, trigger = %opts.trigger, "directory sync failed; the last good data stays");
             if !opts.dry_run {

@@ -114,8 +114,27 @@ impl AdminService {
             .append(&mut tx, events)
             .await
             .map_err(|e| not_recorded(&e))?;
-        tx.commit().await.map_err(|e| not_recorded(&e))?;
-        Ok(value)
+        // Committed in a task of its own, which lets the journal go only afterwards:
+        // a caller that hangs up mid-commit would otherwise let the writer read its
+        // head before this commit is visible, and number its next batch over it.
+        let committed = tokio::spawn(async move {
+            let result = tx.commit().await;
+            drop(journal);
+            result
+        })
+        .await;
+        match committed {
+            Ok(Ok(())) => Ok(value),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, %admin, "committing an administrator's change failed; its outcome is unknown");
+                Err(Status::unavailable(format!(
+                    "committing the change failed, so whether it was stored is unknown (check the user's enrolment or the audit trail before trying again): {e}"
+                )))
+            }
+            Err(e) => Err(Status::internal(format!(
+                "committing the change did not finish: {e}"
+            ))),
+        }
     }
 
     async fn enrolled(&self, user: &str, detail: String) -> Result<pb::EnrollmentResponse, Status> {
@@ -163,8 +182,15 @@ impl Entry {
 }
 
 fn store_status(e: CredentialError) -> Status {
-    tracing::error!(error = %e, "gateway store failed");
-    Status::internal(format!("the gateway's credential store failed: {e}"))
+    match e {
+        // Checked when enrolling and again by the store's index when writing (an
+        // import's card enrolled for someone else meanwhile): a refusal, not a fault.
+        CredentialError::CardOfAnotherUser { .. } => Status::already_exists(e.to_string()),
+        e => {
+            tracing::error!(error = %e, "gateway store failed");
+            Status::internal(format!("the gateway's credential store failed: {e}"))
+        }
+    }
 }
 
 fn invalid(message: impl Into<String>) -> Status {
@@ -262,12 +288,7 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
                 let added = store
                     .add_card(conn, &r.user, &r.certificate, kind, not_after)
                     .await
-                    .map_err(|e| match e {
-                        CredentialError::CardOfAnotherUser { .. } => {
-                            Status::already_exists(e.to_string())
-                        }
-                        e => store_status(e),
-                    })?;
+                    .map_err(store_status)?;
                 let detail = vec![
                     ("factor", factor.name().into()),
                     (
