@@ -940,7 +940,11 @@ impl Journals {
     /// Every journal in the database, ordered by tenant, tier and gateway.
     pub async fn list(&self) -> Result<Vec<JournalId>, JournalError> {
         let rows = sqlx::query(
-            "SELECT DISTINCT tenant, tier, gateway FROM gw_journal ORDER BY tenant, tier, gateway",
+            // A journal whose rows were all deleted is still named by the position
+            // the engine confirmed, so that verifying it reports them missing.
+            "SELECT tenant, tier, gateway FROM gw_journal
+             UNION SELECT tenant, tier, gateway FROM gw_outbox WHERE acked_seq > 0
+             ORDER BY 1, 2, 3",
         )
         .fetch_all(&self.pool)
         .await
@@ -1030,6 +1034,9 @@ impl Journals {
     /// hash to what it says. A journal that ends before the seq the engine confirmed
     /// (`gw_outbox`) lost its tail, which the chain alone cannot show.
     pub async fn verify(&self, id: &JournalId) -> Result<Verification, JournalError> {
+        // Read first: on a running gateway, events committed and confirmed while the
+        // chain is walked would otherwise look like events deleted from its end.
+        let acked = self.acked_seq(id).await?;
         let mut state = ChainState::start(&id.gateway);
         let broken = 'check: loop {
             let page = self.rows(id, state.seq, PAGE).await?;
@@ -1045,17 +1052,14 @@ impl Journals {
         };
         let broken = match broken {
             Some(b) => Some(b),
-            None => {
-                let acked = self.acked_seq(id).await?;
-                (acked > state.seq).then(|| BrokenLink {
+            None => (acked > state.seq).then(|| BrokenLink {
                     gateway: id.gateway.clone(),
                     seq: state.seq + 1,
                     why: format!(
                         "missing: the policy engine confirmed events through seq {acked}, the journal ends at seq {} (deleted events?)",
                         state.seq
                     ),
-                })
-            }
+                }),
         };
         Ok(Verification {
             journal: id.clone(),
@@ -1421,6 +1425,14 @@ mod tests {
             let b = v.broken.expect("broken");
             assert_eq!(b.seq, 1, "{b}");
             assert!(b.why.contains("confirmed"), "{b}");
+            // Every row gone, the journal is still listed, and found broken.
+            let all = Journals::of(&db).verify_all().await.unwrap();
+            let mine: Vec<&Verification> = all
+                .iter()
+                .filter(|v| v.journal.tenant == db.tenant() && v.journal.gateway == GW)
+                .collect();
+            assert_eq!(mine.len(), 1, "{all:?}");
+            assert!(mine[0].broken.is_some(), "{all:?}");
             db.close().await;
         }
     }

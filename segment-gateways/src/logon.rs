@@ -346,8 +346,10 @@ impl Gateway {
                 certificate: device_id.to_string(),
             });
         }
-        if request.user.is_empty() || request.user.len() > 256 {
-            return Err(LogonError::BadRequest("user must be 1 to 256 bytes".into()));
+        if !plausible_id(&request.user) {
+            return Err(LogonError::BadRequest(
+                "user must be 1 to 256 bytes without control characters".into(),
+            ));
         }
         let action = parse_action(&request.action)?;
         let via = parse_via(&request.via)?;
@@ -694,6 +696,9 @@ impl Gateway {
     ) -> Result<pb::SessionState, LogonError> {
         self.registered_device(device_id).await?;
         let no_session = || LogonError::NoSession(session_id.to_string());
+        if !plausible_id(session_id) {
+            return Err(no_session());
+        }
         let s = match session::get(self.store.db(), session_id).await? {
             Some(s) if s.device == device_id && s.state != SessionState::Ended => s,
             _ => return Err(no_session()),
@@ -1131,6 +1136,13 @@ fn deny(reason: &str, policy_version: String, factors: Vec<pb::FactorResult>) ->
         locked_until_unix_ms: None,
         operator: String::new(),
     }
+}
+
+/// Whether `id` (a user or session id from a request) can name anything stored:
+/// 1 to 256 bytes without control characters. Checked before it reaches a query,
+/// since PostgreSQL refuses a NUL in a parameter where SQLite just finds nothing.
+fn plausible_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 256 && !id.chars().any(char::is_control)
 }
 
 fn parse_action(s: &str) -> Result<Action, LogonError> {

@@ -1148,3 +1148,50 @@ async fn an_administrators_change_and_its_event_commit_together() {
     assert!(v.broken.is_none(), "{v:?}");
     assert_eq!(v.checked, events.len() as u64);
 }
+
+/// Whatever user id a request carries, its refusal is journaled in a form the
+/// engine stores: a 70 KB id (refused by Begin) and an id with a NUL (which a
+/// PostgreSQL column cannot hold) would otherwise stop the forwarder at that seq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_of_any_user_id_are_shipped_on_postgresql() {
+    let (gw, _) = city(Backend::Postgres, &["lgwan-desk-01"]).await;
+    let gateway = gw.running.gateway.journal.gateway().to_string();
+    let mut ep = gw.endpoint("lgwan-desk-01").await;
+    let huge = "長".repeat(70_000 / 3 + 1);
+    for user in [huge.as_str(), "nul\0user"] {
+        let refused = ep
+            .begin(pb::BeginRequest {
+                user: user.into(),
+                action: "logon".into(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    }
+    // A session id no gateway makes is simply not found, on either store.
+    let none = ep
+        .lock(pb::SessionRequest {
+            session_id: "s\0".into(),
+            request_id: String::new(),
+        })
+        .await
+        .expect_err("no such session");
+    assert_eq!(none.code(), tonic::Code::NotFound, "{none:?}");
+
+    let head = journal_head(&gw);
+    shipped(&gw, head).await;
+    let stored = all_events(&engine_audit(&gw.engine).await, &gateway).await;
+    assert_eq!(stored.len() as u64, head, "every journaled event arrived");
+    let users: Vec<&str> = stored.iter().map(|e| e.body.user.as_str()).collect();
+    let long = users
+        .iter()
+        .find(|u| u.starts_with('長'))
+        .unwrap_or_else(|| panic!("the long id's refusal: {users:?}"));
+    assert!(
+        long.len() <= 512 && long.ends_with(&format!("…[{} bytes]", huge.len())),
+        "{long}"
+    );
+    assert!(users.contains(&"nul\u{FFFD}user"), "{users:?}");
+    assert!(users.iter().all(|u| !u.contains('\0')));
+}

@@ -16,6 +16,43 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+/// Longest event line an audit store accepts. Events hold names, ids and reason
+/// codes; a line this long is not an event but something else pushed through.
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+
+/// Longest text a field of a sealed event keeps (see [`EventBody::make_storable`]).
+pub const MAX_FIELD_BYTES: usize = 512;
+
+/// Most entries a list or map of a sealed event keeps.
+pub const MAX_FIELD_ENTRIES: usize = 16;
+
+fn fits(text: &str) -> bool {
+    text.len() <= MAX_FIELD_BYTES && !text.chars().any(is_replaced)
+}
+
+fn is_replaced(c: char) -> bool {
+    c.is_control() && c != '\n' && c != '\t'
+}
+
+fn storable(text: &mut String) {
+    if text.chars().any(is_replaced) {
+        *text = text
+            .chars()
+            .map(|c| if is_replaced(c) { '\u{FFFD}' } else { c })
+            .collect();
+    }
+    if text.len() > MAX_FIELD_BYTES {
+        let was = text.len();
+        // Room for the note, which is at most 22 bytes.
+        let mut end = MAX_FIELD_BYTES - 24;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str(&format!("…[{was} bytes]"));
+    }
+}
+
 /// `prev_hash` of the first event in a journal.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -103,6 +140,60 @@ pub enum EventError {
 }
 
 impl EventBody {
+    /// Bounds what a request can put into an event. A refusal is journaled with
+    /// what was sent (a user id of 70 KB, a NUL, which PostgreSQL cannot store in a
+    /// column); journaled as sent, the engine would refuse that event, and a
+    /// forwarder that never skips a seq would stop shipping the gateway's journal
+    /// at it for good. Control characters other than line feed and tab become
+    /// U+FFFD; a text longer than [`MAX_FIELD_BYTES`] keeps its start and says how
+    /// long it was; a map or list keeps its first [`MAX_FIELD_ENTRIES`] entries.
+    /// Last, detail, policy ids and failures are dropped from the end while the body
+    /// is over half of [`MAX_EVENT_BYTES`], so the sealed line always fits.
+    pub fn make_storable(&mut self) {
+        for text in [
+            &mut self.ts,
+            &mut self.tier,
+            &mut self.gateway,
+            &mut self.device,
+            &mut self.user,
+            &mut self.operator,
+            &mut self.action,
+            &mut self.reason,
+            &mut self.policy_version,
+            &mut self.session,
+            &mut self.request_id,
+        ] {
+            storable(text);
+        }
+        if let Some(shadow) = &mut self.shadow {
+            storable(shadow);
+        }
+        for list in [&mut self.factors, &mut self.policy_ids] {
+            list.truncate(MAX_FIELD_ENTRIES);
+            list.iter_mut().for_each(storable);
+        }
+        for map in [&mut self.failed, &mut self.detail] {
+            if map.len() > MAX_FIELD_ENTRIES || map.iter().any(|(k, v)| !fits(k) || !fits(v)) {
+                *map = std::mem::take(map)
+                    .into_iter()
+                    .take(MAX_FIELD_ENTRIES)
+                    .map(|(mut k, mut v)| {
+                        storable(&mut k);
+                        storable(&mut v);
+                        (k, v)
+                    })
+                    .collect();
+            }
+        }
+        // Only a body full of escaped characters gets here; what is left (11 texts
+        // and the factors, at most twice their length escaped) stays under half.
+        while self.canonical().len() > MAX_EVENT_BYTES / 2
+            && (self.detail.pop_last().is_some()
+                || self.policy_ids.pop().is_some()
+                || self.failed.pop_last().is_some())
+        {}
+    }
+
     /// The canonical bytes the hash covers.
     pub fn canonical(&self) -> Vec<u8> {
         // Serialising a struct of strings, integers, vectors and BTreeMaps cannot fail.
@@ -117,8 +208,11 @@ impl EventBody {
         hex::encode(h.finalize())
     }
 
-    /// Links the body after `prev_hash`.
-    pub fn seal(self, prev_hash: &str) -> AuditEvent {
+    /// Links the body after `prev_hash`, first made storable (see
+    /// [`EventBody::make_storable`]) so that no journal holds an event the engine
+    /// would refuse.
+    pub fn seal(mut self, prev_hash: &str) -> AuditEvent {
+        self.make_storable();
         let hash = self.chain_hash(prev_hash);
         AuditEvent {
             body: self,
@@ -368,5 +462,40 @@ mod tests {
         let ts = format_ts(1_790_000_000_123);
         assert_eq!(ts, "2026-09-21T14:13:20.123Z");
         assert_eq!(parse_ts(&ts), Some(1_790_000_000_123));
+    }
+
+    #[test]
+    fn what_a_request_puts_into_an_event_is_bounded_before_sealing() {
+        let mut b = EventBody::new("gw", "lgwan", "logon", Outcome::Deny);
+        b.user = "u".repeat(70_000);
+        b.device = "desk\0\u{1b}[31m".into();
+        b.reason = "line one\nline two\tend".into();
+        b.request_id = "長".repeat(200);
+        for i in 0..100 {
+            b.detail.insert(format!("k{i:03}"), "\"".repeat(600));
+        }
+        let fine = EventBody::new("gw", "lgwan", "logon", Outcome::Allow);
+        let mut id256 = fine.clone();
+        id256.user = "x".repeat(256);
+
+        let e = b.seal(GENESIS_HASH);
+        assert!(
+            e.to_json().len() <= MAX_EVENT_BYTES / 2 + 200,
+            "{}",
+            e.to_json().len()
+        );
+        assert_eq!(
+            e.body.user.len(),
+            MAX_FIELD_BYTES - 24 + "…[70000 bytes]".len()
+        );
+        assert!(e.body.user.ends_with("…[70000 bytes]"));
+        assert_eq!(e.body.device, "desk\u{FFFD}\u{FFFD}[31m");
+        assert_eq!(e.body.reason, "line one\nline two\tend", "kept as it was");
+        assert!(e.body.request_id.starts_with('長') && e.body.request_id.ends_with("…[600 bytes]"));
+        assert!(e.body.detail.len() <= MAX_FIELD_ENTRIES);
+        // The hash covers what is stored, and what fits is not touched.
+        assert!(e.hash_matches());
+        assert_eq!(id256.clone().seal(GENESIS_HASH).body, id256);
+        assert_eq!(fine.clone().seal(GENESIS_HASH).body, fine);
     }
 }

@@ -26,9 +26,7 @@ use super::event::{parse_ts, AuditEvent, BrokenLink, ChainState};
 use super::query::{Cursor, Filter, Page};
 use crate::store::{self, Backend, Store, StoreError};
 
-/// Longest event line accepted. Events hold names, ids and reason codes; a line this
-/// long is not an event but something else pushed through the pipe.
-pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+pub use super::event::MAX_EVENT_BYTES;
 
 /// Rows read per query when walking a chain or exporting.
 const READ_CHUNK: usize = 10_000;
@@ -240,6 +238,22 @@ fn prepare(json: String) -> Result<Prepared, Problem> {
         .ok_or_else(|| Problem::Invalid(format!("seq {} is out of range (1..2^63)", b.seq)))?;
     let ts_ms = parse_ts(&b.ts)
         .ok_or_else(|| Problem::Invalid(format!("ts '{}' is not an RFC 3339 time", b.ts)))?;
+    // PostgreSQL cannot hold a NUL in a text column, SQLite can: refused on both, so
+    // the two stores take the same events. (A sealing gateway never writes one.)
+    for (field, text) in [
+        ("gateway", &b.gateway),
+        ("tier", &b.tier),
+        ("device", &b.device),
+        ("user", &b.user),
+        ("operator", &b.operator),
+        ("action", &b.action),
+    ] {
+        if text.contains('\0') {
+            return Err(Problem::Invalid(format!(
+                "{field} contains a NUL character"
+            )));
+        }
+    }
     Ok(Prepared {
         gateway: b.gateway,
         seq,

@@ -33,6 +33,11 @@ pub const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
 /// index pages its rows touch, so 10 batches of 500 in one cost about what one does.
 pub const GROUP_RECORDS: usize = 5_000;
 
+/// Bytes of records a stream holds before storing them, whatever their number: a
+/// stream of full batches of the longest events would otherwise hold hundreds of
+/// MiB until [`GROUP_RECORDS`] of them arrived.
+pub const GROUP_BYTES: usize = 8 * 1024 * 1024;
+
 /// Metadata key of a `FAILED_PRECONDITION` refusal of a different event under a
 /// stored (gateway, seq): the seq, in decimal, so a forwarder can report which of
 /// its events is refused without parsing the message.
@@ -119,6 +124,7 @@ impl pb::audit_sink_server::AuditSink for AuditSinkService {
         let mut inserted = 0u64;
         let mut batches = 0u64;
         let mut pending: Vec<Record> = Vec::new();
+        let mut pending_bytes = 0usize;
         loop {
             let next = stream.message().await?;
             let done = next.is_none();
@@ -154,13 +160,17 @@ impl pb::audit_sink_server::AuditSink for AuditSinkService {
                         checked.insert(r.gateway.clone());
                     }
                 }
+                pending_bytes += batch.records.iter().map(|r| r.json.len()).sum::<usize>();
                 pending.extend(batch.records.into_iter().map(|r| Record {
                     gateway: r.gateway,
                     seq: r.seq,
                     json: r.json,
                 }));
             }
-            if !pending.is_empty() && (done || pending.len() >= GROUP_RECORDS) {
+            if !pending.is_empty()
+                && (done || pending.len() >= GROUP_RECORDS || pending_bytes >= GROUP_BYTES)
+            {
+                pending_bytes = 0;
                 let out = self
                     .audit
                     .ingest(std::mem::take(&mut pending))

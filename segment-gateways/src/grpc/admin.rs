@@ -198,17 +198,11 @@ fn invalid(message: impl Into<String>) -> Status {
 }
 
 fn check_user(user: &str) -> Result<(), Status> {
-    if user.is_empty() || user.len() > 256 {
-        return Err(invalid("user must be 1 to 256 bytes"));
-    }
-    Ok(())
+    sekisho_policy_engine::import::check_id(user).map_err(|why| invalid(format!("user id {why}")))
 }
 
 fn check_device_id(id: &str) -> Result<(), Status> {
-    if id.is_empty() || id.len() > 256 {
-        return Err(invalid("device id must be 1 to 256 bytes"));
-    }
-    Ok(())
+    sekisho_policy_engine::import::check_id(id).map_err(|why| invalid(format!("device id {why}")))
 }
 
 #[tonic::async_trait]
