@@ -51,6 +51,7 @@ pub struct GatewayConfig {
     pub biometric: BiometricConfig,
     pub totp: TotpConfig,
     pub audit: AuditConfig,
+    pub telework: TeleworkConfig,
 }
 
 impl Default for GatewayConfig {
@@ -73,6 +74,7 @@ impl Default for GatewayConfig {
             biometric: BiometricConfig::default(),
             totp: TotpConfig::default(),
             audit: AuditConfig::default(),
+            telework: TeleworkConfig::default(),
         }
     }
 }
@@ -212,6 +214,18 @@ impl Default for ChallengeConfig {
             max_open: 100_000,
         }
     }
+}
+
+/// Logons reached through the national telework relay (`via = lgwan_telework`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TeleworkConfig {
+    /// Take Begin's `upstream` (the factors the telework device proved) as the
+    /// endpoint states them. Until the telework gateway signs what it verified,
+    /// that list is only the endpoint's word: a tampered agent on a relay desktop
+    /// could claim face + password it never showed. Off by default, so relay logons
+    /// are refused; turn on only where the relay desktops themselves are trusted.
+    pub accept_upstream_claims: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

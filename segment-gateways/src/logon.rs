@@ -137,6 +137,8 @@ pub struct FlowSettings {
     pub lockout: LockoutPolicy,
     pub face_threshold: f32,
     pub vein_threshold: f32,
+    /// `[telework] accept_upstream_claims`.
+    pub accept_upstream_claims: bool,
 }
 
 /// Everything a logon needs, shared by the gRPC services.
@@ -355,6 +357,11 @@ impl Gateway {
         let via = parse_via(&request.via)?;
         let upstream = FactorSet::parse_names(&request.upstream)
             .map_err(|e| LogonError::BadRequest(format!("upstream: {e}")))?;
+        if !upstream.is_empty() && !self.settings.accept_upstream_claims {
+            return Err(LogonError::BadRequest(
+                "upstream factors are the endpoint's own unsigned claim, which this gateway does not accept ([telework] accept_upstream_claims = false)".into(),
+            ));
+        }
         self.registered_device(device_id).await?;
         let (enrollment, material) = self
             .store

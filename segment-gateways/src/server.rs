@@ -301,6 +301,7 @@ pub async fn start(resolved: Resolved) -> Result<RunningGateway, GatewayError> {
             },
             face_threshold: config.biometric.face_threshold,
             vein_threshold: config.biometric.vein_threshold,
+            accept_upstream_claims: config.telework.accept_upstream_claims,
         },
     });
     let admin_names: Arc<[String]> = config.tls.admin_names.clone().into();

@@ -234,6 +234,8 @@ impl World {
             config.lockout.max_failures = options.max_failures;
             config.biometric.face_threshold = options.face_threshold;
             config.biometric.vein_threshold = options.vein_threshold;
+            // The day's relay logons come from the simulator's own agents.
+            config.telework.accept_upstream_claims = true;
             // The demo reads each gateway's journal directly at the end of the day.
             config.audit.forward = false;
             let resolved = config

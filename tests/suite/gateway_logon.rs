@@ -1289,3 +1289,38 @@ async fn a_directory_outage_locks_no_one() {
     assert_eq!(failures_counted(&gw, "u007").await, 1);
     gw.stop().await;
 }
+
+/// The factors a telework device proved reach an LGWAN gateway only as the
+/// endpoint's word until they are signed: refused unless the gateway is told to
+/// trust its relay desktops.
+#[tokio::test]
+async fn upstream_factors_are_refused_unless_the_gateway_accepts_claims() {
+    let relay_begin = |ep: &mut Endpoint| {
+        let mut ep = ep.clone();
+        async move {
+            ep.begin(pb::BeginRequest {
+                user: "u013".into(),
+                action: "logon".into(),
+                via: "lgwan_telework".into(),
+                upstream: vec!["face".into(), "password".into()],
+                ..Default::default()
+            })
+            .await
+        }
+    };
+    let strict = TestGateway::start(Tier::Lgwan, |_| {}).await;
+    strict.register("lgwan-vdi-01", "vdi", &["card"]).await;
+    let mut ep = strict.endpoint("lgwan-vdi-01").await;
+    let e = relay_begin(&mut ep).await.expect_err("refused");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("accept_upstream_claims"), "{e:?}");
+    // Without upstream the same device and user get a plan.
+    begin(&mut ep, "u013", "logon").await;
+
+    let trusting =
+        TestGateway::start(Tier::Lgwan, |c| c.telework.accept_upstream_claims = true).await;
+    trusting.register("lgwan-vdi-01", "vdi", &["card"]).await;
+    let mut ep = trusting.endpoint("lgwan-vdi-01").await;
+    let c = relay_begin(&mut ep).await.expect("planned").into_inner();
+    assert!(!c.challenge_id.is_empty(), "{c:?}");
+}
