@@ -153,6 +153,7 @@ pub(crate) async fn apply(
     now_ms: i64,
 ) -> Result<Vec<Applied>, StoreError> {
     let mut applied = vec![Applied::default(); answers.len()];
+    lock_standings(conn, scope, answers).await?;
     for round in rounds(answers) {
         apply_round(conn, scope, answers, &round, &mut applied, now_ms).await?;
     }
@@ -456,6 +457,49 @@ async fn release_emergency_otp(
     Ok(())
 }
 
+/// On PostgreSQL, holds a transaction lock per user whose lockout standing this
+/// batch reads and writes. Gateways of one tier on one store commit side by side
+/// (each has its own journal), and each writes back the count it read plus one:
+/// without the lock, concurrent failures on two gateways would count once. Taken
+/// for the whole batch at once, in sorted order, so two batches cannot deadlock.
+/// SQLite needs none: its write transactions take the one writer lock up front.
+async fn lock_standings(
+    conn: &mut AnyConnection,
+    scope: &Scope<'_>,
+    answers: &[&[Effect]],
+) -> Result<(), StoreError> {
+    if conn.backend_name() != "PostgreSQL" {
+        return Ok(());
+    }
+    let mut users: Vec<&str> = answers
+        .iter()
+        .flat_map(|a| a.iter())
+        .filter_map(|e| match e {
+            Effect::Admit { user } | Effect::CountFailure { user, .. } | Effect::Deny { user } => {
+                Some(user.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    if users.is_empty() {
+        return Ok(());
+    }
+    users.sort_unstable();
+    users.dedup();
+    // Rows of a VALUES list come in the order given; one 64-bit key per standing.
+    let values: Vec<String> = (0..users.len()).map(|i| format!("(${})", i + 3)).collect();
+    let sql = format!(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(31) || $2 || chr(31) || k, 0))
+         FROM (VALUES {}) AS v(k)",
+        values.join(", ")
+    );
+    for_keys(&sql, scope, &users)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err("locking lockout standings"))?;
+    Ok(())
+}
+
 async fn standings<'u>(
     conn: &mut AnyConnection,
     scope: &Scope<'_>,
@@ -682,6 +726,7 @@ mod tests {
     use crate::session;
     use sekisho_policy_engine::audit::event::EventBody;
     use sekisho_policy_engine::audit::Outcome;
+    use sekisho_policy_engine::store::Backend;
     use sekisho_policy_engine::Tier;
 
     const POLICY: LockoutPolicy = LockoutPolicy {
@@ -920,6 +965,68 @@ mod tests {
                 Default::default()
             );
             f.journal.close().await;
+        }
+    }
+
+    /// Two gateways of a tier on one PostgreSQL store count one user's failures at
+    /// once: the second waits for the first's commit and counts on top of it.
+    /// (SQLite's write transactions are one at a time anyway.)
+    #[tokio::test]
+    async fn failures_counted_by_two_gateways_at_once_are_both_counted() {
+        for t in targets("effects-two-gateways") {
+            let db = t.db().await;
+            if db.backend != Backend::Postgres {
+                continue;
+            }
+            let failure = [fail("u9")];
+            let now = crate::db::now_ms();
+            let mut first = db.begin_write().await.unwrap();
+            let scope = Scope {
+                tenant: db.tenant(),
+                tier: db.tier().name(),
+            };
+            apply(&mut first, &scope, &[&failure], now).await.unwrap();
+
+            let (pid_tx, pid_rx) = tokio::sync::oneshot::channel();
+            let second = {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    let mut tx = db.begin_write().await.unwrap();
+                    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                        .fetch_one(&mut *tx)
+                        .await
+                        .unwrap();
+                    pid_tx.send(pid).unwrap();
+                    let scope = Scope {
+                        tenant: db.tenant(),
+                        tier: db.tier().name(),
+                    };
+                    apply(&mut tx, &scope, &[&[fail("u9")]], now).await.unwrap();
+                    tx.commit().await.unwrap();
+                })
+            };
+            // Until the second is seen waiting for a lock the first holds.
+            let pid = pid_rx.await.unwrap();
+            tokio::time::timeout(std::time::Duration::from_secs(30), async {
+                loop {
+                    let waiting: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM pg_locks WHERE pid = $1 AND NOT granted",
+                    )
+                    .bind(pid)
+                    .fetch_one(&db.pool)
+                    .await
+                    .unwrap();
+                    if waiting > 0 {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .expect("the second gateway's batch waits for the first");
+            first.commit().await.unwrap();
+            second.await.unwrap();
+            assert_eq!(lockout::standing(&db, "u9").await.unwrap().failures, 2);
         }
     }
 
