@@ -1,4 +1,5 @@
-//! Lockout after repeated failures, per user and tier.
+//! Lockout after repeated failures, per user and tier (the user as [`key`]
+//! spells it).
 //!
 //! Counted for any user id that is tried, known or not, so a locked-out guesser
 //! sees the same behaviour for both. Only failures of what the person presented are
@@ -37,6 +38,17 @@ impl Standing {
     }
 }
 
+/// The id a user's failures are counted under: trimmed, inner white space runs
+/// made one space, lower case. A directory matches `uid` and `sAMAccountName` that
+/// way, so `TANAKA` and ` tanaka` bind as `tanaka`; counted under the exact text,
+/// each spelling would be a fresh set of guesses at the same password.
+pub fn key(user: &str) -> String {
+    user.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
 pub async fn standing(db: &Db, user: &str) -> Result<Standing, StoreError> {
     standing_in(&db.pool, db, user).await
 }
@@ -51,7 +63,7 @@ async fn standing_in<'e>(
     )
     .bind(&*db.tenant)
     .bind(db.tier.name())
-    .bind(user)
+    .bind(key(user))
     .fetch_optional(executor)
     .await
     .map_err(db_err("reading a lockout"))?;
@@ -121,7 +133,7 @@ pub async fn clear(
     sqlx::query("DELETE FROM gw_lockouts WHERE tenant = $1 AND tier = $2 AND user_id = $3")
         .bind(&*db.tenant)
         .bind(db.tier.name())
-        .bind(user)
+        .bind(key(user))
         .execute(conn)
         .await
         .map_err(db_err("clearing a lockout"))?;
@@ -131,6 +143,20 @@ pub async fn clear(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spellings_of_one_id_share_a_key() {
+        for spelling in ["tanaka", "TANAKA", " Tanaka ", "tanaka\t"] {
+            assert_eq!(key(spelling), "tanaka", "{spelling:?}");
+        }
+        assert_eq!(key("Yamada  Taro"), "yamada taro");
+        assert_eq!(
+            key("ＴＡＮＡＫＡ"),
+            "ｔａｎａｋａ",
+            "full-width letters lower-case too"
+        );
+        assert_ne!(key("tanaka"), key("tanaka2"));
+    }
 
     #[test]
     fn locks_after_n_and_releases_after_the_time() {

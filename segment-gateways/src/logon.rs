@@ -63,7 +63,7 @@ use crate::factors::totp::TotpParams;
 use crate::factors::{emergency_otp, pin, totp, Failure};
 use crate::hashing::SecretHasher;
 use crate::journal::{AppendReceipt, Journal, JournalError};
-use crate::lockout::LockoutPolicy;
+use crate::lockout::{self, LockoutPolicy};
 use crate::ratelimit::RateLimiter;
 use crate::session::{self, SessionState};
 
@@ -569,14 +569,14 @@ impl Gateway {
             // something the person presented failed too.
             effects.push(if failures.iter().any(|f| f.counts_towards_lockout()) {
                 Effect::CountFailure {
-                    user: user.to_string(),
+                    user: lockout::key(user),
                     policy: self.settings.lockout,
                 }
             } else {
                 // Counted or not, the commit reads the lockout: a locked user's
                 // correct factors must not show.
                 Effect::Deny {
-                    user: user.to_string(),
+                    user: lockout::key(user),
                 }
             });
             return Ok(Prepared::new(
@@ -591,7 +591,7 @@ impl Gateway {
         // but its commit reads the lockout: while the user is locked it must look
         // like a deny for wrong factors, or each guess would still be confirmed.
         let denied = || Effect::Deny {
-            user: user.to_string(),
+            user: lockout::key(user),
         };
         let subject = Subject {
             user,
@@ -627,7 +627,7 @@ impl Gateway {
         // Only now, with a factor set that would have been accepted, can "locked" be
         // said (by the commit, which reads the lockout): a guesser never learns it.
         effects.push(Effect::Admit {
-            user: user.to_string(),
+            user: lockout::key(user),
         });
         let allow = |session_id: String, operator: String| pb::LogonResult {
             decision: pb::Decision::Allow as i32,

@@ -1324,3 +1324,23 @@ async fn upstream_factors_are_refused_unless_the_gateway_accepts_claims() {
     let c = relay_begin(&mut ep).await.expect("planned").into_inner();
     assert!(!c.challenge_id.is_empty(), "{c:?}");
 }
+
+/// A directory matches user ids without regard to case or surrounding spaces, so
+/// every spelling of one id counts towards the same lock.
+#[tokio::test]
+async fn every_spelling_of_a_user_id_counts_towards_one_lock() {
+    let gw = TestGateway::start(Tier::Internet, |c| c.lockout.lock_secs = 600).await;
+    gw.register("net-desk-01", "desktop", &["card"]).await;
+    gw.set_secret("u036", "password", "u036-password").await;
+    let good = gw.cards.issue("u036");
+    gw.enroll_card("u036", &good).await;
+    let mut ep = gw.endpoint("net-desk-01").await;
+
+    for spelling in ["U036", " u036", "u036  "] {
+        let c = begin(&mut ep, spelling, "logon").await;
+        let r = complete(&mut ep, &c, vec![password("guess")]).await;
+        assert!(!allowed(&r), "{spelling:?}: {r:?}");
+        assert_eq!(r.locked_until_unix_ms, None, "{spelling:?}");
+    }
+    told_locked(&mut ep, &good).await;
+}
