@@ -806,7 +806,12 @@ impl AuditStore {
                     message: e.to_string(),
                 })?
                 .hash;
-            if held != ours.hash {
+            // The same hash over different bytes is harmless only while the stored
+            // copy is the event that hash was made over (the same body written out
+            // another way); a forged copy carrying the genuine hash would otherwise
+            // keep the genuine event out, acknowledged but never stored.
+            let stored_genuine = AuditEvent::from_json(&event).is_ok_and(|e| e.hash_matches());
+            if held != ours.hash || !stored_genuine {
                 return Err(AuditError::Conflict {
                     gateway: ours.gateway.clone(),
                     seq,

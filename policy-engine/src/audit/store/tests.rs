@@ -62,6 +62,7 @@ on_both_backends!(
     resent_event_is_a_duplicate,
     different_event_under_a_held_seq_refuses_the_shipment,
     a_journal_is_bound_to_its_first_shipper,
+    a_forged_copy_under_the_genuine_hash_does_not_keep_the_genuine_event_out,
 );
 
 /// `n` events of one gateway's chain. Users u0..u2 on devices d0..d1 in turn, one
@@ -749,5 +750,28 @@ async fn a_journal_is_bound_to_its_first_shipper(fx: Fx) {
         fx.opened(AuditStore::open(&fx.url, &crate::store::testing::unique_tenant("other")).await);
     other.bind_journal("gw-a", "cert-b").await.unwrap();
     fx.cleanup_audit(&other).await;
+    fx.cleanup_audit(&s).await;
+}
+
+async fn a_forged_copy_under_the_genuine_hash_does_not_keep_the_genuine_event_out(fx: Fx) {
+    let s = fx.audit().await;
+    let events = chain("gw-f", 3);
+    let mut forged = events[1].clone();
+    forged.body.user = "mallory".into();
+    assert!(!forged.hash_matches());
+    s.ingest(records(&[events[0].clone(), forged, events[2].clone()]))
+        .await
+        .unwrap();
+
+    // The genuine event re-sent: refused, not acknowledged as if stored.
+    let e = s.ingest(records(&events[1..2])).await.unwrap_err();
+    assert!(
+        matches!(&e, AuditError::Conflict { gateway, seq: 2, .. } if gateway == "gw-f"),
+        "{e}"
+    );
+    // A genuine stored event re-sent written out another way is still accepted.
+    let mut respaced = records(&events[2..3]);
+    respaced[0].json = format!(" {}", respaced[0].json);
+    assert_eq!(s.ingest(respaced).await.unwrap().inserted, 0);
     fx.cleanup_audit(&s).await;
 }
