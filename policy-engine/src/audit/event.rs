@@ -150,7 +150,13 @@ impl EventBody {
     /// Last, detail, policy ids and failures are dropped from the end while the body
     /// is over half of [`MAX_EVENT_BYTES`], so the sealed line always fits.
     pub fn make_storable(&mut self) {
-        for text in [
+        // Bytes of the bounded texts, unescaped, with room for quotes and commas.
+        let mut bytes = 0;
+        let mut bound = |text: &mut String| {
+            storable(text);
+            bytes += text.len() + 4;
+        };
+        [
             &mut self.ts,
             &mut self.tier,
             &mut self.gateway,
@@ -162,15 +168,13 @@ impl EventBody {
             &mut self.policy_version,
             &mut self.session,
             &mut self.request_id,
-        ] {
-            storable(text);
-        }
-        if let Some(shadow) = &mut self.shadow {
-            storable(shadow);
-        }
+        ]
+        .into_iter()
+        .chain(self.shadow.as_mut())
+        .for_each(&mut bound);
         for list in [&mut self.factors, &mut self.policy_ids] {
             list.truncate(MAX_FIELD_ENTRIES);
-            list.iter_mut().for_each(storable);
+            list.iter_mut().for_each(&mut bound);
         }
         for map in [&mut self.failed, &mut self.detail] {
             if map.len() > MAX_FIELD_ENTRIES || map.iter().any(|(k, v)| !fits(k) || !fits(v)) {
@@ -184,10 +188,14 @@ impl EventBody {
                     })
                     .collect();
             }
+            bytes += map
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 6)
+                .sum::<usize>();
         }
         // Escaping at most doubles a text, so a body this small fits without
         // serialising it to find out (every event is sealed on the logon path).
-        if 2 * self.text_bytes() + 4096 <= MAX_EVENT_BYTES / 2 {
+        if 2 * bytes + 4096 <= MAX_EVENT_BYTES / 2 {
             return;
         }
         // What is left after dropping (11 texts and the factors, at most twice
@@ -197,29 +205,6 @@ impl EventBody {
                 || self.policy_ids.pop().is_some()
                 || self.failed.pop_last().is_some())
         {}
-    }
-
-    /// Bytes of all the body's texts, unescaped.
-    fn text_bytes(&self) -> usize {
-        let texts = [
-            &self.ts,
-            &self.tier,
-            &self.gateway,
-            &self.device,
-            &self.user,
-            &self.operator,
-            &self.action,
-            &self.reason,
-            &self.policy_version,
-            &self.session,
-            &self.request_id,
-        ];
-        let lists = self.factors.iter().chain(&self.policy_ids);
-        let maps = self.failed.iter().chain(&self.detail);
-        texts.iter().map(|t| t.len()).sum::<usize>()
-            + self.shadow.as_ref().map_or(0, String::len)
-            + lists.map(|t| t.len() + 3).sum::<usize>()
-            + maps.map(|(k, v)| k.len() + v.len() + 6).sum::<usize>()
     }
 
     /// The canonical bytes the hash covers.
