@@ -95,6 +95,16 @@ impl Effect {
         }
     }
 
+    /// The user whose lockout standing this effect reads.
+    fn lockout_user(&self) -> Option<&str> {
+        match self {
+            Effect::Admit { user } | Effect::CountFailure { user, .. } | Effect::Deny { user } => {
+                Some(user)
+            }
+            _ => None,
+        }
+    }
+
     fn device(&self) -> Option<&str> {
         match self {
             Effect::OpenSession { device, .. } => Some(device),
@@ -235,12 +245,7 @@ async fn apply_round(
     // user is not let in, and a deny of them is flagged.
     let lockout_users: Vec<&str> = effects
         .iter()
-        .filter_map(|&(_, e)| match e {
-            Effect::Admit { user } | Effect::CountFailure { user, .. } | Effect::Deny { user } => {
-                Some(user.as_str())
-            }
-            _ => None,
-        })
+        .filter_map(|&(_, e)| e.lockout_user())
         .collect();
     let standing = standings(conn, scope, &lockout_users).await?;
     let locked = |user: &str| standing.get(user).and_then(|s| s.locked_at(now_ms));
@@ -474,12 +479,7 @@ async fn lock_standings(
     let mut users: Vec<&str> = answers
         .iter()
         .flat_map(|a| a.iter())
-        .filter_map(|e| match e {
-            Effect::Admit { user } | Effect::CountFailure { user, .. } | Effect::Deny { user } => {
-                Some(user.as_str())
-            }
-            _ => None,
-        })
+        .filter_map(Effect::lockout_user)
         .collect();
     if users.is_empty() {
         return Ok(());
