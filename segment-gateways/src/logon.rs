@@ -1148,6 +1148,8 @@ fn deny(reason: &str, policy_version: String, factors: Vec<pb::FactorResult>) ->
 /// Whether `id` (a user or session id from a request) can name anything stored:
 /// 1 to 256 bytes without control characters. Checked before it reaches a query,
 /// since PostgreSQL refuses a NUL in a parameter where SQLite just finds nothing.
+/// Unlike `import::check_id`, surrounding white space passes: a directory ignores
+/// it when binding, and [`lockout::key`] counts such an id with the bare one.
 fn plausible_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 256 && !id.chars().any(char::is_control)
 }
