@@ -29,11 +29,13 @@
 use std::collections::{HashMap, HashSet};
 
 use sekisho_policy_engine::store::StoreError;
+use sekisho_policy_engine::Factor;
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 use sqlx::{Any, AnyConnection, Row};
 
 use crate::db::db_err;
+use crate::hashing::Refreshed;
 use crate::lockout::{LockoutPolicy, Standing};
 use crate::session::SessionState;
 
@@ -80,6 +82,13 @@ pub enum Effect {
         state: SessionState,
         operator: Option<String>,
     },
+    /// Stores `user`'s password or PIN hash anew at the configured Argon2id cost,
+    /// where the store still holds the hash that was checked.
+    RefreshHash {
+        user: String,
+        factor: Factor,
+        hashes: Refreshed,
+    },
 }
 
 impl Effect {
@@ -90,7 +99,8 @@ impl Effect {
             | Effect::UseEmergencyOtp { user, .. }
             | Effect::CountFailure { user, .. }
             | Effect::Deny { user }
-            | Effect::OpenSession { user, .. } => Some(user),
+            | Effect::OpenSession { user, .. }
+            | Effect::RefreshHash { user, .. } => Some(user),
             Effect::SetSession { .. } => None,
         }
     }
@@ -379,6 +389,45 @@ async fn apply_round(
         })
         .collect();
     open_sessions(conn, scope, &opened, now_ms).await?;
+
+    // 7. Hashes refreshed: rare (the first correct entry after `[argon2]` changed),
+    // so one statement each.
+    for &(_, e) in &effects {
+        if let Effect::RefreshHash {
+            user,
+            factor,
+            hashes,
+        } = e
+        {
+            refresh_hash(conn, scope, user, *factor, hashes, now_ms).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Replaces a stored password or PIN hash, unless it was set anew since it was read.
+async fn refresh_hash(
+    conn: &mut AnyConnection,
+    scope: &Scope<'_>,
+    user: &str,
+    factor: Factor,
+    hashes: &Refreshed,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE gw_secrets SET phc = $5, updated_at = $6
+         WHERE tenant = $1 AND tier = $2 AND user_id = $3 AND factor = $4 AND phc = $7",
+    )
+    .bind(scope.tenant)
+    .bind(scope.tier)
+    .bind(user)
+    .bind(factor.name())
+    .bind(hashes.new.as_str())
+    .bind(now_ms)
+    .bind(hashes.old.as_str())
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err("storing a refreshed hash"))?;
     Ok(())
 }
 
@@ -857,6 +906,61 @@ mod tests {
         let many: Vec<&[Effect]> = many.iter().map(Vec::as_slice).collect();
         let sizes: Vec<usize> = rounds(&many).iter().map(Vec::len).collect();
         assert_eq!(sizes, vec![128, 128, 44]);
+    }
+
+    #[tokio::test]
+    async fn a_refreshed_hash_replaces_only_the_hash_that_was_checked() {
+        for t in targets("effects-refresh") {
+            let f = fixture(&t).await;
+            let set = |phc: &'static str| {
+                let (db, store) = (f.db.clone(), &f.store);
+                async move {
+                    let mut conn = db.acquire().await.unwrap();
+                    store
+                        .set_secret(&mut conn, "u1", Factor::Pin, phc)
+                        .await
+                        .unwrap();
+                }
+            };
+            let refresh = |old: &str, new: &str| Effect::RefreshHash {
+                user: "u1".into(),
+                factor: Factor::Pin,
+                hashes: Refreshed {
+                    old: old.into(),
+                    new: new.into(),
+                },
+            };
+            set("old-cost").await;
+            commit(&f, vec![refresh("old-cost", "new-cost")]).await;
+            assert_eq!(
+                f.store.secret("u1", Factor::Pin).await.unwrap().as_deref(),
+                Some("new-cost")
+            );
+            // Set anew between the check and the commit: the new PIN stays.
+            set("enrolled-again").await;
+            commit(&f, vec![refresh("new-cost", "stale")]).await;
+            assert_eq!(
+                f.store.secret("u1", Factor::Pin).await.unwrap().as_deref(),
+                Some("enrolled-again")
+            );
+            // The password of the same user is another row.
+            commit(
+                &f,
+                vec![Effect::RefreshHash {
+                    user: "u1".into(),
+                    factor: Factor::Password,
+                    hashes: Refreshed {
+                        old: "enrolled-again".into(),
+                        new: "wrong-row".into(),
+                    },
+                }],
+            )
+            .await;
+            assert_eq!(
+                f.store.secret("u1", Factor::Pin).await.unwrap().as_deref(),
+                Some("enrolled-again")
+            );
+        }
     }
 
     #[tokio::test]

@@ -4,7 +4,8 @@
 //! Argon2id because these secrets are guessable: a stolen credential store must cost an
 //! attacker memory-hard work per guess. Stored hashes are PHC strings
 //! (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`), so each carries its own parameters and
-//! raising the parameters later does not invalidate existing hashes.
+//! raising the parameters later does not invalidate existing hashes; each is made
+//! anew at the configured cost on its next correct entry ([`SecretHasher::refresh`]).
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -121,6 +122,22 @@ pub enum HashError {
     Stored(&'static str),
 }
 
+/// A stored hash to replace: `old` as read, `new` made from the same secret with
+/// the configured parameters. Replaced only where the store still holds `old`, so a
+/// secret set anew meanwhile is not overwritten.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Refreshed {
+    pub old: String,
+    pub new: String,
+}
+
+/// Hashes stay out of logs, like the secrets they were made from.
+impl std::fmt::Debug for Refreshed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Refreshed { .. }")
+    }
+}
+
 /// Hashes and verifies secrets with one set of Argon2id parameters.
 ///
 /// Cloning is cheap (parameters and one short string), so callers can move a clone into
@@ -200,6 +217,31 @@ impl SecretHasher {
         }
     }
 
+    /// `stored` hashed again from `secret`, which has just matched it, when it was
+    /// made with other parameters than this hasher's. An unknown user is checked
+    /// against a dummy hash made with the configured parameters; a stored hash left
+    /// at the old cost after `[argon2]` changed would take another time to check,
+    /// and the time would tell who has a credential. The first correct entry after
+    /// the change brings each hash to the configured cost. `None` also when hashing
+    /// fails: the old hash still works, and the next entry tries again.
+    pub fn refresh(&self, secret: &str, stored: &str) -> Option<Refreshed> {
+        let parsed = PasswordHash::new(stored).ok()?;
+        let params = Params::try_from(&parsed).ok()?;
+        let current = (
+            self.params.memory_kib,
+            self.params.iterations,
+            self.params.parallelism,
+        );
+        if (params.m_cost(), params.t_cost(), params.p_cost()) == current {
+            return None;
+        }
+        let new = self.hash(secret).ok()?;
+        Some(Refreshed {
+            old: stored.to_string(),
+            new,
+        })
+    }
+
     fn verify_phc(&self, secret: &str, phc: &str) -> Result<bool, HashError> {
         let parsed = PasswordHash::new(phc).map_err(|_| HashError::Stored("not a PHC string"))?;
         if parsed.algorithm != argon2::ARGON2ID_IDENT {
@@ -251,6 +293,34 @@ mod tests {
         assert!(!h.verify("", Some(&phc)).unwrap());
         // Fresh salt every time.
         assert_ne!(phc, h.hash("correct horse").unwrap());
+    }
+
+    #[test]
+    fn a_hash_made_with_other_parameters_is_refreshed_from_the_secret() {
+        let old = SecretHasher::new(Argon2Params {
+            memory_kib: 12 * 1024,
+            iterations: 3,
+            parallelism: 1,
+            demo_only_weak: false,
+        })
+        .unwrap();
+        let current = hasher();
+        let stored = old.hash("1234").unwrap();
+        let refreshed = current.refresh("1234", &stored).expect("other parameters");
+        assert_eq!(refreshed.old, stored);
+        assert!(
+            refreshed.new.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{}",
+            refreshed.new
+        );
+        assert!(current.verify("1234", Some(&refreshed.new)).unwrap());
+        assert_eq!(
+            current.refresh("1234", &refreshed.new),
+            None,
+            "already current"
+        );
+        assert_eq!(current.refresh("1234", "not a PHC string"), None);
+        assert_eq!(format!("{refreshed:?}"), "Refreshed { .. }");
     }
 
     #[test]

@@ -61,7 +61,7 @@ use crate::factors::card::{self, CardKind};
 use crate::factors::password::PasswordVerifier;
 use crate::factors::totp::TotpParams;
 use crate::factors::{emergency_otp, pin, totp, Failure};
-use crate::hashing::SecretHasher;
+use crate::hashing::{Refreshed, SecretHasher};
 use crate::journal::{AppendReceipt, Journal, JournalError};
 use crate::lockout::{self, LockoutPolicy};
 use crate::ratelimit::RateLimiter;
@@ -252,6 +252,9 @@ struct Verified {
     totp: Option<TotpUse>,
     /// The stored hash of a correct emergency OTP: used up only by an allow.
     emergency_otp: Option<String>,
+    /// Hashes of a correct password or PIN to store anew, at the configured cost,
+    /// whatever the answer.
+    refreshed: Vec<(Factor, Refreshed)>,
 }
 
 /// One proof's outcome.
@@ -542,6 +545,7 @@ impl Gateway {
             checked,
             totp,
             emergency_otp,
+            refreshed,
         } = self.check_proofs(&challenge, &device, proofs).await?;
         let results = factor_results(&checked);
         let version = challenge.policy_version.clone();
@@ -553,6 +557,15 @@ impl Gateway {
                 secret: used.sealed,
             })
             .into_iter()
+            .chain(
+                refreshed
+                    .into_iter()
+                    .map(|(factor, hashes)| Effect::RefreshHash {
+                        user: user.to_string(),
+                        factor,
+                        hashes,
+                    }),
+            )
             .collect();
         // No proof at all: nothing to hide while locked, and answering it alike
         // locked or not keeps the lock hidden from anyone who knows no factor.
@@ -767,6 +780,7 @@ impl Gateway {
             checked: Vec::with_capacity(proofs.len()),
             totp: None,
             emergency_otp: None,
+            refreshed: Vec::new(),
         };
         let material = &challenge.material;
         for proof in proofs {
@@ -779,7 +793,10 @@ impl Gateway {
                     } else {
                         self.store.secret(user, Factor::Password).await?
                     };
-                    self.passwords.verify(user, &pw, stored.as_deref()).await
+                    self.passwords
+                        .verify(user, &pw, stored.as_deref())
+                        .await
+                        .map(|r| verified.refreshed.extend(r.map(|r| (factor, r))))
                 }
                 pb::proof::Proof::Pin(p) => {
                     let stored = self.store.secret(user, Factor::Pin).await?;
@@ -787,6 +804,7 @@ impl Gateway {
                     tokio::task::spawn_blocking(move || pin::verify(&hasher, &p, stored.as_deref()))
                         .await
                         .unwrap_or(Err(Failure::Unavailable))
+                        .map(|r| verified.refreshed.extend(r.map(|r| (factor, r))))
                 }
                 pb::proof::Proof::Totp(code) => check_totp(material, &code).map(|used| {
                     verified.totp = Some(used);

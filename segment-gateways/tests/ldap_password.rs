@@ -29,8 +29,8 @@ async fn binds_as_the_user() {
     let slapd = Slapd::start(CITY_FIXTURE).unwrap();
     let v = verifier(&slapd.url());
 
-    assert_eq!(v.verify("tanaka", "tanaka-pass", None).await, Ok(()));
-    assert_eq!(v.verify("suzuki", "suzuki-pass", None).await, Ok(()));
+    assert_eq!(v.verify("tanaka", "tanaka-pass", None).await, Ok(None));
+    assert_eq!(v.verify("suzuki", "suzuki-pass", None).await, Ok(None));
     assert_eq!(
         v.verify("tanaka", "suzuki-pass", None).await,
         Err(Failure::Mismatch)
@@ -50,7 +50,7 @@ async fn dn_special_characters_stay_inside_the_user_id() {
     let v = verifier(&slapd.url());
 
     // The entry `uid=a\,b` is reached by the escaped id, and only with its password.
-    assert_eq!(v.verify("a,b", "comma-pass", None).await, Ok(()));
+    assert_eq!(v.verify("a,b", "comma-pass", None).await, Ok(None));
     assert_eq!(
         v.verify("a,b", "tanaka-pass", None).await,
         Err(Failure::Mismatch)
@@ -78,7 +78,7 @@ async fn dn_special_characters_stay_inside_the_user_id() {
 async fn unreachable_directory_is_unavailable() {
     let mut slapd = Slapd::start(CITY_FIXTURE).unwrap();
     let v = verifier(&slapd.url());
-    assert_eq!(v.verify("tanaka", "tanaka-pass", None).await, Ok(()));
+    assert_eq!(v.verify("tanaka", "tanaka-pass", None).await, Ok(None));
     slapd.stop();
     assert_eq!(
         v.verify("tanaka", "tanaka-pass", None).await,
@@ -153,7 +153,7 @@ async fn starttls_and_ldaps_with_the_configured_ca() {
     starttls.starttls = true;
     starttls.ca_file = Some(ca_file.clone());
     let v = PasswordVerifier::directory(starttls.clone()).unwrap();
-    assert_eq!(v.verify("tanaka", "tanaka-pass", None).await, Ok(()));
+    assert_eq!(v.verify("tanaka", "tanaka-pass", None).await, Ok(None));
     assert_eq!(
         v.verify("tanaka", "wrong", None).await,
         Err(Failure::Mismatch)
@@ -162,7 +162,7 @@ async fn starttls_and_ldaps_with_the_configured_ca() {
     let mut ldaps = config(&slapd.ldaps_url().unwrap());
     ldaps.ca_file = Some(ca_file);
     let v = PasswordVerifier::directory(ldaps.clone()).unwrap();
-    assert_eq!(v.verify("tanaka", "tanaka-pass", None).await, Ok(()));
+    assert_eq!(v.verify("tanaka", "tanaka-pass", None).await, Ok(None));
 
     // A server certificate from another CA is refused before any password is sent.
     for mut c in [starttls, ldaps] {

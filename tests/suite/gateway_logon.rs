@@ -7,7 +7,7 @@ use common::gateway::{now_secs, vector, TestCard, TestGateway};
 use sekisho_gateway::factors::biometric::{sign_capture, BiometricFactor};
 use sekisho_gateway::factors::card::sign_nonce;
 use sekisho_gateway::factors::totp::{code_at, TotpParams};
-use sekisho_policy_engine::Tier;
+use sekisho_policy_engine::{Factor, Tier};
 use sekisho_proto::v1 as pb;
 use tonic::transport::Channel;
 
@@ -1343,4 +1343,77 @@ async fn every_spelling_of_a_user_id_counts_towards_one_lock() {
         assert_eq!(r.locked_until_unix_ms, None, "{spelling:?}");
     }
     told_locked(&mut ep, &good).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_hashed_at_an_old_cost_is_hashed_again_at_the_configured_one() {
+    let gw = TestGateway::start(Tier::Internet, |_| {}).await;
+    gw.register("net-vdi-01", "vdi", &[]).await;
+    gw.set_secret("u013", "password", "u013-password").await;
+    let secret = gw.enroll_totp("u013").await;
+    let old_cost = "$argon2id$v=19$m=8192,t=5,p=1$";
+    let stored = |gw: &TestGateway| {
+        let store = gw.running.gateway.store.clone();
+        async move {
+            store
+                .secret("u013", Factor::Password)
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let before = stored(&gw).await;
+    assert!(before.starts_with(old_cost), "{before}");
+
+    // The administrator raises the cost; the gateway restarts.
+    let TestGateway {
+        engine,
+        running,
+        dir,
+        cards,
+        jpki,
+        mut config,
+    } = gw;
+    running.shutdown().await;
+    config.argon2.memory_kib = 9_216;
+    let gw = TestGateway {
+        running: TestGateway::launch(&config, dir.path()).await,
+        engine,
+        dir,
+        cards,
+        jpki,
+        config,
+    };
+    let ep = gw.endpoint("net-vdi-01").await;
+    let logon = |password: &'static str, step: i64| {
+        let mut ep = ep.clone();
+        let code = totp_now(&secret, step);
+        async move {
+            let c = begin(&mut ep, "u013", "logon").await;
+            complete(
+                &mut ep,
+                &c,
+                vec![self::password(password), pb::proof::Proof::Totp(code)],
+            )
+            .await
+        }
+    };
+
+    // A wrong password changes nothing.
+    assert_eq!(
+        failures(&logon("u013-wrong", -1).await),
+        failed("password", "mismatch")
+    );
+    assert_eq!(stored(&gw).await, before);
+    // The right one, checked against the old hash, is stored anew at the new cost.
+    assert!(allowed(&logon("u013-password", 0).await));
+    let after = stored(&gw).await;
+    assert!(
+        after.starts_with("$argon2id$v=19$m=9216,t=5,p=1$"),
+        "{after}"
+    );
+    // And the new hash is the same password.
+    assert!(allowed(&logon("u013-password", 1).await));
+    assert_eq!(stored(&gw).await, after, "hashed once");
+    gw.engine.stop().await;
 }

@@ -15,7 +15,7 @@ use sekisho_policy_engine::ldap;
 use serde::Deserialize;
 
 use super::Failure;
-use crate::hashing::SecretHasher;
+use crate::hashing::{HashError, Refreshed, SecretHasher};
 
 /// Longest password sent to the directory or hashed. Real passwords are far shorter;
 /// the bound keeps oversized input from costing work.
@@ -243,7 +243,9 @@ impl PasswordVerifier {
 
     /// Checks `password` for `user`. `stored_hash` is only read by [`Local`]
     /// (`None`: no such user or no password; answered like a wrong password after the
-    /// same work). Directory failures to answer are [`Failure::Unavailable`].
+    /// same work). Directory failures to answer are [`Failure::Unavailable`]. A
+    /// correct password whose stored hash was made with other Argon2id parameters
+    /// comes back with the hash to store instead ([`SecretHasher::refresh`]).
     ///
     /// [`Local`]: PasswordVerifier::Local
     pub async fn verify(
@@ -251,9 +253,11 @@ impl PasswordVerifier {
         user: &str,
         password: &str,
         stored_hash: Option<&str>,
-    ) -> Result<(), Failure> {
+    ) -> Result<Option<Refreshed>, Failure> {
         match self {
-            PasswordVerifier::Directory(directory) => directory.verify(user, password).await,
+            PasswordVerifier::Directory(directory) => {
+                directory.verify(user, password).await.map(|()| None)
+            }
             PasswordVerifier::Local(hasher) => {
                 if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
                     return Err(Failure::Mismatch);
@@ -263,12 +267,15 @@ impl PasswordVerifier {
                 let password = password.to_owned();
                 let stored = stored_hash.map(str::to_owned);
                 let verdict = tokio::task::spawn_blocking(move || {
-                    hasher.verify(&password, stored.as_deref())
+                    let matched = hasher.verify(&password, stored.as_deref())?;
+                    Ok::<_, HashError>(
+                        matched.then(|| stored.and_then(|s| hasher.refresh(&password, &s))),
+                    )
                 })
                 .await;
                 match verdict {
-                    Ok(Ok(true)) => Ok(()),
-                    Ok(Ok(false)) => Err(Failure::Mismatch),
+                    Ok(Ok(Some(refreshed))) => Ok(refreshed),
+                    Ok(Ok(None)) => Err(Failure::Mismatch),
                     Ok(Err(e)) => {
                         tracing::error!(user, error = %e, "password: stored hash is unusable");
                         Err(Failure::Unavailable)
@@ -502,7 +509,27 @@ mod tests {
             verifier
                 .verify("tanaka", "kawasaki-2024", Some(&stored))
                 .await,
-            Ok(())
+            Ok(None)
+        );
+        let older = SecretHasher::new(Argon2Params {
+            memory_kib: 12 * 1024,
+            iterations: 3,
+            ..Argon2Params::default()
+        })
+        .unwrap()
+        .hash("kawasaki-2024")
+        .unwrap();
+        let refreshed = verifier
+            .verify("tanaka", "kawasaki-2024", Some(&older))
+            .await
+            .expect("correct")
+            .expect("made with other parameters");
+        assert_eq!(refreshed.old, older);
+        assert_eq!(
+            verifier
+                .verify("tanaka", "kawasaki-2024", Some(&refreshed.new))
+                .await,
+            Ok(None)
         );
         assert_eq!(
             verifier

@@ -4,7 +4,7 @@
 //! on lockout (elsewhere) and on refusing the PINs everyone tries first.
 
 use super::Failure;
-use crate::hashing::SecretHasher;
+use crate::hashing::{Refreshed, SecretHasher};
 
 /// Longest PIN accepted at verification. New PINs are held to [`MAX_NEW_PIN_LEN`]; this
 /// looser bound only stops oversized input before it reaches Argon2.
@@ -19,13 +19,20 @@ pub const MAX_NEW_PIN_LEN: usize = 16;
 /// the user. A stored hash that cannot be used is [`Failure::Unavailable`] (logged): the
 /// credential store needs repair, and the person should not be told their PIN is wrong.
 ///
+/// A correct PIN whose stored hash was made with other Argon2id parameters comes
+/// back with the hash to store instead ([`SecretHasher::refresh`]).
+///
 /// This spends tens of milliseconds of CPU: call it from `spawn_blocking` in async code.
-pub fn verify(hasher: &SecretHasher, pin: &str, stored: Option<&str>) -> Result<(), Failure> {
+pub fn verify(
+    hasher: &SecretHasher,
+    pin: &str,
+    stored: Option<&str>,
+) -> Result<Option<Refreshed>, Failure> {
     if pin.is_empty() || pin.chars().count() > MAX_PIN_LEN {
         return Err(Failure::Malformed);
     }
     match hasher.verify(pin, stored) {
-        Ok(true) => Ok(()),
+        Ok(true) => Ok(stored.and_then(|s| hasher.refresh(pin, s))),
         Ok(false) => Err(Failure::Mismatch),
         Err(e) => {
             tracing::error!(error = %e, "pin: stored PIN hash is unusable");
@@ -79,7 +86,7 @@ mod tests {
     fn right_wrong_and_absent() {
         let hasher = SecretHasher::new(Argon2Params::default()).unwrap();
         let stored = hasher.hash("4826").unwrap();
-        assert_eq!(verify(&hasher, "4826", Some(&stored)), Ok(()));
+        assert_eq!(verify(&hasher, "4826", Some(&stored)), Ok(None));
         assert_eq!(
             verify(&hasher, "4827", Some(&stored)),
             Err(Failure::Mismatch)
