@@ -82,6 +82,10 @@ pub enum Effect {
         state: SessionState,
         operator: Option<String>,
     },
+    /// Lets the answer stand only while `user` still holds the card `fingerprint`.
+    /// Begin reads a user's cards, and a card removed before the Complete commits (a
+    /// lost card reported meanwhile) must let no one in.
+    CardHeld { user: String, fingerprint: String },
     /// Stores `user`'s password or PIN hash anew at the configured Argon2id cost,
     /// where the store still holds the hash that was checked.
     RefreshHash {
@@ -100,7 +104,8 @@ impl Effect {
             | Effect::CountFailure { user, .. }
             | Effect::Deny { user }
             | Effect::OpenSession { user, .. }
-            | Effect::RefreshHash { user, .. } => Some(user),
+            | Effect::RefreshHash { user, .. }
+            | Effect::CardHeld { user, .. } => Some(user),
             Effect::SetSession { .. } => None,
         }
     }
@@ -138,6 +143,8 @@ pub enum Conflict {
     EmergencyOtpChanged,
     /// The emergency OTP expired between its check and the commit.
     EmergencyOtpExpired,
+    /// The card was removed from the user between Begin and the commit.
+    CardRemoved,
     NoSession,
 }
 
@@ -275,6 +282,26 @@ async fn apply_round(
         }
     }
 
+    // 1b. Cards still held by the users whose answers they let in.
+    let cards: Vec<(usize, &str, &str)> = effects
+        .iter()
+        .filter_map(|&(i, e)| match e {
+            Effect::CardHeld { user, fingerprint } => {
+                Some((i, user.as_str(), fingerprint.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
+    if !cards.is_empty() {
+        let users: Vec<&str> = cards.iter().map(|(_, u, _)| *u).collect();
+        let held = cards_held(conn, scope, &users).await?;
+        for (i, user, fingerprint) in cards {
+            if !held.contains(&(user.to_string(), fingerprint.to_string())) {
+                applied[i].conflict.get_or_insert(Conflict::CardRemoved);
+            }
+        }
+    }
+
     // 2. TOTP steps: recorded only where no step at or after it was, against the
     // secret the code was checked with.
     let steps: Vec<(usize, &str, i64, &str)> = effects
@@ -403,6 +430,27 @@ async fn apply_round(
         }
     }
     Ok(())
+}
+
+/// The cards `users` hold now, as (user, fingerprint). Looked up by user, the
+/// primary key's order: by fingerprint, SQLite walked the tier's cards.
+async fn cards_held(
+    conn: &mut AnyConnection,
+    scope: &Scope<'_>,
+    users: &[&str],
+) -> Result<HashSet<(String, String)>, StoreError> {
+    let sql = format!(
+        "SELECT user_id, fingerprint FROM gw_cards WHERE tenant = $1 AND tier = $2 AND user_id IN ({})",
+        params(3, users.len())
+    );
+    let rows = for_keys(&sql, scope, users)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_err("reading who holds the cards presented"))?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(db_err("reading who holds the cards presented"))
 }
 
 /// Replaces a stored password or PIN hash, unless it was set anew since it was read.
@@ -906,6 +954,42 @@ mod tests {
         let many: Vec<&[Effect]> = many.iter().map(Vec::as_slice).collect();
         let sizes: Vec<usize> = rounds(&many).iter().map(Vec::len).collect();
         assert_eq!(sizes, vec![128, 128, 44]);
+    }
+
+    #[tokio::test]
+    async fn an_answer_stands_only_while_its_card_is_held_by_its_user() {
+        for t in targets("effects-cards") {
+            let f = fixture(&t).await;
+            sqlx::query(
+                "INSERT INTO gw_cards (tenant, tier, user_id, fingerprint, kind, certificate, not_after, enrolled_at)
+                 VALUES ($1, $2, 'u1', 'fp-1', 'card', '00', 0, 0)",
+            )
+            .bind(&*f.db.tenant)
+            .bind(f.db.tier.name())
+            .execute(&f.db.pool)
+            .await
+            .unwrap();
+            let held = |user: &str, fingerprint: &str| {
+                vec![
+                    admit(user),
+                    Effect::CardHeld {
+                        user: user.into(),
+                        fingerprint: fingerprint.into(),
+                    },
+                ]
+            };
+            let conflict = |effects| async { commit(&f, effects).await.applied.conflict };
+            assert_eq!(conflict(held("u1", "fp-1")).await, None);
+            assert_eq!(
+                conflict(held("u2", "fp-1")).await,
+                Some(Conflict::CardRemoved),
+                "another user's card"
+            );
+            assert_eq!(
+                conflict(held("u1", "fp-gone")).await,
+                Some(Conflict::CardRemoved)
+            );
+        }
     }
 
     #[tokio::test]

@@ -52,7 +52,9 @@ use sekisho_proto::v1 as pb;
 
 use crate::cards::CardFiles;
 use crate::challenge::{Challenge, ChallengeError, Challenges, CARD_NONCE};
-use crate::credentials::{CardsAndTotp, CredentialError, CredentialStore, GatewayDevice};
+use crate::credentials::{
+    card_fingerprint, CardsAndTotp, CredentialError, CredentialStore, GatewayDevice,
+};
 use crate::db::now_ms;
 use crate::decide::{DecideError, Decider, Subject};
 use crate::effects::{Applied, Conflict, Effect};
@@ -255,6 +257,9 @@ struct Verified {
     /// Hashes of a correct password or PIN to store anew, at the configured cost,
     /// whatever the answer.
     refreshed: Vec<(Factor, Refreshed)>,
+    /// The fingerprint of a correct card: an allow stands only while it is still
+    /// enrolled.
+    card: Option<String>,
 }
 
 /// One proof's outcome.
@@ -546,6 +551,7 @@ impl Gateway {
             totp,
             emergency_otp,
             refreshed,
+            card,
         } = self.check_proofs(&challenge, &device, proofs).await?;
         let results = factor_results(&checked);
         let version = challenge.policy_version.clone();
@@ -697,6 +703,13 @@ impl Gateway {
         };
         // Every path that reaches here allows: only now is the emergency OTP used up,
         // with the answer's event, and only if the answer still stands at commit.
+        // That needs the card, if one was shown, to be enrolled still.
+        if let Some(fingerprint) = card {
+            effects.push(Effect::CardHeld {
+                user: user.to_string(),
+                fingerprint,
+            });
+        }
         if let Some(code_hash) = emergency_otp {
             effects.push(Effect::UseEmergencyOtp {
                 user: user.to_string(),
@@ -781,6 +794,7 @@ impl Gateway {
             totp: None,
             emergency_otp: None,
             refreshed: Vec::new(),
+            card: None,
         };
         let material = &challenge.material;
         for proof in proofs {
@@ -815,14 +829,12 @@ impl Gateway {
                     .map(|code_hash| {
                         verified.emergency_otp = Some(code_hash);
                     }),
-                pb::proof::Proof::Card(c) => match self.check_card(challenge, material, &c) {
-                    Ok(CardKind::MyNumber) => {
+                pb::proof::Proof::Card(c) => self.check_card(challenge, material, &c).map(|kind| {
+                    if kind == CardKind::MyNumber {
                         proves = proves.with(Factor::MynumberCard);
-                        Ok(())
                     }
-                    Ok(CardKind::Card) => Ok(()),
-                    Err(f) => Err(f),
-                },
+                    verified.card = Some(card_fingerprint(&c.certificate));
+                }),
                 pb::proof::Proof::Face(b) => {
                     self.check_biometric(challenge, device, BiometricFactor::Face, &b)
                         .await?
@@ -1048,6 +1060,7 @@ fn after_conflict(mut r: pb::LogonResult, applied: &Applied) -> pb::LogonResult 
             factor_failed(&mut r, Factor::EmergencyOtp, Failure::Expired)
         }
         Conflict::NoSession => r.reason = reason::NO_SESSION.into(),
+        Conflict::CardRemoved => factor_failed(&mut r, Factor::Card, Failure::CardNotEnrolled),
     }
     r
 }

@@ -1417,3 +1417,51 @@ async fn a_password_hashed_at_an_old_cost_is_hashed_again_at_the_configured_one(
     assert_eq!(stored(&gw).await, after, "hashed once");
     gw.engine.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_card_removed_between_begin_and_complete_lets_no_one_in() {
+    let gw = TestGateway::start(Tier::Lgwan, |_| {}).await;
+    gw.register("lgwan-desk-22", "desktop", &["card"]).await;
+    gw.set_secret("u036", "password", "u036-password").await;
+    let lost = gw.cards.issue("u036");
+    gw.enroll_card("u036", &lost).await;
+    let mut ep = gw.endpoint("lgwan-desk-22").await;
+
+    // Begin reads the card; it is reported lost and removed before the Complete.
+    let c = begin(&mut ep, "u036", "logon").await;
+    let removed = gw
+        .admin()
+        .await
+        .remove_credentials(pb::RemoveCredentialsRequest {
+            user: "u036".into(),
+            factor: "card".into(),
+            card_fingerprint: sekisho_gateway::credentials::card_fingerprint(&lost.der),
+        })
+        .await
+        .expect("removed")
+        .into_inner()
+        .removed;
+    assert_eq!(removed, 1);
+    let r = complete(
+        &mut ep,
+        &c,
+        vec![card(&c, &lost), password("u036-password")],
+    )
+    .await;
+    assert!(!allowed(&r), "{r:?}");
+    assert!(r.session_id.is_empty());
+    assert_eq!(failures(&r), failed("card", "card_not_enrolled"));
+
+    // A card enrolled throughout still lets the user in.
+    let kept = gw.cards.issue("u036");
+    gw.enroll_card("u036", &kept).await;
+    let c = begin(&mut ep, "u036", "logon").await;
+    let r = complete(
+        &mut ep,
+        &c,
+        vec![card(&c, &kept), password("u036-password")],
+    )
+    .await;
+    assert!(allowed(&r), "{r:?}");
+    gw.engine.stop().await;
+}
