@@ -88,6 +88,7 @@ fn wire(requests: &[(DecisionRequest, FactorSet)]) -> Wire {
                 factors: f.names().into_iter().map(String::from).collect(),
                 context: context(r),
                 request_id: String::new(),
+                gateway_tier: String::new(),
             })
             .collect(),
     }

@@ -341,10 +341,29 @@ impl DecisionService {
         Clients::check_gateway(self.0.clients.as_ref(), request)
     }
 
+    /// Refuses a device this engine files under another tier than the calling
+    /// gateway's. An unknown device passes: its decision answers NotFound.
+    fn check_tier(&self, gateway_tier: &str, device: &str) -> Result<(), Status> {
+        if gateway_tier.is_empty() {
+            return Ok(());
+        }
+        let tier =
+            Tier::from_str(gateway_tier).map_err(|e| invalid(format!("gateway_tier: {e}")))?;
+        match self.0.engine.with_directory(|d| d.device(device).map(|r| r.tier)) {
+            Some(filed) if filed != tier => Err(Status::failed_precondition(format!(
+                "device '{device}' is filed under tier {} at the policy engine, not {} (the calling gateway's): register it under one tier at both",
+                filed.name(),
+                tier.name()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     fn plan_one(&self, r: pb::PlanRequest) -> Result<pb::PlanResponse, Status> {
         let id = request_id(&r.request_id);
         let span = tracing::info_span!("plan", request_id = %id, user = %r.user, device = %r.device, action = %r.action);
         let _e = span.enter();
+        self.check_tier(&r.gateway_tier, &r.device)?;
         let req = decision_request(r.user, r.device, &r.action, r.context)?;
         let enrolled = match &r.enrolled {
             Some(set) => Some(
@@ -394,6 +413,7 @@ impl DecisionService {
         let id = request_id(&r.request_id);
         let span = tracing::info_span!("authorize", request_id = %id, user = %r.user, device = %r.device, action = %r.action);
         let _e = span.enter();
+        self.check_tier(&r.gateway_tier, &r.device)?;
         let factors =
             FactorSet::parse_names(&r.factors).map_err(|e| invalid(format!("factors: {e}")))?;
         let req = decision_request(r.user, r.device, &r.action, r.context)?;

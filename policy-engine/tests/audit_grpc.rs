@@ -198,6 +198,7 @@ async fn decide(engine: &RunningEngine) {
             factors: vec!["password".into(), "card".into()],
             context: context.clone(),
             request_id: "req-auth-1".into(),
+            gateway_tier: String::new(),
         })
         .await
         .expect("authorize");
@@ -210,6 +211,7 @@ async fn decide(engine: &RunningEngine) {
             factors: vec!["password".into()],
             context,
             request_id: "req-auth-2".into(),
+            gateway_tier: String::new(),
         })
         .await
         .unwrap_err();

@@ -159,6 +159,7 @@ impl pb::logon_server::Logon for FloorGateway {
                 request_id: r.request_id,
                 enrolled: Some(card_and_totp()),
                 mask_unknown_user: true,
+                gateway_tier: "internet".into(),
             })
             .await?
             .into_inner();
@@ -248,6 +249,7 @@ impl pb::logon_server::Logon for FloorGateway {
                     factors: card_and_totp().factors,
                     context: None,
                     request_id: r.request_id,
+                    gateway_tier: "internet".into(),
                 })
                 .await?
                 .into_inner();

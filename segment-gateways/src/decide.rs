@@ -17,7 +17,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use sekisho_policy_engine::{Action, FactorSet, Via};
+use sekisho_policy_engine::{Action, FactorSet, Tier, Via};
 use sekisho_proto::v1 as pb;
 use sekisho_proto::v1::decision_answer::Answer;
 use sekisho_proto::v1::decision_call::Call;
@@ -44,6 +44,9 @@ pub enum DecideError {
     /// The user vanished between Begin and Complete (a directory sync).
     #[error("the policy engine does not know user '{0}'")]
     UnknownUser(String),
+    /// The engine files the device under another tier than this gateway's.
+    #[error("{0}")]
+    OtherTier(String),
     #[error("the policy engine refused the request: {0}")]
     Refused(String),
     #[error("the policy engine is unreachable or failed: {0}")]
@@ -86,6 +89,9 @@ pub struct Authorized {
 pub struct Decider {
     calls: mpsc::Sender<Pending>,
     sent: Arc<Sent>,
+    /// This gateway's tier, sent with every call: the engine refuses a device it
+    /// files under another.
+    tier: Tier,
 }
 
 /// What the batching task has sent, for operators and tests.
@@ -111,9 +117,10 @@ struct Pending {
 }
 
 impl Decider {
-    /// Sends decisions to the engine behind `channel`; the batching task runs until
-    /// the last clone of the decider is dropped. Needs a Tokio runtime.
-    pub fn remote(channel: Channel) -> Self {
+    /// Sends decisions about devices of `tier` to the engine behind `channel`; the
+    /// batching task runs until the last clone of the decider is dropped. Needs a
+    /// Tokio runtime.
+    pub fn remote(channel: Channel, tier: Tier) -> Self {
         let (calls, queue) = mpsc::channel(QUEUE);
         let sent = Arc::new(Sent::default());
         tokio::spawn(send_batches(
@@ -121,7 +128,7 @@ impl Decider {
             queue,
             Arc::clone(&sent),
         ));
-        Decider { calls, sent }
+        Decider { calls, sent, tier }
     }
 
     pub fn stats(&self) -> DecideStats {
@@ -160,6 +167,7 @@ impl Decider {
                 factors: names(enrolled),
             }),
             mask_unknown_user: true,
+            gateway_tier: self.tier.name().into(),
         };
         match self.call(Call::Plan(request)).await {
             Ok(Answer::Plan(plan)) => Ok(plan),
@@ -180,6 +188,7 @@ impl Decider {
             factors: names(factors),
             context: subject.context(),
             request_id: subject.request_id.into(),
+            gateway_tier: self.tier.name().into(),
         };
         let r = match self.call(Call::Authorize(request)).await {
             Ok(Answer::Authorize(r)) => r,
@@ -275,6 +284,7 @@ fn status_error(status: tonic::Status, subject: &Subject<'_>) -> DecideError {
             DecideError::UnknownDevice(subject.device.into())
         }
         tonic::Code::NotFound => DecideError::UnknownUser(subject.user.into()),
+        tonic::Code::FailedPrecondition => DecideError::OtherTier(status.message().into()),
         tonic::Code::InvalidArgument | tonic::Code::PermissionDenied => {
             DecideError::Refused(status.message().into())
         }

@@ -113,6 +113,7 @@ impl LogonError {
             LogonError::Random => "random_failed",
             LogonError::Decide(DecideError::UnknownDevice(_)) => "engine_unknown_device",
             LogonError::Decide(DecideError::UnknownUser(_)) => "engine_unknown_user",
+            LogonError::Decide(DecideError::OtherTier(_)) => "engine_other_tier",
             LogonError::Decide(DecideError::Refused(_)) => "engine_refused",
             LogonError::Decide(DecideError::Unavailable(_)) => "engine_unavailable",
             LogonError::Credentials(_) | LogonError::Store(_) => "store_failed",

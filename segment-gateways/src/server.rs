@@ -281,7 +281,7 @@ pub async fn start(resolved: Resolved) -> Result<RunningGateway, GatewayError> {
     let gateway = Arc::new(Gateway {
         store,
         journal,
-        decider: Decider::remote(channel.clone()),
+        decider: Decider::remote(channel.clone(), tier),
         challenges: Challenges::new(
             Duration::from_secs(config.challenge.ttl_secs),
             config.challenge.max_open,

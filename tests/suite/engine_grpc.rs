@@ -35,11 +35,40 @@ async fn decisions_and_publishing(backend: Backend, name: &str) {
             ..Default::default()
         }),
         request_id: "req-1".into(),
+        gateway_tier: "lgwan".into(),
     };
     let a = gw.authorize(authorize.clone()).await.unwrap().into_inner();
     assert_eq!(a.decision, pb::Decision::Allow as i32);
     assert_eq!(a.policy_ids, ["lgwan-desktop-logon"]);
     assert_eq!(a.policy_version, "v1");
+
+    // A gateway of another tier asking about this device is refused, naming both.
+    let e = gw
+        .authorize(pb::AuthorizeRequest {
+            gateway_tier: "internet".into(),
+            ..authorize.clone()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        e.message().contains("under tier lgwan") && e.message().contains("not internet"),
+        "{}",
+        e.message()
+    );
+    let other_tier = |tier: &str| pb::PlanRequest {
+        gateway_tier: tier.into(),
+        ..plan_request("u023", "lgwan-desk-17", "logon")
+    };
+    let e = gw.plan(other_tier("mynumber")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    let e = gw.plan(other_tier("moon")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().starts_with("gateway_tier:"), "{}", e.message());
+    assert_eq!(
+        options(&gw.plan(other_tier("lgwan")).await.unwrap().into_inner()),
+        [["card", "password"]]
+    );
 
     // Decide: several calls answered in order, each as it would have been alone; a
     // failing call fails only itself.

@@ -5,7 +5,7 @@ use crate::common;
 
 use common::{Backend, TestEngine};
 use sekisho_gateway::decide::{DecideError, Decider, Subject};
-use sekisho_policy_engine::{Action, Factor, FactorSet, Via};
+use sekisho_policy_engine::{Action, Factor, FactorSet, Tier, Via};
 
 fn subject<'a>(user: &'a str, device: &'a str, request_id: &'a str) -> Subject<'a> {
     Subject {
@@ -72,7 +72,10 @@ async fn call(decider: &Decider, n: usize) -> Outcome {
 async fn concurrent_decisions_go_in_batches_and_each_caller_gets_its_own_answer() {
     let engine = TestEngine::start(Backend::Sqlite, "batches").await;
     engine.load_reference().await;
-    let decider = Decider::remote(engine.gateway().connect().await.expect("connects"));
+    let decider = Decider::remote(
+        engine.gateway().connect().await.expect("connects"),
+        Tier::Lgwan,
+    );
     const CALLS: usize = 240;
 
     // One at a time, each call is a batch of one: the reference answers.

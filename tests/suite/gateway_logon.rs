@@ -1465,3 +1465,29 @@ async fn a_card_removed_between_begin_and_complete_lets_no_one_in() {
     assert!(allowed(&r), "{r:?}");
     gw.engine.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_the_engine_files_under_another_tier_is_refused_by_name() {
+    // net-desk-01 is an internet desktop at the engine; registered at an LGWAN
+    // gateway by mistake, it must not be decided by the internet tier's policies.
+    let gw = TestGateway::start(Tier::Lgwan, |_| {}).await;
+    gw.register("net-desk-01", "desktop", &["card"]).await;
+    let mut ep = gw.endpoint("net-desk-01").await;
+    let e = ep
+        .begin(pb::BeginRequest {
+            user: "u036".into(),
+            action: "logon".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains(
+            "device 'net-desk-01' is filed under tier internet at the policy engine, not lgwan"
+        ),
+        "{}",
+        e.message()
+    );
+    gw.engine.stop().await;
+}

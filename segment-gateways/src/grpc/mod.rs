@@ -65,7 +65,7 @@ pub(crate) fn status(e: LogonError) -> Status {
             Status::unavailable(e.to_string())
         }
         LogonError::NoSession(_) => Status::not_found(e.to_string()),
-        LogonError::Decide(DecideError::UnknownDevice(_)) => {
+        LogonError::Decide(DecideError::UnknownDevice(_) | DecideError::OtherTier(_)) => {
             Status::failed_precondition(e.to_string())
         }
         LogonError::Decide(_) => Status::unavailable(e.to_string()),
