@@ -678,22 +678,22 @@ impl Gateway {
                 };
                 // Another user may take over only a shared counter terminal; elsewhere
                 // the session's own user gets it back.
-                let operator = if user == current.operator {
-                    None
-                } else if device.kind == DeviceKind::Shared || user == current.user {
-                    Some(user.to_string())
-                } else {
+                let may_take_over = device.kind == DeviceKind::Shared || user == current.user;
+                if user != current.operator && !may_take_over {
                     return Ok(Prepared::new(
                         deny(reason::NOT_SESSION_USER, decision.policy_version, results),
                         effects,
                     ));
-                };
+                }
+                // Whoever authenticated is the operator from this commit on, even if
+                // another switch committed since `current` was read: the answer and
+                // the stored session then name the same person.
                 effects.push(Effect::SetSession {
                     id: current.id.clone(),
                     state: SessionState::Active,
-                    operator: operator.clone(),
+                    operator: Some(user.to_string()),
                 });
-                allow(current.id, operator.unwrap_or(current.operator))
+                allow(current.id, user.to_string())
             }
             Action::Elevate | Action::Presence => {
                 match session::current(self.store.db(), device_id).await? {
