@@ -439,18 +439,38 @@ async fn cards_held(
     scope: &Scope<'_>,
     users: &[&str],
 ) -> Result<HashSet<(String, String)>, StoreError> {
+    by_user(
+        conn,
+        scope,
+        "gw_cards",
+        "fingerprint",
+        users,
+        "reading who holds the cards presented",
+    )
+    .await
+}
+
+/// `(user_id, column)` of the rows of `table` that belong to `users`.
+async fn by_user<C: FromIterator<(String, String)>>(
+    conn: &mut AnyConnection,
+    scope: &Scope<'_>,
+    table: &str,
+    column: &str,
+    users: &[&str],
+    what: &'static str,
+) -> Result<C, StoreError> {
     let sql = format!(
-        "SELECT user_id, fingerprint FROM gw_cards WHERE tenant = $1 AND tier = $2 AND user_id IN ({})",
+        "SELECT user_id, {column} FROM {table} WHERE tenant = $1 AND tier = $2 AND user_id IN ({})",
         params(3, users.len())
     );
     let rows = for_keys(&sql, scope, users)
         .fetch_all(&mut *conn)
         .await
-        .map_err(db_err("reading who holds the cards presented"))?;
+        .map_err(db_err(what))?;
     rows.iter()
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
         .collect::<Result<_, sqlx::Error>>()
-        .map_err(db_err("reading who holds the cards presented"))
+        .map_err(db_err(what))
 }
 
 /// Replaces a stored password or PIN hash, unless it was set anew since it was read.
@@ -678,18 +698,15 @@ async fn totp_secrets(
     scope: &Scope<'_>,
     users: &[&str],
 ) -> Result<HashMap<String, String>, StoreError> {
-    let sql = format!(
-        "SELECT user_id, secret FROM gw_totp WHERE tenant = $1 AND tier = $2 AND user_id IN ({})",
-        params(3, users.len())
-    );
-    let rows = for_keys(&sql, scope, users)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db_err("reading TOTP secrets"))?;
-    rows.iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(db_err("reading TOTP secrets"))
+    by_user(
+        conn,
+        scope,
+        "gw_totp",
+        "secret",
+        users,
+        "reading TOTP secrets",
+    )
+    .await
 }
 
 async fn upsert_standings(

@@ -678,8 +678,10 @@ impl Gateway {
                 };
                 // Another user may take over only a shared counter terminal; elsewhere
                 // the session's own user gets it back.
-                let may_take_over = device.kind == DeviceKind::Shared || user == current.user;
-                if user != current.operator && !may_take_over {
+                let may_operate = user == current.operator
+                    || user == current.user
+                    || device.kind == DeviceKind::Shared;
+                if !may_operate {
                     return Ok(Prepared::new(
                         deny(reason::NOT_SESSION_USER, decision.policy_version, results),
                         effects,
