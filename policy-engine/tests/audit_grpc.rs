@@ -271,3 +271,69 @@ async fn sample_zero_logs_no_decisions() {
     assert!(audit.decisions(None, 10).await.unwrap().is_empty());
     audit.close().await;
 }
+
+/// Events as large as a sealed event can be: every detail entry at its bound.
+fn large_chain(gateway: &str, n: u64) -> Vec<AuditEvent> {
+    use sekisho_policy_engine::audit::event::{MAX_FIELD_BYTES, MAX_FIELD_ENTRIES};
+    let mut prev = GENESIS_HASH.to_string();
+    (1..=n)
+        .map(|seq| {
+            let mut b = EventBody::new(gateway, "lgwan", "logon", Outcome::Allow);
+            b.seq = seq;
+            b.ts = format_ts(1_795_305_600_000 + seq as i64 * 1000);
+            b.detail = (0..MAX_FIELD_ENTRIES)
+                .map(|k| (format!("k{k:02}"), "x".repeat(MAX_FIELD_BYTES)))
+                .collect();
+            let e = b.seal(&prev);
+            prev = e.hash.clone();
+            e
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_stores_what_it_holds_once_it_holds_group_bytes() {
+    use sekisho_policy_engine::grpc::audit::{GROUP_BYTES, GROUP_RECORDS};
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _config) = start(dir.path(), 1.0).await;
+    let mut client = pb::audit_sink_client::AuditSinkClient::new(gateway_channel(&engine).await);
+    let events = large_chain("lgwan-gw-big", 1_100);
+    let bytes: usize = events.iter().map(|e| e.to_json().len()).sum();
+    assert!(
+        bytes > GROUP_BYTES && events.len() < GROUP_RECORDS,
+        "{bytes} bytes in {} events",
+        events.len()
+    );
+
+    // The stream stays open: nothing is acknowledged yet, but what it holds past
+    // GROUP_BYTES must already be stored, not held in memory.
+    let (send, batches) = tokio::sync::mpsc::channel(4);
+    let shipping = tokio::spawn(async move {
+        client
+            .ship(tokio_stream::wrappers::ReceiverStream::new(batches))
+            .await
+            .map(|r| r.into_inner())
+    });
+    for part in events.chunks(400) {
+        send.send(batch(part)).await.expect("stream open");
+    }
+    let audit = engine.state.store.audit();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let stored = audit.count(&Filter::default()).await.unwrap();
+        if stored == 1_100 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{stored} of 1,100 events stored while the stream is open"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert!(!shipping.is_finished(), "the stream is still open");
+    drop(send);
+    let ack = shipping.await.unwrap().expect("ship");
+    assert_eq!(ack.inserted, 1_100);
+    assert_eq!(ack.stored_through.get("lgwan-gw-big"), Some(&1_100));
+    engine.shutdown().await.unwrap();
+}
