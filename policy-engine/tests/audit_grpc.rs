@@ -47,15 +47,22 @@ async fn gateway_channel(e: &RunningEngine) -> Channel {
 }
 
 fn chain(gateway: &str, n: u64) -> Vec<AuditEvent> {
+    chain_of(gateway, n, |b| {
+        b.user = format!("u{:03}", b.seq % 7 + 1);
+        b.device = "lgwan-desk-01".into();
+        b.factors = vec!["card".into(), "password".into()];
+    })
+}
+
+/// `n` logon events of `gateway`, sealed in a chain, each filled in by `fill`.
+fn chain_of(gateway: &str, n: u64, fill: impl Fn(&mut EventBody)) -> Vec<AuditEvent> {
     let mut prev = GENESIS_HASH.to_string();
     (1..=n)
         .map(|seq| {
             let mut b = EventBody::new(gateway, "lgwan", "logon", Outcome::Allow);
             b.seq = seq;
             b.ts = format_ts(1_795_305_600_000 + seq as i64 * 1000);
-            b.user = format!("u{:03}", seq % 7 + 1);
-            b.device = "lgwan-desk-01".into();
-            b.factors = vec!["card".into(), "password".into()];
+            fill(&mut b);
             let e = b.seal(&prev);
             prev = e.hash.clone();
             e
@@ -275,20 +282,11 @@ async fn sample_zero_logs_no_decisions() {
 /// Events as large as a sealed event can be: every detail entry at its bound.
 fn large_chain(gateway: &str, n: u64) -> Vec<AuditEvent> {
     use sekisho_policy_engine::audit::event::{MAX_FIELD_BYTES, MAX_FIELD_ENTRIES};
-    let mut prev = GENESIS_HASH.to_string();
-    (1..=n)
-        .map(|seq| {
-            let mut b = EventBody::new(gateway, "lgwan", "logon", Outcome::Allow);
-            b.seq = seq;
-            b.ts = format_ts(1_795_305_600_000 + seq as i64 * 1000);
-            b.detail = (0..MAX_FIELD_ENTRIES)
-                .map(|k| (format!("k{k:02}"), "x".repeat(MAX_FIELD_BYTES)))
-                .collect();
-            let e = b.seal(&prev);
-            prev = e.hash.clone();
-            e
-        })
-        .collect()
+    chain_of(gateway, n, |b| {
+        b.detail = (0..MAX_FIELD_ENTRIES)
+            .map(|k| (format!("k{k:02}"), "x".repeat(MAX_FIELD_BYTES)))
+            .collect();
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
