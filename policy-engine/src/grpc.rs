@@ -331,11 +331,14 @@ pub struct DecisionService(pub Arc<EngineState>);
 type VersionStream =
     Pin<Box<dyn Stream<Item = Result<pb::PolicyVersionInfo, Status>> + Send + 'static>>;
 
+type DecideStream =
+    Pin<Box<dyn Stream<Item = Result<pb::DecideResponse, Status>> + Send + 'static>>;
+
 /// Most calls one `Decide` may carry: a gateway sends at most what its logons are
 /// waiting for, far fewer; the bound keeps one request from holding a worker long.
 pub const MAX_DECIDE_CALLS: usize = 256;
 
-/// The decisions themselves, shared by the single calls and `Decide`.
+/// The decisions themselves, shared by the single calls, `Decide` and `DecideStream`.
 impl DecisionService {
     fn check_gateway<T>(&self, request: &Request<T>) -> Result<(), Status> {
         Clients::check_gateway(self.0.clients.as_ref(), request)
@@ -447,34 +450,12 @@ impl DecisionService {
         }
         response
     }
-}
 
-#[tonic::async_trait]
-impl pb::policy_decision_server::PolicyDecision for DecisionService {
-    async fn plan(
-        &self,
-        request: Request<pb::PlanRequest>,
-    ) -> Result<Response<pb::PlanResponse>, Status> {
-        self.check_gateway(&request)?;
-        self.plan_one(request.into_inner()).map(Response::new)
-    }
-
-    async fn authorize(
-        &self,
-        request: Request<pb::AuthorizeRequest>,
-    ) -> Result<Response<pb::AuthorizeResponse>, Status> {
-        self.check_gateway(&request)?;
-        self.authorize_one(request.into_inner()).map(Response::new)
-    }
-
-    async fn decide(
-        &self,
-        request: Request<pb::DecideRequest>,
-    ) -> Result<Response<pb::DecideResponse>, Status> {
+    /// One `Decide` batch: each call answered as it would have been alone.
+    fn decide_batch(&self, batch: pb::DecideRequest) -> Result<pb::DecideResponse, Status> {
         use pb::decision_answer::Answer;
         use pb::decision_call::Call;
-        self.check_gateway(&request)?;
-        let calls = request.into_inner().calls;
+        let calls = batch.calls;
         if calls.len() > MAX_DECIDE_CALLS {
             return Err(invalid(format!(
                 "{} calls in one Decide; at most {MAX_DECIDE_CALLS}",
@@ -499,7 +480,58 @@ impl pb::policy_decision_server::PolicyDecision for DecisionService {
                 }
             })
             .collect();
-        Ok(Response::new(pb::DecideResponse { answers }))
+        Ok(pb::DecideResponse { answers })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::policy_decision_server::PolicyDecision for DecisionService {
+    async fn plan(
+        &self,
+        request: Request<pb::PlanRequest>,
+    ) -> Result<Response<pb::PlanResponse>, Status> {
+        self.check_gateway(&request)?;
+        self.plan_one(request.into_inner()).map(Response::new)
+    }
+
+    async fn authorize(
+        &self,
+        request: Request<pb::AuthorizeRequest>,
+    ) -> Result<Response<pb::AuthorizeResponse>, Status> {
+        self.check_gateway(&request)?;
+        self.authorize_one(request.into_inner()).map(Response::new)
+    }
+
+    async fn decide(
+        &self,
+        request: Request<pb::DecideRequest>,
+    ) -> Result<Response<pb::DecideResponse>, Status> {
+        self.check_gateway(&request)?;
+        self.decide_batch(request.into_inner()).map(Response::new)
+    }
+
+    type DecideStreamStream = DecideStream;
+
+    /// Answers each batch as it is read, in the response body's own task: a batch
+    /// costs no task, channel or hand-off of its own. The first failed batch ends
+    /// the stream with its status, as does the engine's shutdown.
+    async fn decide_stream(
+        &self,
+        request: Request<tonic::Streaming<pb::DecideRequest>>,
+    ) -> Result<Response<DecideStream>, Status> {
+        self.check_gateway(&request)?;
+        let service = self.clone();
+        let mut closing = self.0.closing.subscribe();
+        let answers = futures::StreamExt::map(request.into_inner(), move |batch| {
+            batch.and_then(|b| service.decide_batch(b))
+        });
+        let until_closed = async move {
+            let _ = closing.wait_for(|c| *c).await;
+        };
+        Ok(Response::new(Box::pin(futures::StreamExt::take_until(
+            answers,
+            until_closed,
+        ))))
     }
 
     type WatchPolicyStream = VersionStream;

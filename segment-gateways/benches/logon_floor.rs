@@ -97,6 +97,15 @@ impl pb::policy_decision_server::PolicyDecision for FloorEngine {
         Ok(Response::new(pb::DecideResponse { answers }))
     }
 
+    type DecideStreamStream = Never<pb::DecideResponse>;
+
+    async fn decide_stream(
+        &self,
+        _: Request<tonic::Streaming<pb::DecideRequest>>,
+    ) -> Result<Response<Self::DecideStreamStream>, Status> {
+        Err(Status::unimplemented("floor"))
+    }
+
     type WatchPolicyStream = Never<pb::PolicyVersionInfo>;
 
     async fn watch_policy(

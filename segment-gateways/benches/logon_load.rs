@@ -614,9 +614,10 @@ fn main() {
     );
     let per = |n: u64, of: u64| n as f64 / of.max(1) as f64;
     println!(
-        "journal: {commits} commits, {:.1} events each; engine: {batches} Decide batches, {:.1} calls each",
+        "journal: {commits} commits, {:.1} events each; engine: {batches} decision batches, {:.1} calls each, over {} stream(s) opened",
         per(journal1.events - journal0.events, commits),
         per(decide1.calls - decide0.calls, batches),
+        decide1.streams - decide0.streams,
     );
 
     if do_parts {

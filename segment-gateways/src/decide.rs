@@ -6,23 +6,27 @@
 //! when the engine is unreachable or absent) slots in here without touching the
 //! logon flow.
 //!
-//! Calls go out in `PolicyDecision.Decide` batches. A decision on its own costs the
-//! engine a few tens of µs, but a gRPC call around it over mutual TLS costs more
-//! than that on each side (HTTP/2 frames, a stream and a task per call, TLS
-//! records, wake-ups); under load the two engine calls were a large share of a
-//! logon's CPU (BENCHMARKS.md, "Fewer hand-offs"). A call made while fewer than
-//! [`BATCHES_IN_FLIGHT`] batches are out goes at once, alone, so an idle gateway
-//! adds no delay; calls made while they are all out go together in the next one.
+//! Calls go out in batches over one long-lived `PolicyDecision.DecideStream`. A
+//! decision on its own costs the engine a few tens of µs, but a gRPC call around it
+//! over mutual TLS costs more than that on each side (HTTP/2 headers and trailers,
+//! a stream and a task per call, TLS records, wake-ups); under load the two engine
+//! calls were a large share of a logon's CPU (BENCHMARKS.md, "Fewer hand-offs" and
+//! "One decision stream"). On the stream a batch is one message each way. A call
+//! made while fewer than [`BATCHES_IN_FLIGHT`] batches are out goes at once, alone,
+//! so an idle gateway adds no delay; calls made while they are all out go together
+//! in the next one.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sekisho_policy_engine::{Action, FactorSet, Tier, Via};
 use sekisho_proto::v1 as pb;
 use sekisho_proto::v1::decision_answer::Answer;
 use sekisho_proto::v1::decision_call::Call;
 use sekisho_proto::v1::policy_decision_client::PolicyDecisionClient;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 
 /// Batches out to the engine at once: the engine works on one while the next is on
@@ -97,6 +101,7 @@ pub struct Decider {
 /// What the batching task has sent, for operators and tests.
 #[derive(Debug, Default)]
 struct Sent {
+    streams: AtomicU64,
     batches: AtomicU64,
     calls: AtomicU64,
 }
@@ -104,7 +109,9 @@ struct Sent {
 /// Counts of what a [`Decider`] has sent to the engine so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecideStats {
-    /// `Decide` requests.
+    /// `DecideStream`s opened: one, and another after each that broke.
+    pub streams: u64,
+    /// Batches (`DecideRequest`s) sent on them.
     pub batches: u64,
     /// Plan and Authorize calls in them.
     pub calls: u64,
@@ -117,22 +124,25 @@ struct Pending {
 }
 
 impl Decider {
-    /// Sends decisions about devices of `tier` to the engine behind `channel`; the
-    /// batching task runs until the last clone of the decider is dropped. Needs a
-    /// Tokio runtime.
-    pub fn remote(channel: Channel, tier: Tier) -> Self {
+    /// Sends decisions about devices of `tier` to the engine behind `channel`,
+    /// failing calls the engine has not answered within `timeout`; the batching
+    /// task runs until the last clone of the decider is dropped. Needs a Tokio
+    /// runtime.
+    pub fn remote(channel: Channel, tier: Tier, timeout: Duration) -> Self {
         let (calls, queue) = mpsc::channel(QUEUE);
         let sent = Arc::new(Sent::default());
         tokio::spawn(send_batches(
             PolicyDecisionClient::new(channel),
             queue,
             Arc::clone(&sent),
+            timeout,
         ));
         Decider { calls, sent, tier }
     }
 
     pub fn stats(&self) -> DecideStats {
         DecideStats {
+            streams: self.sent.streams.load(Ordering::Relaxed),
             batches: self.sent.batches.load(Ordering::Relaxed),
             calls: self.sent.calls.load(Ordering::Relaxed),
         }
@@ -209,52 +219,169 @@ fn mismatched(asked: &str) -> DecideError {
     ))
 }
 
-/// Takes calls off `queue` and sends them in batches, at most [`BATCHES_IN_FLIGHT`]
-/// at a time: a batch is formed only when a slot is free, so calls that arrive
-/// while the slots are taken join the next batch instead of queueing behind it.
+/// The open decision stream: batches go out on `requests` and come back on
+/// `answers`, in the order sent.
+struct DecisionStream {
+    requests: mpsc::Sender<pb::DecideRequest>,
+    answers: tonic::Streaming<pb::DecideResponse>,
+}
+
+/// A batch sent and not yet answered.
+struct Waiting {
+    answers: Vec<oneshot::Sender<Result<Answer, tonic::Status>>>,
+    sent: Instant,
+}
+
+/// Takes calls off `queue` and sends them in batches over one `DecideStream`, at
+/// most [`BATCHES_IN_FLIGHT`] unanswered at a time: a batch is formed only when a
+/// slot is free, so calls that arrive while the slots are taken join the next batch
+/// instead of queueing behind it. The stream is opened with the first batch and
+/// again with the first batch after it broke; a batch not answered within
+/// `timeout` fails every waiting call and the stream is given up, as a stalled
+/// engine would otherwise hold logons forever.
 async fn send_batches(
-    engine: PolicyDecisionClient<Channel>,
+    mut engine: PolicyDecisionClient<Channel>,
     mut queue: mpsc::Receiver<Pending>,
     sent: Arc<Sent>,
+    timeout: Duration,
 ) {
-    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
-    while let Some(first) = queue.recv().await {
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            return; // never closed
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
+    let mut stream: Option<DecisionStream> = None;
+    let mut waiting: VecDeque<Waiting> = VecDeque::with_capacity(BATCHES_IN_FLIGHT);
+    loop {
+        let deadline = waiting.front().map(|w| w.sent + timeout);
+        tokio::select! {
+            biased;
+            reply = next_answer(&mut stream), if !waiting.is_empty() => match reply {
+                Ok(response) => {
+                    if let Some(batch) = waiting.pop_front() {
+                        deliver(batch.answers, response);
+                    }
+                }
+                Err(status) => {
+                    stream = None;
+                    fail_all(&mut waiting, &status);
+                }
+            },
+            () = sleep_until(deadline), if deadline.is_some() => {
+                stream = None;
+                fail_all(&mut waiting, &tonic::Status::unavailable(format!(
+                    "the policy engine did not answer within {} ms",
+                    timeout.as_millis()
+                )));
+            }
+            first = queue.recv(), if waiting.len() < BATCHES_IN_FLIGHT => {
+                let Some(first) = first else {
+                    return; // every Decider is gone
+                };
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match queue.try_recv() {
+                        Ok(p) => batch.push(p),
+                        Err(_) => break,
+                    }
+                }
+                sent.batches.fetch_add(1, Ordering::Relaxed);
+                sent.calls.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                let (calls, answers): (Vec<_>, Vec<_>) = batch
+                    .into_iter()
+                    .map(|p| (pb::DecisionCall { call: Some(p.call) }, p.answer))
+                    .unzip();
+                let mut request = pb::DecideRequest { calls };
+                if let Some(open) = &stream {
+                    match open.requests.try_send(request) {
+                        Ok(()) => {
+                            waiting.push_back(Waiting { answers, sent: Instant::now() });
+                            continue;
+                        }
+                        // The stream broke since its last answer: what it holds is
+                        // lost, and this batch goes on a new one.
+                        Err(e) => {
+                            request = e.into_inner();
+                            stream = None;
+                            fail_all(&mut waiting, &broken());
+                        }
+                    }
+                }
+                match open_stream(&mut engine, request, timeout).await {
+                    Ok(opened) => {
+                        sent.streams.fetch_add(1, Ordering::Relaxed);
+                        stream = Some(opened);
+                        waiting.push_back(Waiting { answers, sent: Instant::now() });
+                    }
+                    Err(status) => {
+                        for answer in answers {
+                            let _ = answer.send(Err(status.clone()));
+                        }
+                    }
+                }
             }
         }
-        sent.batches.fetch_add(1, Ordering::Relaxed);
-        sent.calls.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let engine = engine.clone();
-        tokio::spawn(async move {
-            answer_batch(engine, batch).await;
-            drop(slot);
-        });
     }
 }
 
-/// One `Decide` call; every pending call gets its answer, or the call's failure.
-async fn answer_batch(mut engine: PolicyDecisionClient<Channel>, batch: Vec<Pending>) {
-    let (calls, answers): (Vec<_>, Vec<_>) = batch
-        .into_iter()
-        .map(|p| (pb::DecisionCall { call: Some(p.call) }, p.answer))
-        .unzip();
-    let sent = calls.len();
-    let replies = match engine.decide(pb::DecideRequest { calls }).await {
-        Ok(r) => r.into_inner().answers,
-        Err(status) => {
-            for answer in answers {
-                let _ = answer.send(Err(status.clone()));
-            }
-            return;
+/// Opens a decision stream carrying `first`, which travels with the stream's
+/// headers rather than a round trip after them.
+async fn open_stream(
+    engine: &mut PolicyDecisionClient<Channel>,
+    first: pb::DecideRequest,
+    timeout: Duration,
+) -> Result<DecisionStream, tonic::Status> {
+    let (requests, outgoing) = mpsc::channel(BATCHES_IN_FLIGHT);
+    requests
+        .try_send(first)
+        .map_err(|_| tonic::Status::internal("a new decision stream refused its first batch"))?;
+    let opened = tokio::time::timeout(
+        timeout,
+        engine.decide_stream(tokio_stream::wrappers::ReceiverStream::new(outgoing)),
+    )
+    .await
+    .map_err(|_| {
+        tonic::Status::unavailable(format!(
+            "the policy engine did not open a decision stream within {} ms",
+            timeout.as_millis()
+        ))
+    })??;
+    Ok(DecisionStream {
+        requests,
+        answers: opened.into_inner(),
+    })
+}
+
+async fn next_answer(
+    stream: &mut Option<DecisionStream>,
+) -> Result<pb::DecideResponse, tonic::Status> {
+    match stream {
+        Some(s) => s.answers.message().await?.ok_or_else(broken),
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn broken() -> tonic::Status {
+    tonic::Status::unavailable("the policy engine ended the decision stream")
+}
+
+fn fail_all(waiting: &mut VecDeque<Waiting>, status: &tonic::Status) {
+    for batch in waiting.drain(..) {
+        for answer in batch.answers {
+            let _ = answer.send(Err(status.clone()));
         }
-    };
+    }
+}
+
+/// Gives every call of a batch its answer, or the batch's failure.
+fn deliver(
+    answers: Vec<oneshot::Sender<Result<Answer, tonic::Status>>>,
+    response: pb::DecideResponse,
+) {
+    let sent = answers.len();
+    let replies = response.answers;
     if replies.len() != sent {
         let status = tonic::Status::internal(format!(
             "the policy engine answered {} of {sent} decisions",

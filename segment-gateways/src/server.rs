@@ -281,7 +281,11 @@ pub async fn start(resolved: Resolved) -> Result<RunningGateway, GatewayError> {
     let gateway = Arc::new(Gateway {
         store,
         journal,
-        decider: Decider::remote(channel.clone(), tier),
+        decider: Decider::remote(
+            channel.clone(),
+            tier,
+            Duration::from_millis(config.engine.timeout_ms),
+        ),
         challenges: Challenges::new(
             Duration::from_secs(config.challenge.ttl_secs),
             config.challenge.max_open,

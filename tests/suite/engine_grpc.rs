@@ -117,9 +117,67 @@ async fn decisions_and_publishing(backend: Backend, name: &str) {
         // Too many calls in one request: refused whole, naming the limit.
         let too_many = vec![call(Call::Authorize(authorize.clone())); 257];
         let e = gw
-            .decide(pb::DecideRequest { calls: too_many })
+            .decide(pb::DecideRequest {
+                calls: too_many.clone(),
+            })
             .await
             .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(
+            e.message().contains("257 calls in one Decide; at most 256"),
+            "{}",
+            e.message()
+        );
+
+        // DecideStream: each batch answered by one message, in the order sent, with
+        // the answers Decide gives; an oversized batch ends the stream with the same
+        // refusal, after the answers to the batches before it.
+        let batch = |calls: Vec<pb::DecisionCall>| pb::DecideRequest { calls };
+        let (requests, outgoing) = tokio::sync::mpsc::channel(4);
+        let mut stream = gw
+            .decide_stream(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+            .await
+            .unwrap()
+            .into_inner();
+        requests
+            .send(batch(vec![
+                call(Call::Plan(plan_request("u023", "lgwan-desk-17", "logon"))),
+                call(Call::Authorize(authorize.clone())),
+            ]))
+            .await
+            .unwrap();
+        requests
+            .send(batch(vec![call(Call::Plan(plan_request(
+                "nobody",
+                "lgwan-desk-17",
+                "logon",
+            )))]))
+            .await
+            .unwrap();
+        let first: Vec<Answer> = stream
+            .message()
+            .await
+            .unwrap()
+            .unwrap()
+            .answers
+            .into_iter()
+            .map(|a| a.answer.unwrap())
+            .collect();
+        assert_eq!(
+            first,
+            [Answer::Plan(p.clone()), Answer::Authorize(a.clone())]
+        );
+        let second = stream.message().await.unwrap().unwrap().answers;
+        assert!(
+            failure(
+                second[0].answer.as_ref().unwrap(),
+                Code::NotFound,
+                "unknown user 'nobody'"
+            ),
+            "{second:?}"
+        );
+        requests.send(batch(too_many)).await.unwrap();
+        let e = stream.message().await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
         assert!(
             e.message().contains("257 calls in one Decide; at most 256"),
@@ -426,6 +484,11 @@ async fn mutual_tls_is_required_and_admin_is_a_role() {
         "{}",
         e.message()
     );
+    let e = pb::policy_decision_client::PolicyDecisionClient::new(channel.clone())
+        .decide_stream(tokio_stream::iter(Vec::<pb::DecideRequest>::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     let e = pb::audit_sink_client::AuditSinkClient::new(channel)
         .ship(tokio_stream::iter(Vec::<pb::AuditBatch>::new()))
         .await

@@ -1,11 +1,18 @@
 //! The gateway's engine client against a real engine: calls made together go out in
-//! `Decide` batches, and each caller gets the answer its own call would have had.
+//! batches on one decision stream, each caller gets the answer its own call would
+//! have had, and a stream the engine ended or left unanswered is replaced.
+
+use std::pin::Pin;
+use std::time::Duration;
 
 use crate::common;
 
 use common::{Backend, TestEngine};
+use futures::Stream;
 use sekisho_gateway::decide::{DecideError, Decider, Subject};
 use sekisho_policy_engine::{Action, Factor, FactorSet, Tier, Via};
+use sekisho_proto::v1 as pb;
+use tonic::{Request, Response, Status};
 
 fn subject<'a>(user: &'a str, device: &'a str, request_id: &'a str) -> Subject<'a> {
     Subject {
@@ -75,6 +82,7 @@ async fn concurrent_decisions_go_in_batches_and_each_caller_gets_its_own_answer(
     let decider = Decider::remote(
         engine.gateway().connect().await.expect("connects"),
         Tier::Lgwan,
+        Duration::from_secs(5),
     );
     const CALLS: usize = 240;
 
@@ -111,8 +119,16 @@ async fn concurrent_decisions_go_in_batches_and_each_caller_gets_its_own_answer(
         "{CALLS} concurrent calls went in {batches} requests"
     );
 
+    assert_eq!(after.streams, 1, "every batch went on the one stream");
+
     // The engine gone: every waiting caller is told it is unavailable.
-    engine.stop().await;
+    let TestEngine {
+        running,
+        dir,
+        mut config,
+    } = engine;
+    config.listen = running.addr;
+    running.shutdown().await.expect("engine stops");
     let gone = futures::future::join_all((0..8).map(|n| call(&decider, n))).await;
     for outcome in gone {
         assert!(
@@ -120,4 +136,107 @@ async fn concurrent_decisions_go_in_batches_and_each_caller_gets_its_own_answer(
             "{outcome:?}"
         );
     }
+
+    // Back on the same address, with the same store: a new stream, the same answers.
+    let engine = TestEngine::start_with(config, dir).await;
+    let streams = decider.stats().streams;
+    let again = futures::future::join_all((0..CALLS).map(|n| call(&decider, n))).await;
+    assert_eq!(again, alone);
+    assert_eq!(
+        decider.stats().streams,
+        streams + 1,
+        "one new stream carries them all"
+    );
+    engine.stop().await;
+}
+
+/// An engine that opens decision streams and never answers on them.
+struct Stalled;
+
+type Never<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl pb::policy_decision_server::PolicyDecision for Stalled {
+    async fn plan(
+        &self,
+        _: Request<pb::PlanRequest>,
+    ) -> Result<Response<pb::PlanResponse>, Status> {
+        Err(Status::unimplemented("stalled"))
+    }
+
+    async fn authorize(
+        &self,
+        _: Request<pb::AuthorizeRequest>,
+    ) -> Result<Response<pb::AuthorizeResponse>, Status> {
+        Err(Status::unimplemented("stalled"))
+    }
+
+    async fn decide(
+        &self,
+        _: Request<pb::DecideRequest>,
+    ) -> Result<Response<pb::DecideResponse>, Status> {
+        Err(Status::unimplemented("stalled"))
+    }
+
+    type DecideStreamStream = Never<pb::DecideResponse>;
+
+    async fn decide_stream(
+        &self,
+        _: Request<tonic::Streaming<pb::DecideRequest>>,
+    ) -> Result<Response<Self::DecideStreamStream>, Status> {
+        Ok(Response::new(Box::pin(futures::stream::pending())))
+    }
+
+    type WatchPolicyStream = Never<pb::PolicyVersionInfo>;
+
+    async fn watch_policy(
+        &self,
+        _: Request<pb::WatchPolicyRequest>,
+    ) -> Result<Response<Self::WatchPolicyStream>, Status> {
+        Err(Status::unimplemented("stalled"))
+    }
+
+    type WatchRevocationsStream = Never<pb::Revocation>;
+
+    async fn watch_revocations(
+        &self,
+        _: Request<pb::WatchRevocationsRequest>,
+    ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+        Err(Status::unimplemented("stalled"))
+    }
+}
+
+/// An engine that stops answering must not hold logons: every call waiting on the
+/// stream fails once the timeout has passed, and the next batch opens a new stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_an_engine_leaves_unanswered_fail_after_the_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::policy_decision_server::PolicyDecisionServer::new(
+                Stalled,
+            ))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_lazy();
+    let decider = Decider::remote(channel, Tier::Lgwan, Duration::from_millis(300));
+
+    let stalled = |outcome: &Outcome| matches!(outcome, Outcome::Other(m) if m.contains("did not answer within 300 ms"));
+    for round in 1..=2 {
+        let outcome = call(&decider, 0).await;
+        assert!(stalled(&outcome), "{outcome:?}");
+        assert_eq!(
+            decider.stats().streams,
+            round,
+            "a new stream after a stalled one"
+        );
+    }
+    let waited = futures::future::join_all((0..6).map(|n| call(&decider, n))).await;
+    assert!(waited.iter().all(stalled), "{waited:?}");
+    server.abort();
 }
