@@ -91,6 +91,8 @@ pub struct EngineLink {
     pub key: Option<PathBuf>,
     /// Name to check in the engine's certificate.
     pub server_name: String,
+    /// How long a connection, or an answer to a decision, may take before the
+    /// logons waiting for it are refused as "engine unavailable".
     pub timeout_ms: u64,
 }
 
