@@ -1,6 +1,7 @@
-//! The floor under `logon_load`: the same load generator, the same four gRPC legs
-//! over mutual TLS per logon (endpoint → gateway Begin and Complete, gateway →
-//! engine Plan and Authorize) and the same factor checks (`card::verify`: the card
+//! The floor under `logon_load`: the same load generator, the same gRPC legs over
+//! mutual TLS per logon (endpoint → gateway Begin and Complete, gateway → engine
+//! Plan and Authorize through the gateway's own `Decider`, batched on one decision
+//! stream) and the same factor checks (`card::verify`: the card
 //! certificate's chain and its signature over the nonce; `totp::verify`), but
 //! servers that do nothing else: users in a `HashMap` instead of the credential
 //! store, a canned plan and decision instead of Cedar, no journal, no sessions, no
@@ -27,12 +28,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use common::{card_key_pair, drive, runtimes, BenchUser, CardIssuer, LoadSettings, Pool, TIMEOUT};
 use futures::Stream;
 use rustls_pki_types::{CertificateDer, UnixTime};
+use sekisho_gateway::decide::{Decider, Subject};
 use sekisho_gateway::factors::card::{self, CardTrust};
 use sekisho_gateway::factors::totp::{self, TotpParams};
 use sekisho_gateway::tls::ClientTls;
 use sekisho_policy_engine::pki::PkiFiles;
+use sekisho_policy_engine::{Action, Factor, FactorSet, Tier, Via};
 use sekisho_proto::v1 as pb;
-use tonic::transport::{Certificate, Channel, Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
 const POLICY_VERSION: &str = "floor";
@@ -46,6 +49,44 @@ fn card_and_totp() -> pb::FactorSet {
 /// The engine's part: a plan and an allow, with no policy evaluated.
 struct FloorEngine;
 
+fn canned_plan() -> pb::PlanResponse {
+    pb::PlanResponse {
+        options: vec![card_and_totp()],
+        unavailable: Vec::new(),
+        policy_version: POLICY_VERSION.into(),
+    }
+}
+
+fn canned_allow() -> pb::AuthorizeResponse {
+    pb::AuthorizeResponse {
+        decision: pb::Decision::Allow as i32,
+        policy_ids: vec!["bench-card-totp".into()],
+        policy_version: POLICY_VERSION.into(),
+        errors: Vec::new(),
+    }
+}
+
+/// A batch answered with the canned plan and allow.
+fn canned(batch: pb::DecideRequest) -> pb::DecideResponse {
+    use pb::decision_answer::Answer;
+    use pb::decision_call::Call;
+    let answers = batch
+        .calls
+        .into_iter()
+        .map(|call| pb::DecisionAnswer {
+            answer: Some(match call.call {
+                Some(Call::Plan(_)) => Answer::Plan(canned_plan()),
+                Some(Call::Authorize(_)) => Answer::Authorize(canned_allow()),
+                None => Answer::Failure(pb::DecisionFailure {
+                    code: tonic::Code::InvalidArgument as i32,
+                    message: "empty call".into(),
+                }),
+            }),
+        })
+        .collect();
+    pb::DecideResponse { answers }
+}
+
 type Never<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -54,56 +95,35 @@ impl pb::policy_decision_server::PolicyDecision for FloorEngine {
         &self,
         _: Request<pb::PlanRequest>,
     ) -> Result<Response<pb::PlanResponse>, Status> {
-        Ok(Response::new(pb::PlanResponse {
-            options: vec![card_and_totp()],
-            unavailable: Vec::new(),
-            policy_version: POLICY_VERSION.into(),
-        }))
+        Ok(Response::new(canned_plan()))
     }
 
     async fn authorize(
         &self,
         _: Request<pb::AuthorizeRequest>,
     ) -> Result<Response<pb::AuthorizeResponse>, Status> {
-        Ok(Response::new(pb::AuthorizeResponse {
-            decision: pb::Decision::Allow as i32,
-            policy_ids: vec!["bench-card-totp".into()],
-            policy_version: POLICY_VERSION.into(),
-            errors: Vec::new(),
-        }))
+        Ok(Response::new(canned_allow()))
     }
 
-    /// The floor's gateway calls Plan and Authorize one at a time; this answers a
-    /// batch the same way, for completeness.
     async fn decide(
         &self,
         request: Request<pb::DecideRequest>,
     ) -> Result<Response<pb::DecideResponse>, Status> {
-        use pb::decision_answer::Answer;
-        use pb::decision_call::Call;
-        let mut answers = Vec::new();
-        for call in request.into_inner().calls {
-            let answer = match call.call {
-                Some(Call::Plan(r)) => Answer::Plan(self.plan(Request::new(r)).await?.into_inner()),
-                Some(Call::Authorize(r)) => {
-                    Answer::Authorize(self.authorize(Request::new(r)).await?.into_inner())
-                }
-                None => return Err(Status::invalid_argument("empty call")),
-            };
-            answers.push(pb::DecisionAnswer {
-                answer: Some(answer),
-            });
-        }
-        Ok(Response::new(pb::DecideResponse { answers }))
+        Ok(Response::new(canned(request.into_inner())))
     }
 
     type DecideStreamStream = Never<pb::DecideResponse>;
 
+    /// What the floor's gateway uses, through the real `Decider`, as the gateway
+    /// does: batches on one stream.
     async fn decide_stream(
         &self,
-        _: Request<tonic::Streaming<pb::DecideRequest>>,
+        request: Request<tonic::Streaming<pb::DecideRequest>>,
     ) -> Result<Response<Self::DecideStreamStream>, Status> {
-        Err(Status::unimplemented("floor"))
+        Ok(Response::new(Box::pin(futures::StreamExt::map(
+            request.into_inner(),
+            |batch| batch.map(canned),
+        ))))
     }
 
     type WatchPolicyStream = Never<pb::PolicyVersionInfo>;
@@ -139,7 +159,7 @@ struct Open {
 /// The gateway's part: a challenge with a card nonce, the two factor checks, and
 /// the engine's Plan and Authorize.
 struct FloorGateway {
-    engine: pb::policy_decision_client::PolicyDecisionClient<Channel>,
+    engine: Decider,
     trust: CardTrust,
     users: Mutex<HashMap<String, Enrolled>>,
     open: Mutex<HashMap<String, Open>>,
@@ -158,20 +178,13 @@ impl pb::logon_server::Logon for FloorGateway {
         let r = request.into_inner();
         let plan = self
             .engine
-            .clone()
-            .plan(pb::PlanRequest {
-                user: r.user.clone(),
-                device: r.device,
-                action: "logon".into(),
-                context: None,
-                emergency_otp_active: false,
-                request_id: r.request_id,
-                enrolled: Some(card_and_totp()),
-                mask_unknown_user: true,
-                gateway_tier: "internet".into(),
-            })
-            .await?
-            .into_inner();
+            .plan(
+                &subject(&r.user, &r.request_id),
+                FactorSet::EMPTY.with(Factor::Card).with(Factor::Totp),
+                false,
+            )
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let nonce = random::<32>()?;
         let id = hex::encode(random::<16>()?);
         self.open.lock().unwrap().insert(
@@ -250,19 +263,17 @@ impl pb::logon_server::Logon for FloorGateway {
         if card_ok && totp_ok {
             let decided = self
                 .engine
-                .clone()
-                .authorize(pb::AuthorizeRequest {
-                    user: open.user,
-                    device: String::new(),
-                    action: "logon".into(),
-                    factors: card_and_totp().factors,
-                    context: None,
-                    request_id: r.request_id,
-                    gateway_tier: "internet".into(),
-                })
-                .await?
-                .into_inner();
-            result.decision = decided.decision;
+                .authorize(
+                    &subject(&open.user, &r.request_id),
+                    FactorSet::EMPTY.with(Factor::Card).with(Factor::Totp),
+                )
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            result.decision = if decided.allowed {
+                pb::Decision::Allow
+            } else {
+                pb::Decision::Deny
+            } as i32;
             result.policy_ids = decided.policy_ids;
             result.session_id = hex::encode(random::<16>()?);
         } else {
@@ -290,6 +301,17 @@ impl pb::logon_server::Logon for FloorGateway {
         _: Request<pb::SessionRequest>,
     ) -> Result<Response<pb::SessionState>, Status> {
         Err(Status::unimplemented("floor"))
+    }
+}
+
+fn subject<'a>(user: &'a str, request_id: &'a str) -> Subject<'a> {
+    Subject {
+        user,
+        device: "",
+        action: Action::Logon,
+        via: Via::Console,
+        upstream: FactorSet::EMPTY,
+        request_id,
     }
 }
 
@@ -374,7 +396,7 @@ fn main() {
                 .await
                 .expect("connect to the floor engine");
         let gateway = FloorGateway {
-            engine: pb::policy_decision_client::PolicyDecisionClient::new(channel),
+            engine: Decider::remote(channel, Tier::Internet, TIMEOUT),
             trust,
             users: Mutex::new(enrolled),
             open: Mutex::new(HashMap::new()),
