@@ -94,6 +94,12 @@ pub struct EngineLink {
     /// How long a connection, or an answer to a decision, may take before the
     /// logons waiting for it are refused as "engine unavailable".
     pub timeout_ms: u64,
+    /// How often the connection to the engine is checked with an HTTP/2 PING when
+    /// nothing arrived on it; one not answered within `timeout_ms` is closed and
+    /// dialled again. A firewall between the tiers that forgets idle connections
+    /// silently would otherwise leave decisions waiting on a dead one until TCP
+    /// gives up, many minutes later.
+    pub keepalive_secs: u64,
 }
 
 impl Default for EngineLink {
@@ -105,6 +111,7 @@ impl Default for EngineLink {
             key: None,
             server_name: "localhost".into(),
             timeout_ms: 2_000,
+            keepalive_secs: 30,
         }
     }
 }
@@ -303,6 +310,8 @@ const MAX_CARD_RELOAD_SECS: u64 = 86_400;
 /// An engine call this slow holds the person at the screen; a minute is past any
 /// sensible wait.
 const MAX_ENGINE_TIMEOUT_MS: u64 = 60_000;
+/// An hour: past that, most firewalls have forgotten the connection already.
+const MAX_ENGINE_KEEPALIVE_SECS: u64 = 3_600;
 /// Keeps one message well under gRPC's default 4 MiB limit (events are under 2 KiB).
 const MAX_AUDIT_BATCH: usize = 2000;
 const MAX_AUDIT_STREAM: usize = 100_000;
@@ -417,6 +426,12 @@ impl GatewayConfig {
             return Err(invalid(format!(
                 "engine.timeout_ms must be between 1 and {MAX_ENGINE_TIMEOUT_MS}, got {}",
                 e.timeout_ms
+            )));
+        }
+        if e.keepalive_secs == 0 || e.keepalive_secs > MAX_ENGINE_KEEPALIVE_SECS {
+            return Err(invalid(format!(
+                "engine.keepalive_secs must be between 1 and {MAX_ENGINE_KEEPALIVE_SECS}, got {}",
+                e.keepalive_secs
             )));
         }
         if self.lockout.max_failures == 0 {
@@ -594,6 +609,12 @@ mod tests {
         assert!(e("tier = \"lgwan\"\n[cards]\nreload_secs = 86401").contains("cards.reload_secs"));
         assert!(e("tier = \"lgwan\"\n[challenge]\nmax_open = 0").contains("challenge.max_open"));
         assert!(e("tier = \"lgwan\"\n[engine]\ntimeout_ms = 0").contains("engine.timeout_ms"));
+        assert!(
+            e("tier = \"lgwan\"\n[engine]\nkeepalive_secs = 0").contains("engine.keepalive_secs")
+        );
+        assert!(
+            e("tier = \"lgwan\"\n[engine]\nkeepalive_secs = 3601").contains("between 1 and 3600")
+        );
         assert!(
             e("tier = \"lgwan\"\n[rate_limit]\nper_device_per_minute = inf")
                 .contains("rate_limit.per_device_per_minute")

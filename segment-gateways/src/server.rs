@@ -256,12 +256,17 @@ pub async fn start(resolved: Resolved) -> Result<RunningGateway, GatewayError> {
     }
     // Lazy: the gateway starts (and answers "engine unavailable") while the engine
     // is down, and connects when it comes up.
-    let channel = tls::open_lazy(tls::endpoint(
-        &config.engine.url,
-        &engine_tls,
-        Some(&config.engine.server_name),
-        Duration::from_millis(config.engine.timeout_ms),
-    )?);
+    let engine_timeout = Duration::from_millis(config.engine.timeout_ms);
+    let channel = tls::open_lazy(tls::keep_alive(
+        tls::endpoint(
+            &config.engine.url,
+            &engine_tls,
+            Some(&config.engine.server_name),
+            engine_timeout,
+        )?,
+        Duration::from_secs(config.engine.keepalive_secs),
+        engine_timeout,
+    ));
     let forwarder = if config.audit.forward {
         Some(Forwarder::spawn(
             store.db().clone(),
@@ -281,11 +286,7 @@ pub async fn start(resolved: Resolved) -> Result<RunningGateway, GatewayError> {
     let gateway = Arc::new(Gateway {
         store,
         journal,
-        decider: Decider::remote(
-            channel.clone(),
-            tier,
-            Duration::from_millis(config.engine.timeout_ms),
-        ),
+        decider: Decider::remote(channel.clone(), tier, engine_timeout),
         challenges: Challenges::new(
             Duration::from_secs(config.challenge.ttl_secs),
             config.challenge.max_open,

@@ -130,6 +130,17 @@ pub fn endpoint(
     }
 }
 
+/// Sends an HTTP/2 PING on a connection nothing has arrived on for `interval`, also
+/// while no call is open, and closes it when no answer comes within `timeout`, so
+/// the next call dials again: for a long-lived link (the gateway's decision stream)
+/// through firewalls that may forget it.
+pub fn keep_alive(endpoint: Endpoint, interval: Duration, timeout: Duration) -> Endpoint {
+    endpoint
+        .http2_keep_alive_interval(interval)
+        .keep_alive_timeout(timeout)
+        .keep_alive_while_idle(true)
+}
+
 /// Accepts `https://`, and `http://` to a loopback address only: without TLS nothing
 /// proves who answers, and the engine's answer is an allow or a deny, so only a peer
 /// on this machine (a test bed) can be trusted that way.
