@@ -334,11 +334,11 @@ type VersionStream =
 type DecideStream =
     Pin<Box<dyn Stream<Item = Result<pb::DecideResponse, Status>> + Send + 'static>>;
 
-/// Most calls one `Decide` may carry: a gateway sends at most what its logons are
-/// waiting for, far fewer; the bound keeps one request from holding a worker long.
+/// Most calls one decision batch may carry: a gateway sends at most what its logons
+/// are waiting for, far fewer; the bound keeps one batch from holding a worker long.
 pub const MAX_DECIDE_CALLS: usize = 256;
 
-/// The decisions themselves, shared by the single calls, `Decide` and `DecideStream`.
+/// The decisions themselves, shared by the single calls and `DecideStream`.
 impl DecisionService {
     fn check_gateway<T>(&self, request: &Request<T>) -> Result<(), Status> {
         Clients::check_gateway(self.0.clients.as_ref(), request)
@@ -451,14 +451,14 @@ impl DecisionService {
         response
     }
 
-    /// One `Decide` batch: each call answered as it would have been alone.
+    /// One decision batch: each call answered as it would have been alone.
     fn decide_batch(&self, batch: pb::DecideRequest) -> Result<pb::DecideResponse, Status> {
         use pb::decision_answer::Answer;
         use pb::decision_call::Call;
         let calls = batch.calls;
         if calls.len() > MAX_DECIDE_CALLS {
             return Err(invalid(format!(
-                "{} calls in one Decide; at most {MAX_DECIDE_CALLS}",
+                "{} calls in one decision batch; at most {MAX_DECIDE_CALLS}",
                 calls.len()
             )));
         }
@@ -468,7 +468,9 @@ impl DecisionService {
                 let answer = match call.call {
                     Some(Call::Plan(r)) => self.plan_one(r).map(Answer::Plan),
                     Some(Call::Authorize(r)) => self.authorize_one(r).map(Answer::Authorize),
-                    None => Err(invalid("a Decide call is neither a plan nor an authorize")),
+                    None => Err(invalid(
+                        "a decision call is neither a plan nor an authorize",
+                    )),
                 };
                 pb::DecisionAnswer {
                     answer: Some(answer.unwrap_or_else(|status| {
@@ -500,14 +502,6 @@ impl pb::policy_decision_server::PolicyDecision for DecisionService {
     ) -> Result<Response<pb::AuthorizeResponse>, Status> {
         self.check_gateway(&request)?;
         self.authorize_one(request.into_inner()).map(Response::new)
-    }
-
-    async fn decide(
-        &self,
-        request: Request<pb::DecideRequest>,
-    ) -> Result<Response<pb::DecideResponse>, Status> {
-        self.check_gateway(&request)?;
-        self.decide_batch(request.into_inner()).map(Response::new)
     }
 
     type DecideStreamStream = DecideStream;

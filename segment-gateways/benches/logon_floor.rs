@@ -105,13 +105,6 @@ impl pb::policy_decision_server::PolicyDecision for FloorEngine {
         Ok(Response::new(canned_allow()))
     }
 
-    async fn decide(
-        &self,
-        request: Request<pb::DecideRequest>,
-    ) -> Result<Response<pb::DecideResponse>, Status> {
-        Ok(Response::new(canned(request.into_inner())))
-    }
-
     type DecideStreamStream = Never<pb::DecideResponse>;
 
     /// What the floor's gateway uses, through the real `Decider`, as the gateway

@@ -70,27 +70,40 @@ async fn decisions_and_publishing(backend: Backend, name: &str) {
         [["card", "password"]]
     );
 
-    // Decide: several calls answered in order, each as it would have been alone; a
-    // failing call fails only itself.
+    // DecideStream: each batch answered by one message, in the order sent, each call
+    // as it would have been alone; a failing call fails only itself. A batch with
+    // too many calls ends the stream, after the answers to the batches before it.
     {
         use pb::decision_answer::Answer;
         use pb::decision_call::Call;
         let call = |c: Call| pb::DecisionCall { call: Some(c) };
-        let answers = gw
-            .decide(pb::DecideRequest {
-                calls: vec![
-                    call(Call::Plan(plan_request("u023", "lgwan-desk-17", "logon"))),
-                    call(Call::Authorize(authorize.clone())),
-                    call(Call::Plan(plan_request("nobody", "lgwan-desk-17", "logon"))),
-                    pb::DecisionCall { call: None },
-                    call(Call::Plan(plan_request("u023", "lgwan-desk-17", "login"))),
-                ],
-            })
+        let (requests, outgoing) = tokio::sync::mpsc::channel(4);
+        let mut stream = gw
+            .decide_stream(tokio_stream::wrappers::ReceiverStream::new(outgoing))
             .await
             .unwrap()
-            .into_inner()
-            .answers;
-        let answers: Vec<Answer> = answers.into_iter().map(|a| a.answer.unwrap()).collect();
+            .into_inner();
+        async fn answered(
+            requests: &tokio::sync::mpsc::Sender<pb::DecideRequest>,
+            stream: &mut tonic::Streaming<pb::DecideResponse>,
+            calls: Vec<pb::DecisionCall>,
+        ) -> Vec<Answer> {
+            requests.send(pb::DecideRequest { calls }).await.unwrap();
+            let answers = stream.message().await.unwrap().unwrap().answers;
+            answers.into_iter().map(|a| a.answer.unwrap()).collect()
+        }
+        let answers = answered(
+            &requests,
+            &mut stream,
+            vec![
+                call(Call::Plan(plan_request("u023", "lgwan-desk-17", "logon"))),
+                call(Call::Authorize(authorize.clone())),
+                call(Call::Plan(plan_request("nobody", "lgwan-desk-17", "logon"))),
+                pb::DecisionCall { call: None },
+                call(Call::Plan(plan_request("u023", "lgwan-desk-17", "login"))),
+            ],
+        )
+        .await;
         let failure = |a: &Answer, code: Code, text: &str| matches!(a, Answer::Failure(f) if f.code == code as i32 && f.message.contains(text));
         assert_eq!(answers.len(), 5);
         assert_eq!(answers[0], Answer::Plan(p.clone()));
@@ -114,73 +127,25 @@ async fn decisions_and_publishing(backend: Backend, name: &str) {
             "{:?}",
             answers[4]
         );
-        // Too many calls in one request: refused whole, naming the limit.
-        let too_many = vec![call(Call::Authorize(authorize.clone())); 257];
-        let e = gw
-            .decide(pb::DecideRequest {
-                calls: too_many.clone(),
+        let answers = answered(
+            &requests,
+            &mut stream,
+            vec![call(Call::Authorize(authorize.clone()))],
+        )
+        .await;
+        assert_eq!(answers, [Answer::Authorize(a.clone())]);
+        // Too many calls in one batch: refused whole, naming the limit.
+        requests
+            .send(pb::DecideRequest {
+                calls: vec![call(Call::Authorize(authorize.clone())); 257],
             })
             .await
-            .unwrap_err();
-        assert_eq!(e.code(), Code::InvalidArgument);
-        assert!(
-            e.message().contains("257 calls in one Decide; at most 256"),
-            "{}",
-            e.message()
-        );
-
-        // DecideStream: each batch answered by one message, in the order sent, with
-        // the answers Decide gives; an oversized batch ends the stream with the same
-        // refusal, after the answers to the batches before it.
-        let batch = |calls: Vec<pb::DecisionCall>| pb::DecideRequest { calls };
-        let (requests, outgoing) = tokio::sync::mpsc::channel(4);
-        let mut stream = gw
-            .decide_stream(tokio_stream::wrappers::ReceiverStream::new(outgoing))
-            .await
-            .unwrap()
-            .into_inner();
-        requests
-            .send(batch(vec![
-                call(Call::Plan(plan_request("u023", "lgwan-desk-17", "logon"))),
-                call(Call::Authorize(authorize.clone())),
-            ]))
-            .await
             .unwrap();
-        requests
-            .send(batch(vec![call(Call::Plan(plan_request(
-                "nobody",
-                "lgwan-desk-17",
-                "logon",
-            )))]))
-            .await
-            .unwrap();
-        let first: Vec<Answer> = stream
-            .message()
-            .await
-            .unwrap()
-            .unwrap()
-            .answers
-            .into_iter()
-            .map(|a| a.answer.unwrap())
-            .collect();
-        assert_eq!(
-            first,
-            [Answer::Plan(p.clone()), Answer::Authorize(a.clone())]
-        );
-        let second = stream.message().await.unwrap().unwrap().answers;
-        assert!(
-            failure(
-                second[0].answer.as_ref().unwrap(),
-                Code::NotFound,
-                "unknown user 'nobody'"
-            ),
-            "{second:?}"
-        );
-        requests.send(batch(too_many)).await.unwrap();
         let e = stream.message().await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
         assert!(
-            e.message().contains("257 calls in one Decide; at most 256"),
+            e.message()
+                .contains("257 calls in one decision batch; at most 256"),
             "{}",
             e.message()
         );

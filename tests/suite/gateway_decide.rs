@@ -171,13 +171,6 @@ impl pb::policy_decision_server::PolicyDecision for Stalled {
         Err(Status::unimplemented("stalled"))
     }
 
-    async fn decide(
-        &self,
-        _: Request<pb::DecideRequest>,
-    ) -> Result<Response<pb::DecideResponse>, Status> {
-        Err(Status::unimplemented("stalled"))
-    }
-
     type DecideStreamStream = Never<pb::DecideResponse>;
 
     async fn decide_stream(
