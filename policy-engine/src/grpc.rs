@@ -7,6 +7,7 @@
 
 pub mod audit;
 
+use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -116,9 +117,22 @@ impl EngineState {
         *self.next_sync.lock().unwrap_or_else(|p| p.into_inner()) = at;
     }
 
-    /// Ends every `WatchPolicy` stream (called when the server shuts down).
+    /// Ends every long-lived stream (`DecideStream`, `WatchPolicy`,
+    /// `WatchRevocations`): called when the server shuts down.
     pub fn close_streams(&self) {
         self.closing.send_replace(true);
+    }
+
+    /// `stream`, ended when the server shuts down, so that a graceful shutdown does
+    /// not wait on a stream its client keeps open.
+    fn until_closed<S: Stream>(
+        &self,
+        stream: S,
+    ) -> futures::stream::TakeUntil<S, impl Future<Output = ()>> {
+        let mut closing = self.closing.subscribe();
+        futures::StreamExt::take_until(stream, async move {
+            let _ = closing.wait_for(|c| *c).await;
+        })
     }
 
     /// Catches up with changes made through another replica: a newer policy version,
@@ -515,17 +529,10 @@ impl pb::policy_decision_server::PolicyDecision for DecisionService {
     ) -> Result<Response<DecideStream>, Status> {
         self.check_gateway(&request)?;
         let service = self.clone();
-        let mut closing = self.0.closing.subscribe();
         let answers = futures::StreamExt::map(request.into_inner(), move |batch| {
             batch.and_then(|b| service.decide_batch(b))
         });
-        let until_closed = async move {
-            let _ = closing.wait_for(|c| *c).await;
-        };
-        Ok(Response::new(Box::pin(futures::StreamExt::take_until(
-            answers,
-            until_closed,
-        ))))
+        Ok(Response::new(Box::pin(self.0.until_closed(answers))))
     }
 
     type WatchPolicyStream = VersionStream;
@@ -535,18 +542,11 @@ impl pb::policy_decision_server::PolicyDecision for DecisionService {
         _: Request<pb::WatchPolicyRequest>,
     ) -> Result<Response<VersionStream>, Status> {
         let rx = self.0.version.subscribe();
-        let mut closing = self.0.closing.subscribe();
         let stream = tokio_stream::StreamExt::filter_map(
             tokio_stream::wrappers::WatchStream::new(rx),
             |v| v.as_ref().map(|v| Ok(version_info(v))),
         );
-        let until_closed = async move {
-            let _ = closing.wait_for(|c| *c).await;
-        };
-        Ok(Response::new(Box::pin(futures::StreamExt::take_until(
-            stream,
-            until_closed,
-        ))))
+        Ok(Response::new(Box::pin(self.0.until_closed(stream))))
     }
 
     type WatchRevocationsStream = RevocationStream;
