@@ -87,7 +87,7 @@ fn canned(batch: pb::DecideRequest) -> pb::DecideResponse {
     pb::DecideResponse { answers }
 }
 
-type Never<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl pb::policy_decision_server::PolicyDecision for FloorEngine {
@@ -105,7 +105,7 @@ impl pb::policy_decision_server::PolicyDecision for FloorEngine {
         Ok(Response::new(canned_allow()))
     }
 
-    type DecideStreamStream = Never<pb::DecideResponse>;
+    type DecideStreamStream = Boxed<pb::DecideResponse>;
 
     /// What the floor's gateway uses, through the real `Decider`, as the gateway
     /// does: batches on one stream.
@@ -119,7 +119,7 @@ impl pb::policy_decision_server::PolicyDecision for FloorEngine {
         ))))
     }
 
-    type WatchPolicyStream = Never<pb::PolicyVersionInfo>;
+    type WatchPolicyStream = Boxed<pb::PolicyVersionInfo>;
 
     async fn watch_policy(
         &self,
@@ -128,7 +128,7 @@ impl pb::policy_decision_server::PolicyDecision for FloorEngine {
         Err(Status::unimplemented("floor"))
     }
 
-    type WatchRevocationsStream = Never<pb::Revocation>;
+    type WatchRevocationsStream = Boxed<pb::Revocation>;
 
     async fn watch_revocations(
         &self,

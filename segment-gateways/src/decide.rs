@@ -228,9 +228,11 @@ struct DecisionStream {
 
 /// A batch sent and not yet answered.
 struct Waiting {
-    answers: Vec<oneshot::Sender<Result<Answer, tonic::Status>>>,
+    answers: Answers,
     sent: Instant,
 }
+
+type Answers = Vec<oneshot::Sender<Result<Answer, tonic::Status>>>;
 
 /// Takes calls off `queue` and sends them in batches over one `DecideStream`, at
 /// most [`BATCHES_IN_FLIGHT`] unanswered at a time: a batch is formed only when a
@@ -240,81 +242,113 @@ struct Waiting {
 /// `timeout` fails every waiting call and the stream is given up, as a stalled
 /// engine would otherwise hold logons forever.
 async fn send_batches(
-    mut engine: PolicyDecisionClient<Channel>,
+    engine: PolicyDecisionClient<Channel>,
     mut queue: mpsc::Receiver<Pending>,
     sent: Arc<Sent>,
     timeout: Duration,
 ) {
-    let mut stream: Option<DecisionStream> = None;
-    let mut waiting: VecDeque<Waiting> = VecDeque::with_capacity(BATCHES_IN_FLIGHT);
+    let mut link = Link {
+        engine,
+        stream: None,
+        waiting: VecDeque::with_capacity(BATCHES_IN_FLIGHT),
+        timeout,
+    };
     loop {
-        let deadline = waiting.front().map(|w| w.sent + timeout);
+        let deadline = link.waiting.front().map(|w| w.sent + timeout);
         tokio::select! {
             biased;
-            reply = next_answer(&mut stream), if !waiting.is_empty() => match reply {
+            reply = next_answer(&mut link.stream), if !link.waiting.is_empty() => match reply {
                 Ok(response) => {
-                    if let Some(batch) = waiting.pop_front() {
+                    if let Some(batch) = link.waiting.pop_front() {
                         deliver(batch.answers, response);
                     }
                 }
-                Err(status) => {
-                    stream = None;
-                    fail_all(&mut waiting, &status);
-                }
+                Err(status) => link.give_up(&status),
             },
             () = sleep_until(deadline), if deadline.is_some() => {
-                stream = None;
-                fail_all(&mut waiting, &tonic::Status::unavailable(format!(
+                link.give_up(&tonic::Status::unavailable(format!(
                     "the policy engine did not answer within {} ms",
                     timeout.as_millis()
                 )));
             }
-            first = queue.recv(), if waiting.len() < BATCHES_IN_FLIGHT => {
+            first = queue.recv(), if link.waiting.len() < BATCHES_IN_FLIGHT => {
                 let Some(first) = first else {
                     return; // every Decider is gone
                 };
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    match queue.try_recv() {
-                        Ok(p) => batch.push(p),
-                        Err(_) => break,
-                    }
-                }
-                sent.batches.fetch_add(1, Ordering::Relaxed);
-                sent.calls.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                let (calls, answers): (Vec<_>, Vec<_>) = batch
-                    .into_iter()
-                    .map(|p| (pb::DecisionCall { call: Some(p.call) }, p.answer))
-                    .unzip();
-                let mut request = pb::DecideRequest { calls };
-                if let Some(open) = &stream {
-                    match open.requests.try_send(request) {
-                        Ok(()) => {
-                            waiting.push_back(Waiting { answers, sent: Instant::now() });
-                            continue;
-                        }
-                        // The stream broke since its last answer: what it holds is
-                        // lost, and this batch goes on a new one.
-                        Err(e) => {
-                            request = e.into_inner();
-                            stream = None;
-                            fail_all(&mut waiting, &broken());
-                        }
-                    }
-                }
-                match open_stream(&mut engine, request, timeout).await {
-                    Ok(opened) => {
-                        sent.streams.fetch_add(1, Ordering::Relaxed);
-                        stream = Some(opened);
-                        waiting.push_back(Waiting { answers, sent: Instant::now() });
-                    }
-                    Err(status) => {
-                        for answer in answers {
-                            let _ = answer.send(Err(status.clone()));
-                        }
-                    }
+                let (request, answers) = take_batch(first, &mut queue, &sent);
+                link.send(request, answers, &sent).await;
+            }
+        }
+    }
+}
+
+/// The first call and those queued behind it, up to [`MAX_BATCH`], as one request.
+fn take_batch(
+    first: Pending,
+    queue: &mut mpsc::Receiver<Pending>,
+    sent: &Sent,
+) -> (pb::DecideRequest, Answers) {
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match queue.try_recv() {
+            Ok(p) => batch.push(p),
+            Err(_) => break,
+        }
+    }
+    sent.batches.fetch_add(1, Ordering::Relaxed);
+    sent.calls.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    let (calls, answers) = batch
+        .into_iter()
+        .map(|p| (pb::DecisionCall { call: Some(p.call) }, p.answer))
+        .unzip();
+    (pb::DecideRequest { calls }, answers)
+}
+
+/// The batching task's side of the engine: the open stream, if any, and the
+/// batches sent on it that wait for their answers. `stream` is `None` only while
+/// nothing waits.
+struct Link {
+    engine: PolicyDecisionClient<Channel>,
+    stream: Option<DecisionStream>,
+    waiting: VecDeque<Waiting>,
+    timeout: Duration,
+}
+
+impl Link {
+    /// Sends `request` on the open stream, or on a new one when there is none or
+    /// it broke since its last answer (what it held is lost then).
+    async fn send(&mut self, mut request: pb::DecideRequest, answers: Answers, sent: &Sent) {
+        if let Some(open) = &self.stream {
+            match open.requests.try_send(request) {
+                Ok(()) => return self.wait_for(answers),
+                Err(e) => {
+                    request = e.into_inner();
+                    self.give_up(&broken());
                 }
             }
+        }
+        match open_stream(&mut self.engine, request, self.timeout).await {
+            Ok(opened) => {
+                sent.streams.fetch_add(1, Ordering::Relaxed);
+                self.stream = Some(opened);
+                self.wait_for(answers);
+            }
+            Err(status) => fail(answers, &status),
+        }
+    }
+
+    fn wait_for(&mut self, answers: Answers) {
+        self.waiting.push_back(Waiting {
+            answers,
+            sent: Instant::now(),
+        });
+    }
+
+    /// Drops the stream and fails every call waiting on it with `status`.
+    fn give_up(&mut self, status: &tonic::Status) {
+        self.stream = None;
+        for batch in self.waiting.drain(..) {
+            fail(batch.answers, status);
         }
     }
 }
@@ -367,19 +401,15 @@ fn broken() -> tonic::Status {
     tonic::Status::unavailable("the policy engine ended the decision stream")
 }
 
-fn fail_all(waiting: &mut VecDeque<Waiting>, status: &tonic::Status) {
-    for batch in waiting.drain(..) {
-        for answer in batch.answers {
-            let _ = answer.send(Err(status.clone()));
-        }
+fn fail(answers: Answers, status: &tonic::Status) {
+    for answer in answers {
+        // The caller may have gone (its logon was cancelled); nothing to do then.
+        let _ = answer.send(Err(status.clone()));
     }
 }
 
 /// Gives every call of a batch its answer, or the batch's failure.
-fn deliver(
-    answers: Vec<oneshot::Sender<Result<Answer, tonic::Status>>>,
-    response: pb::DecideResponse,
-) {
+fn deliver(answers: Answers, response: pb::DecideResponse) {
     let sent = answers.len();
     let replies = response.answers;
     if replies.len() != sent {
@@ -387,10 +417,7 @@ fn deliver(
             "the policy engine answered {} of {sent} decisions",
             replies.len()
         ));
-        for answer in answers {
-            let _ = answer.send(Err(status.clone()));
-        }
-        return;
+        return fail(answers, &status);
     }
     for (answer, reply) in answers.into_iter().zip(replies) {
         let result = match reply.answer {
