@@ -497,13 +497,7 @@ async fn outage(backend: Backend) {
         jpki,
         mut config,
     } = gw;
-    let TestEngine {
-        running: engine_running,
-        dir: engine_dir,
-        config: mut engine_config,
-    } = engine;
-    engine_config.listen = engine_running.addr;
-    engine_running.shutdown().await.expect("engine stops");
+    let stopped = engine.stop_keeping_address().await;
 
     // Logons cannot be decided and are refused; locks and enrollments go on. All of
     // it is journaled, to be shipped later.
@@ -535,7 +529,7 @@ async fn outage(backend: Backend) {
     for (ep, session) in sessions.iter_mut() {
         session_call(ep, session, false).await;
     }
-    let engine = TestEngine::start_with(engine_config, engine_dir).await;
+    let engine = stopped.start().await;
     let gw = TestGateway {
         engine,
         running,
@@ -891,13 +885,8 @@ async fn no_secret_reaches_an_event_or_a_log_line() {
         engine, running, ..
     } = gw;
     running.shutdown().await;
-    let TestEngine {
-        running: engine_running,
-        dir: _engine_dir,
-        config: engine_config,
-    } = engine;
-    engine_running.shutdown().await.expect("engine stops");
-    let store = AuditStore::open(&engine_config.store, &engine_config.tenant)
+    let stopped = engine.stop_keeping_address().await;
+    let store = AuditStore::open(&stopped.config.store, &stopped.config.tenant)
         .await
         .expect("engine store");
     let decisions = store

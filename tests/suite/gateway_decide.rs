@@ -122,13 +122,7 @@ async fn concurrent_decisions_go_in_batches_and_each_caller_gets_its_own_answer(
     assert_eq!(after.streams, 1, "every batch went on the one stream");
 
     // The engine gone: every waiting caller is told it is unavailable.
-    let TestEngine {
-        running,
-        dir,
-        mut config,
-    } = engine;
-    config.listen = running.addr;
-    running.shutdown().await.expect("engine stops");
+    let stopped = engine.stop_keeping_address().await;
     let gone = futures::future::join_all((0..8).map(|n| call(&decider, n))).await;
     for outcome in gone {
         assert!(
@@ -138,7 +132,7 @@ async fn concurrent_decisions_go_in_batches_and_each_caller_gets_its_own_answer(
     }
 
     // Back on the same address, with the same store: a new stream, the same answers.
-    let engine = TestEngine::start_with(config, dir).await;
+    let engine = stopped.start().await;
     let streams = decider.stats().streams;
     let again = futures::future::join_all((0..CALLS).map(|n| call(&decider, n))).await;
     assert_eq!(again, alone);

@@ -145,6 +145,32 @@ impl TestEngine {
     pub async fn stop(self) {
         self.running.shutdown().await.expect("clean shutdown");
     }
+
+    /// Stops the engine and keeps its store, certificates and address, so that the
+    /// store can be read and [`StoppedEngine::start`] brings it back where its
+    /// clients look for it.
+    pub async fn stop_keeping_address(self) -> StoppedEngine {
+        let TestEngine {
+            running,
+            dir,
+            mut config,
+        } = self;
+        config.listen = running.addr;
+        running.shutdown().await.expect("engine stops");
+        StoppedEngine { dir, config }
+    }
+}
+
+/// See [`TestEngine::stop_keeping_address`].
+pub struct StoppedEngine {
+    dir: tempfile::TempDir,
+    pub config: EngineConfig,
+}
+
+impl StoppedEngine {
+    pub async fn start(self) -> TestEngine {
+        TestEngine::start_with(self.config, self.dir).await
+    }
 }
 
 /// Runs the binary with `stdin`, returning (exit code, stdout, stderr).
