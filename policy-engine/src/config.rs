@@ -58,6 +58,13 @@ pub struct AuditConfig {
     /// them every 20 ms while decisions keep coming, so this must hold 20 ms of
     /// them: the default, 10,000, does up to 500,000 decisions a second.
     pub decision_queue: usize,
+    /// Journal shipments (`AuditSink.Ship` streams) taken at once; one more is
+    /// refused (`RESOURCE_EXHAUSTED`) and its forwarder retries later. Each one may
+    /// hold up to about 72 MiB while it arrives (a 64 MiB batch and an 8 MiB group
+    /// not yet stored), so this bounds the engine's memory for audit ingest. A
+    /// gateway ships over one stream at a time: the default, 16, serves 16
+    /// gateways catching up together and more that ship now and then.
+    pub max_shipments: usize,
 }
 
 impl Default for AuditConfig {
@@ -65,6 +72,7 @@ impl Default for AuditConfig {
         AuditConfig {
             decision_sample: 1.0,
             decision_queue: 10_000,
+            max_shipments: 16,
         }
     }
 }
@@ -220,6 +228,9 @@ impl EngineConfig {
         if self.audit.decision_queue == 0 {
             return Err("audit.decision_queue must be at least 1".into());
         }
+        if self.audit.max_shipments == 0 {
+            return Err("audit.max_shipments must be at least 1".into());
+        }
         if !(self.store.starts_with("sqlite:")
             || self.store.starts_with("postgres://")
             || self.store.starts_with("postgresql://"))
@@ -301,5 +312,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("audit.decision_queue"), "{e}");
+        let e = EngineConfig::parse("e.toml", "[audit]\nmax_shipments = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("audit.max_shipments must be at least 1"), "{e}");
+        let c = EngineConfig::parse("e.toml", "[audit]\nmax_shipments = 3").unwrap();
+        assert_eq!(c.audit.max_shipments, 3);
+        assert_eq!(EngineConfig::default().audit.max_shipments, 16);
     }
 }

@@ -256,7 +256,9 @@ pub async fn start(config: &EngineConfig) -> Result<RunningEngine, ServeError> {
         config.audit.decision_sample,
         config.audit.decision_queue,
     );
-    let audit_sink = AuditSinkService::new(store.audit()).only_for(clients.clone());
+    let audit_sink = AuditSinkService::new(store.audit())
+        .only_for(clients.clone())
+        .at_most(config.audit.max_shipments);
     let state = EngineState::new(
         engine,
         store,

@@ -750,3 +750,91 @@ async fn a_journal_is_shipped_only_by_the_gateway_certificate_that_first_shipped
     assert!(err.contains("not bound"), "{err}");
     engine.stop().await;
 }
+
+/// An engine takes `audit.max_shipments` journal shipments at once. One more is
+/// refused before anything of it is stored, and taken once one of them has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shipment_beyond_audit_max_shipments_is_refused_until_one_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = sekisho_policy_engine::config::EngineConfig::self_contained(dir.path());
+    config.tls.gateway_names = vec!["gw-a".into(), "gw-b".into(), "gw-c".into()];
+    config.audit.max_shipments = 2;
+    let engine = TestEngine::start_with(config, dir).await;
+    let pki = engine.running.pki.clone().expect("dev PKI");
+    let client = |name: &'static str| {
+        let (url, tls) = (engine.url(), common::gateway::device_tls(&pki, name));
+        async move {
+            let channel = sekisho_gateway::tls::connect(
+                &url,
+                &tls,
+                Some("localhost"),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+            pb::audit_sink_client::AuditSinkClient::new(channel)
+        }
+    };
+    let genesis = sekisho_policy_engine::audit::GENESIS_HASH;
+    let batch = |journal: &str| pb::AuditBatch {
+        records: vec![shipped_record(journal, 1, genesis).0],
+    };
+
+    // Two shipments in progress: one batch each sent, the stream still open.
+    let mut open = Vec::new();
+    for (name, journal) in [("gw-a", "tier-a"), ("gw-b", "tier-b")] {
+        let (more, stream) = tokio::sync::mpsc::channel(1);
+        more.send(batch(journal)).await.unwrap();
+        let mut c = client(name).await;
+        let call = tokio::spawn(async move {
+            c.ship(tokio_stream::wrappers::ReceiverStream::new(stream))
+                .await
+        });
+        open.push((more, call));
+    }
+    // A third is refused once the engine holds both (until then an empty shipment
+    // goes through and stores nothing).
+    let mut third = client("gw-c").await;
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match third.ship(tokio_stream::iter(Vec::new())).await {
+                Ok(_) => tokio::task::yield_now().await,
+                Err(e) => break e,
+            }
+        }
+    })
+    .await
+    .expect("a third shipment is refused while two are in progress");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("2 journal shipments are in progress")
+            && refused.message().contains("audit.max_shipments"),
+        "{}",
+        refused.message()
+    );
+    let e = third
+        .ship(tokio_stream::iter(vec![batch("tier-c")]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+
+    // One ends and is stored; the third is taken now, and its record was not
+    // stored before (inserted now, once).
+    let (more, call) = open.remove(0);
+    drop(more);
+    let ack = call.await.unwrap().unwrap().into_inner();
+    assert_eq!((ack.stored_through["tier-a"], ack.inserted), (1, 1));
+    let ack = third
+        .ship(tokio_stream::iter(vec![batch("tier-c")]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((ack.stored_through["tier-c"], ack.inserted), (1, 1));
+    let (more, call) = open.remove(0);
+    drop(more);
+    let ack = call.await.unwrap().unwrap().into_inner();
+    assert_eq!((ack.stored_through["tier-b"], ack.inserted), (1, 1));
+    engine.stop().await;
+}

@@ -11,12 +11,15 @@
 //! seq.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use sekisho_proto::v1 as pb;
+use tokio::sync::Semaphore;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::audit::store::{AuditError, AuditStore, Record, ENGINE_JOURNAL, MAX_EVENT_BYTES};
+use crate::config::AuditConfig;
 use crate::grpc::{peer_name, Clients};
 use crate::store::directory::DIRECTORY_JOURNAL;
 
@@ -50,13 +53,29 @@ pub struct AuditSinkService {
     /// Who may ship; `None` lets any client the TLS layer accepted (tests, a
     /// plaintext test bed).
     clients: Option<Clients>,
+    /// One permit per shipment in progress, of `max_shipments`.
+    shipments: Arc<Semaphore>,
+    max_shipments: usize,
 }
 
 impl AuditSinkService {
     pub fn new(audit: AuditStore) -> Self {
+        let max_shipments = AuditConfig::default().max_shipments;
         AuditSinkService {
             audit,
             clients: None,
+            shipments: Arc::new(Semaphore::new(max_shipments)),
+            max_shipments,
+        }
+    }
+
+    /// Takes at most `shipments` at once (`audit.max_shipments`, at least 1).
+    pub fn at_most(self, shipments: usize) -> Self {
+        let max_shipments = shipments.max(1);
+        AuditSinkService {
+            shipments: Arc::new(Semaphore::new(max_shipments)),
+            max_shipments,
+            ..self
         }
     }
 
@@ -112,6 +131,15 @@ impl pb::audit_sink_server::AuditSink for AuditSinkService {
     ) -> Result<Response<pb::ShipAck>, Status> {
         Clients::check_gateway(self.clients.as_ref(), &request)?;
         let client = peer_name(&request).unwrap_or_default();
+        // Refused rather than queued: a waiting stream would hold its connection and
+        // what it has sent, which is what the bound is for; the forwarder retries.
+        let Ok(_shipping) = self.shipments.clone().try_acquire_owned() else {
+            tracing::warn!(client = %client, max_shipments = self.max_shipments, "audit shipment refused: as many are in progress as audit.max_shipments allows");
+            return Err(Status::resource_exhausted(format!(
+                "{} journal shipments are in progress, as many as this engine takes at once (audit.max_shipments); ship again later",
+                self.max_shipments
+            )));
+        };
         // A gateway ships its own journals only; an administrator may ship any (a
         // standalone tier's journal carried over by hand).
         let bound = self
