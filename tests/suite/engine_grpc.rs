@@ -627,6 +627,18 @@ async fn plaintext_only_when_asked() {
     plain_engine.running.shutdown().await.unwrap();
 }
 
+/// An `AuditSink` client of the engine at `url`, as the holder of `tls`.
+async fn audit_sink(
+    url: &str,
+    tls: &sekisho_gateway::tls::ClientTls,
+) -> pb::audit_sink_client::AuditSinkClient<tonic::transport::Channel> {
+    let channel =
+        sekisho_gateway::tls::connect(url, tls, Some("localhost"), Duration::from_secs(5))
+            .await
+            .unwrap();
+    pb::audit_sink_client::AuditSinkClient::new(channel)
+}
+
 /// `gateway`'s event `seq` (the chain starts at `prev`), as a forwarder ships it.
 fn shipped_record(gateway: &str, seq: u64, prev: &str) -> (pb::AuditRecord, String) {
     use sekisho_policy_engine::audit::event::EventBody;
@@ -661,15 +673,8 @@ async fn a_journal_is_shipped_only_by_the_gateway_certificate_that_first_shipped
                 },
                 name => common::gateway::device_tls(&pki, name),
             };
-            let channel = sekisho_gateway::tls::connect(
-                &url,
-                &tls,
-                Some("localhost"),
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap();
-            pb::audit_sink_client::AuditSinkClient::new(channel)
+            audit_sink(&url, &tls)
+                .await
                 .ship(tokio_stream::iter(vec![pb::AuditBatch { records }]))
                 .await
         }
@@ -763,17 +768,7 @@ async fn a_shipment_beyond_audit_max_shipments_is_refused_until_one_ends() {
     let pki = engine.running.pki.clone().expect("dev PKI");
     let client = |name: &'static str| {
         let (url, tls) = (engine.url(), common::gateway::device_tls(&pki, name));
-        async move {
-            let channel = sekisho_gateway::tls::connect(
-                &url,
-                &tls,
-                Some("localhost"),
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap();
-            pb::audit_sink_client::AuditSinkClient::new(channel)
-        }
+        async move { audit_sink(&url, &tls).await }
     };
     let genesis = sekisho_policy_engine::audit::GENESIS_HASH;
     let batch = |journal: &str| pb::AuditBatch {
