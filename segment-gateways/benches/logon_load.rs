@@ -27,9 +27,11 @@
 //! Engine, gateway and load generator share this process and the machine's cores:
 //! engine and gateway on one tokio runtime, the clients on others.
 //!
-//! Environment: `SEKISHO_BENCH_SECS` (default 10) measured seconds of the 64-in-flight
+//! Environment: `SEKISHO_BENCH_SECS` (default 10) measured seconds of the in-flight
 //! run, after a 2 s warm-up; `SEKISHO_BENCH_SEQ` (default 2,000; 0 skips them) one-at-a-time logons;
-//! `SEKISHO_BENCH_USERS`; `SEKISHO_BENCH_IN_FLIGHT` (default 64);
+//! `SEKISHO_BENCH_USERS`; `SEKISHO_BENCH_IN_FLIGHT` (default 16,
+//! the load DESIGN.md §5's target is judged at in BENCHMARKS.md: with more in flight
+//! the rate grows little and the latency by Little's law);
 //! `SEKISHO_BENCH_CHANNELS` (default 16, one device each);
 //! `SEKISHO_BENCH_DECISION_SAMPLE` (default 1, the engine's default: every decision
 //! in the decision log; 0 turns the log off); `SEKISHO_BENCH_FORWARD=0` keeps the
@@ -235,7 +237,7 @@ async fn enroll(
 
 // -----------------------------------------------------------------------------
 // Parts: the gateway's own steps, timed one at a time and the durable writes and
-// engine calls at 64 in flight
+// engine calls with `SEKISHO_BENCH_IN_FLIGHT` in flight
 
 /// `f(0..n)` one at a time: latency summary and the process's CPU time per call
 /// (every thread: the caller, the gateway's runtime, SQLite's threads, the engine).

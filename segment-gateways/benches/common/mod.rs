@@ -494,7 +494,7 @@ impl LoadSettings {
             secs: env_num("SEKISHO_BENCH_SECS", 10.0),
             seq: env_num("SEKISHO_BENCH_SEQ", 2_000.0) as usize,
             users: env_num("SEKISHO_BENCH_USERS", 16_000.0) as usize,
-            in_flight: env_num("SEKISHO_BENCH_IN_FLIGHT", 64.0) as usize,
+            in_flight: env_num("SEKISHO_BENCH_IN_FLIGHT", 16.0) as usize,
             channels: env_num("SEKISHO_BENCH_CHANNELS", 16.0) as usize,
             rates: std::env::var("SEKISHO_BENCH_RATES")
                 .unwrap_or_default()
