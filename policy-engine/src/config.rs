@@ -22,6 +22,12 @@ pub struct EngineConfig {
     pub tenant: String,
     /// How often to look for policy versions published through another replica.
     pub poll_interval_secs: u64,
+    /// How often the engine PINGs each client connection (HTTP/2), and how long
+    /// an answer may take before the connection is closed. A gateway whose
+    /// connection a firewall forgot would otherwise keep its streams (a journal
+    /// shipment among `audit.max_shipments`, a policy watch) open on this side
+    /// until the process ends: nothing is sent on them that TCP could fail.
+    pub keepalive_secs: u64,
     pub tls: TlsConfig,
     pub cache: CacheConfig,
     pub bootstrap: BootstrapConfig,
@@ -37,6 +43,7 @@ impl Default for EngineConfig {
             store: "sqlite://sekisho-engine.db".into(),
             tenant: "default".into(),
             poll_interval_secs: 5,
+            keepalive_secs: 30,
             tls: TlsConfig::default(),
             cache: CacheConfig::default(),
             bootstrap: BootstrapConfig::default(),
@@ -219,6 +226,12 @@ impl EngineConfig {
         if self.poll_interval_secs == 0 {
             return Err("poll_interval_secs must be at least 1".into());
         }
+        if !(1..=3600).contains(&self.keepalive_secs) {
+            return Err(format!(
+                "keepalive_secs must be between 1 and 3600 (got {})",
+                self.keepalive_secs
+            ));
+        }
         let sample = self.audit.decision_sample;
         if !(0.0..=1.0).contains(&sample) {
             return Err(format!(
@@ -319,5 +332,23 @@ mod tests {
         let c = EngineConfig::parse("e.toml", "[audit]\nmax_shipments = 3").unwrap();
         assert_eq!(c.audit.max_shipments, 3);
         assert_eq!(EngineConfig::default().audit.max_shipments, 16);
+    }
+
+    #[test]
+    fn keepalive_is_checked() {
+        assert_eq!(EngineConfig::default().keepalive_secs, 30);
+        let c = EngineConfig::parse("e.toml", "keepalive_secs = 5").unwrap();
+        assert_eq!(c.keepalive_secs, 5);
+        for bad in ["0", "3601"] {
+            let e = EngineConfig::parse("e.toml", &format!("keepalive_secs = {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!(
+                    "keepalive_secs must be between 1 and 3600 (got {bad})"
+                )),
+                "{e}"
+            );
+        }
     }
 }

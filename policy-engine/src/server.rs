@@ -210,7 +210,10 @@ pub async fn start(config: &EngineConfig) -> Result<RunningEngine, ServeError> {
     };
     let engine = Arc::new(Engine::with_limits(compiled, directory, limits));
 
-    let mut builder = Server::builder();
+    let keepalive = Duration::from_secs(config.keepalive_secs);
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(keepalive));
     let mut pki = None;
     // Also for a configuration built in code, which `EngineConfig::load` did not check.
     if config.tls.plaintext && !config.listen.ip().is_loopback() {

@@ -627,6 +627,76 @@ async fn plaintext_only_when_asked() {
     plain_engine.running.shutdown().await.unwrap();
 }
 
+/// A shipment whose connection a firewall forgot gives its place back once the
+/// engine's keep-alive PING goes unanswered, instead of holding it (and what it
+/// sent) until the engine restarts; what it sent is not stored, as it was never
+/// acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shipment_on_a_forgotten_connection_gives_its_place_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = sekisho_policy_engine::config::EngineConfig::self_contained(dir.path());
+    config.audit.max_shipments = 1;
+    config.keepalive_secs = 1;
+    let engine = TestEngine::start_with(config, dir).await;
+    let pki = engine.running.pki.clone().expect("dev PKI");
+    let tls = sekisho_gateway::tls::ClientTls {
+        ca: pki.ca(),
+        cert: pki.gateway_cert(),
+        key: pki.gateway_key(),
+    };
+    let batch = || pb::AuditBatch {
+        records: vec![shipped_record("lgwan-1", 1, sekisho_policy_engine::audit::GENESIS_HASH).0],
+    };
+    let cable = common::cable::Cable::to(engine.running.addr).await;
+    let (more, stream) = tokio::sync::mpsc::channel(1);
+    more.send(batch()).await.unwrap();
+    let mut far = audit_sink(&format!("https://{}", cable.addr), &tls).await;
+    let call = tokio::spawn(async move {
+        far.ship(tokio_stream::wrappers::ReceiverStream::new(stream))
+            .await
+    });
+
+    let mut near = audit_sink(&engine.url(), &tls).await;
+    // The shipment over the cable holds the engine's one place.
+    let e = empty_shipments_until(&mut near, Result::is_err)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    cable.forget();
+    empty_shipments_until(&mut near, Result::is_ok)
+        .await
+        .unwrap();
+    let ack = near
+        .ship(tokio_stream::iter(vec![batch()]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((ack.stored_through["lgwan-1"], ack.inserted), (1, 1));
+    drop(more);
+    call.abort();
+    drop(cable);
+    engine.stop().await;
+}
+
+/// Empty shipments (nothing stored) until one's answer is `wanted`; that answer.
+async fn empty_shipments_until(
+    sink: &mut pb::audit_sink_client::AuditSinkClient<tonic::transport::Channel>,
+    wanted: fn(&Result<tonic::Response<pb::ShipAck>, tonic::Status>) -> bool,
+) -> Result<tonic::Response<pb::ShipAck>, tonic::Status> {
+    let answers = async {
+        loop {
+            let answer = sink.ship(tokio_stream::iter(Vec::new())).await;
+            if wanted(&answer) {
+                return answer;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), answers)
+        .await
+        .expect("the answer wanted within 30 s")
+}
+
 /// An `AuditSink` client of the engine at `url`, as the holder of `tls`.
 async fn audit_sink(
     url: &str,
@@ -790,16 +860,9 @@ async fn a_shipment_beyond_audit_max_shipments_is_refused_until_one_ends() {
     // A third is refused once the engine holds both (until then an empty shipment
     // goes through and stores nothing).
     let mut third = client("gw-c").await;
-    let refused = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match third.ship(tokio_stream::iter(Vec::new())).await {
-                Ok(_) => tokio::task::yield_now().await,
-                Err(e) => break e,
-            }
-        }
-    })
-    .await
-    .expect("a third shipment is refused while two are in progress");
+    let refused = empty_shipments_until(&mut third, Result::is_err)
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert!(
         refused

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod cable;
 pub mod gateway;
 
 use std::io::Write as _;
