@@ -25,8 +25,9 @@ pub struct EngineConfig {
     /// How often the engine PINGs each client connection (HTTP/2), and how long
     /// an answer may take before the connection is closed. A gateway whose
     /// connection a firewall forgot would otherwise keep its streams (a journal
-    /// shipment among `audit.max_shipments`, a policy watch) open on this side
-    /// until the process ends: nothing is sent on them that TCP could fail.
+    /// shipment among `audit.max_shipments`, a policy watch) open on this side for
+    /// as long as nothing is sent on them: TCP only notices a dead peer when it
+    /// has something to deliver.
     pub keepalive_secs: u64,
     pub tls: TlsConfig,
     pub cache: CacheConfig,
