@@ -629,14 +629,16 @@ async fn plaintext_only_when_asked() {
 
 /// A shipment whose connection a firewall forgot gives its place back once the
 /// engine's keep-alive PING goes unanswered, instead of holding it (and what it
-/// sent) until the engine restarts; what it sent is not stored, as it was never
-/// acknowledged.
+/// sent) until the engine restarts. Whether what it sent was stored (the server
+/// may see the closed stream as ended) or not, the store takes it again, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shipment_on_a_forgotten_connection_gives_its_place_back() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = sekisho_policy_engine::config::EngineConfig::self_contained(dir.path());
     config.audit.max_shipments = 1;
-    config.keepalive_secs = 1;
+    // Two seconds rather than one: a loaded machine may be slow to answer PINGs on
+    // the healthy connection too.
+    config.keepalive_secs = 2;
     let engine = TestEngine::start_with(config, dir).await;
     let pki = engine.running.pki.clone().expect("dev PKI");
     let tls = sekisho_gateway::tls::ClientTls {
@@ -671,7 +673,8 @@ async fn a_shipment_on_a_forgotten_connection_gives_its_place_back() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((ack.stored_through["lgwan-1"], ack.inserted), (1, 1));
+    assert_eq!(ack.stored_through["lgwan-1"], 1);
+    assert!(ack.inserted <= 1, "{ack:?}");
     drop(more);
     call.abort();
     drop(cable);

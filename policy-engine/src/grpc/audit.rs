@@ -199,10 +199,14 @@ impl pb::audit_sink_server::AuditSink for AuditSinkService {
                 && (done || pending.len() >= GROUP_RECORDS || pending_bytes >= GROUP_BYTES)
             {
                 pending_bytes = 0;
-                let out = self
-                    .audit
-                    .ingest(std::mem::take(&mut pending))
+                // In a task of its own: the server drops this handler when the client
+                // hangs up, and a store transaction dropped midway can leave its
+                // connection unusable (see `store::connect`). What arrived is stored
+                // either way; the gateway ships it again, and it is not stored twice.
+                let (audit, records) = (self.audit.clone(), std::mem::take(&mut pending));
+                let out = tokio::spawn(async move { audit.ingest(records).await })
                     .await
+                    .map_err(|e| Status::internal(format!("storing audit records: {e}")))?
                     .map_err(|e| {
                         tracing::warn!(client = %client, batch = batches, error = %e, "audit records refused");
                         audit_status(e)

@@ -203,6 +203,36 @@ mod tests {
         fresh.keep();
     }
 
+    /// `connect`'s pool, not `Held`: a `BEGIN` whose caller was dropped before it
+    /// held the transaction (sqlx acknowledged it, no `Transaction` guards it) must
+    /// not come back from the pool, where every `begin_with` on it would fail.
+    #[tokio::test]
+    async fn a_connection_left_inside_a_transaction_is_not_pooled_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = file_pool(&dir).await;
+        let mut orphan = pool.acquire().await.expect("acquire");
+        std::mem::forget(orphan.begin().await.expect("begin"));
+        assert!(orphan.is_in_transaction());
+        drop(orphan);
+        // Every connection the pool can hold at once: the orphan would be one.
+        let max = pool.options().get_max_connections() as usize;
+        let mut all = Vec::new();
+        for _ in 0..max {
+            let c = pool.acquire().await.expect("acquire");
+            assert!(
+                !c.is_in_transaction(),
+                "a connection came back in a transaction"
+            );
+            all.push(c);
+        }
+        drop(all);
+        let tx = pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .expect("begin_with");
+        tx.rollback().await.expect("rollback");
+    }
+
     #[tokio::test]
     async fn a_single_connection_memory_pool_keeps_its_database() {
         let (pool, _) = connect("sqlite::memory:", &NO_SCHEMA)

@@ -934,7 +934,16 @@ pub async fn connect(url: &str, set: &MigrationSet) -> Result<(AnyPool, Backend)
                     .idle_timeout(None)
                     .max_lifetime(None)
             } else {
-                base.max_connections(4)
+                // A `BEGIN` that sqlx ran and acknowledged, whose caller was dropped
+                // before it held the transaction (a client hanging up mid-request),
+                // leaves the connection inside a transaction that nothing will end;
+                // pooled again, every later `begin_with` on it fails ("non-zero
+                // transaction depth"). Such a connection is closed instead. (A
+                // transaction dropped the usual way may still count here, its
+                // rollback queued but not yet run: closing that one costs a reconnect.)
+                base.max_connections(4).after_release(|conn, _meta| {
+                    Box::pin(async move { Ok(!conn.is_in_transaction()) })
+                })
             }
         }
         Backend::Postgres => AnyPoolOptions::new()
